@@ -1,0 +1,234 @@
+//! `mobidesk-lab`: bring the emulated deployment up and down, look inside it,
+//! and move sessions around by hand.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mobidesk_lab::{status, Lab, Topology};
+
+/// The MobiDesk lab: proxy box, session servers, sessions, outside hosts and
+/// clients as network namespaces on this machine (needs root).
+///
+/// Every namespace is named mdlab-<lab>-<part>; `ip netns list` shows them,
+/// `mobidesk-lab exec <part> -- CMD` runs a command inside one.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a lab from a topology file and leave it running.
+    Up {
+        /// Topology (TOML); see configs/lab.toml.
+        #[arg(long, short, default_value = "configs/lab.toml")]
+        config: PathBuf,
+        /// Take the lab name from here instead of the file.
+        #[arg(long)]
+        name: Option<String>,
+        /// Tear down a lab of the same name first, if one is up.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a lab (or, with --all, every lab namespace on this machine),
+    /// including whatever a killed run left behind.
+    Down {
+        /// The lab's name (default: demo).
+        #[arg(default_value = "demo", conflicts_with = "all")]
+        lab: String,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show namespaces, interfaces, addresses and routes of running labs.
+    Status {
+        /// Only this lab.
+        lab: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a lab namespace: proxy, fabric, a host name
+    /// (a, b, web, alice), a session name, or a full namespace name.
+    Exec {
+        #[arg(long, default_value = "demo")]
+        lab: String,
+        netns: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Add, move and remove session namespaces of a running lab.
+    Session {
+        #[arg(long, default_value = "demo")]
+        lab: String,
+        #[command(subcommand)]
+        action: SessionAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionAction {
+    /// Start a session namespace on a server.
+    Add {
+        name: String,
+        #[arg(long)]
+        server: String,
+        /// Its virtual address (default: the next free one of the server's pool).
+        #[arg(long)]
+        address: Option<std::net::Ipv4Addr>,
+    },
+    /// Move a session to another server (its TCP state is not touched).
+    Move {
+        name: String,
+        #[arg(long)]
+        to: String,
+        /// Also route its virtual address on the proxy box through the new
+        /// server with a kernel host route (the stand-in for the dataplane).
+        #[arg(long)]
+        route: bool,
+    },
+    /// Remove a session namespace and everything in it.
+    Remove { name: String },
+    /// List sessions.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mobidesk-lab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("needs root (it creates network namespaces)");
+    }
+    match cli.command {
+        Command::Up {
+            config,
+            name,
+            replace,
+        } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading topology {}", config.display()))?;
+            let mut topology = Topology::from_toml(&text)
+                .with_context(|| format!("topology {}", config.display()))?;
+            if let Some(name) = name {
+                topology.name = name;
+                topology.validate()?;
+            }
+            if replace {
+                Lab::down(&topology.name)?;
+            }
+            let lab = Lab::up(topology)?;
+            lab.keep()?;
+            print!("{}", status::collect(lab.name())?.render());
+            println!(
+                "\nlab {0} is up. Look inside:\n  mobidesk-lab exec --lab {0} proxy -- ip addr\n  mobidesk-lab session --lab {0} add s1 --server a\n  mobidesk-lab status {0} --json\nRemove it: mobidesk-lab down {0}",
+                lab.name()
+            );
+        }
+        Command::Down { lab, all } => {
+            let n = if all { Lab::down_all()? } else { Lab::down(&lab)? };
+            println!("removed {n} namespace(s)");
+        }
+        Command::Status { lab, json } => {
+            let labs = match lab {
+                Some(l) => vec![l],
+                None => status::labs()?,
+            };
+            let all = labs
+                .iter()
+                .map(|l| status::collect(l))
+                .collect::<Result<Vec<_>, _>>()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no lab is up");
+            } else {
+                for s in all {
+                    print!("{}", s.render());
+                }
+            }
+        }
+        Command::Exec {
+            lab,
+            netns,
+            command,
+        } => {
+            let lab = Lab::attach(&lab)?;
+            let ns = lab.resolve(&netns)?;
+            let (program, args) = command.split_first().context("no command given")?;
+            let mut cmd = ns.command(program);
+            cmd.args(args);
+            // exec replaces this process: the command's exit status is ours.
+            let err = cmd.exec();
+            bail!("could not run {program} in {}: {err}", ns.name());
+        }
+        Command::Session { lab, action } => {
+            let lab = Lab::attach(&lab)?;
+            match action {
+                SessionAction::Add {
+                    name,
+                    server,
+                    address,
+                } => {
+                    let s = match address {
+                        Some(a) => lab.add_session_at(&name, &server, a)?,
+                        None => lab.add_session(&name, &server)?,
+                    };
+                    println!(
+                        "session {} on server {}: virtual {} (netns {})",
+                        s.name, s.server, s.virtual_addr, s.netns
+                    );
+                }
+                SessionAction::Move { name, to, route } => {
+                    let s = lab.move_session(&name, &to)?;
+                    if route {
+                        lab.route_on_proxy(&s)?;
+                    }
+                    println!(
+                        "session {} now on server {}: virtual {}, physical {}",
+                        s.name, s.server, s.virtual_addr, s.physical_addr
+                    );
+                }
+                SessionAction::Remove { name } => {
+                    lab.remove_session(&name)?;
+                    println!("session {name} removed");
+                }
+                SessionAction::List { json } => {
+                    let sessions = lab.sessions();
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&sessions)?);
+                    } else {
+                        for s in sessions {
+                            println!(
+                                "{:<12} server {:<6} virtual {:<15} physical {}",
+                                s.name, s.server, s.virtual_addr, s.physical_addr
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

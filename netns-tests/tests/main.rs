@@ -1,0 +1,9 @@
+//! Namespace tests of the lab itself (need root). One test binary, one module
+//! per concern; every test builds its own lab under a unique name, so they
+//! run in parallel.
+
+mod cleanup;
+mod cli;
+mod routing;
+mod session_move;
+mod support;
