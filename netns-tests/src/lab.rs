@@ -297,7 +297,16 @@ impl Lab {
             ns.sysctl(COMMON_SYSCTLS)?;
             let link = session.server_link();
             server_ns.ip(&[
-                "link", "add", "name", &link, "type", "veth", "peer", "name", "eth0", "netns",
+                "link",
+                "add",
+                "name",
+                &link,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
                 ns.name(),
             ])?;
             ns.ip_batch(&[
@@ -462,7 +471,16 @@ impl Lab {
         let port = format!("p{}", self.next_port.fetch_add(1, Ordering::Relaxed));
         let fabric = self.fabric();
         fabric.ip(&[
-            "link", "add", "name", &port, "type", "veth", "peer", "name", ifname, "netns",
+            "link",
+            "add",
+            "name",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ifname,
+            "netns",
             ns.name(),
         ])?;
         fabric.ip_batch(&[
@@ -582,7 +600,9 @@ impl Drop for Lab {
         }
         match Lab::down(&self.topology.name) {
             Ok(n) => tracing::debug!(lab = %self.topology.name, namespaces = n, "lab down"),
-            Err(e) => tracing::warn!(lab = %self.topology.name, error = %e, "lab teardown incomplete"),
+            Err(e) => {
+                tracing::warn!(lab = %self.topology.name, error = %e, "lab teardown incomplete")
+            }
         }
     }
 }

@@ -146,11 +146,10 @@ impl Netns {
     /// Spawns a process inside this namespace.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
         let what = describe(cmd);
-        self.run(|| cmd.spawn())?
-            .map_err(|source| LabError::Spawn {
-                command: what,
-                source,
-            })
+        self.run(|| cmd.spawn())?.map_err(|source| LabError::Spawn {
+            command: what,
+            source,
+        })
     }
 
     /// Runs a process inside this namespace to completion.

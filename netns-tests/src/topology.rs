@@ -80,7 +80,9 @@ pub enum TopologyError {
         want: NetworkKind,
         kind: NetworkKind,
     },
-    #[error("host {host:?}: address {address} is not a host address of network {network:?} ({prefix})")]
+    #[error(
+        "host {host:?}: address {address} is not a host address of network {network:?} ({prefix})"
+    )]
     Address {
         host: String,
         address: Ipv4Addr,
@@ -283,14 +285,37 @@ impl Topology {
         Topology {
             name: name.into(),
             networks: vec![
-                net("ext", NetworkKind::External, "198.18.0.0/24", [198, 18, 0, 1]),
+                net(
+                    "ext",
+                    NetworkKind::External,
+                    "198.18.0.0/24",
+                    [198, 18, 0, 1],
+                ),
                 net("sub1", NetworkKind::Server, "10.1.0.0/24", [10, 1, 0, 1]),
                 net("sub2", NetworkKind::Server, "10.2.0.0/24", [10, 2, 0, 1]),
             ],
             hosts: vec![
-                host("a", Role::Server, "sub1", [10, 1, 0, 10], Some("10.1.0.100-10.1.0.199")),
-                host("a2", Role::Server, "sub1", [10, 1, 0, 11], Some("10.1.0.200-10.1.0.249")),
-                host("b", Role::Server, "sub2", [10, 2, 0, 10], Some("10.2.0.100-10.2.0.199")),
+                host(
+                    "a",
+                    Role::Server,
+                    "sub1",
+                    [10, 1, 0, 10],
+                    Some("10.1.0.100-10.1.0.199"),
+                ),
+                host(
+                    "a2",
+                    Role::Server,
+                    "sub1",
+                    [10, 1, 0, 11],
+                    Some("10.1.0.200-10.1.0.249"),
+                ),
+                host(
+                    "b",
+                    Role::Server,
+                    "sub2",
+                    [10, 2, 0, 10],
+                    Some("10.2.0.100-10.2.0.199"),
+                ),
                 host("web", Role::Outside, "ext", [198, 18, 0, 20], None),
                 host("alice", Role::Client, "ext", [198, 18, 0, 30], None),
             ],
@@ -482,8 +507,7 @@ pub(crate) fn check_name(what: &'static str, name: &str, max: usize) -> Result<(
 
 /// An address that a host may have on `net`: not the network or broadcast address.
 fn is_host_address(net: Ipv4Net, a: Ipv4Addr) -> bool {
-    net.contains(&a)
-        && (net.prefix_len() >= 31 || (a != net.network() && a != net.broadcast()))
+    net.contains(&a) && (net.prefix_len() >= 31 || (a != net.network() && a != net.broadcast()))
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use crate::support::{ping, require_root};
 
 /// The host's own interfaces (name and kind): labs must never add one.
 pub(crate) fn host_links() -> Vec<String> {
-    let out = Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
     let mut links: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
@@ -23,7 +26,10 @@ fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // A zombie is dead; it only waits for its parent to reap it.
-        Ok(stat) => stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
     }
 }
 
@@ -32,24 +38,33 @@ fn a_panicking_test_leaves_nothing_behind() {
     require_root();
     let links_before = host_links();
     let name = unique_lab_name();
-    let mut pid = 0;
+    let mut child = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let lab = Lab::up(Topology::standard(&name)).unwrap();
         lab.add_session("s1", "a").unwrap();
         lab.move_session("s1", "b").unwrap();
-        let child = lab
-            .host("web")
-            .unwrap()
-            .spawn(Command::new("sleep").arg("600"))
-            .unwrap();
-        pid = child.id();
+        child = Some(
+            lab.host("web")
+                .unwrap()
+                .spawn(Command::new("sleep").arg("600"))
+                .unwrap(),
+        );
         assert!(!namespaces_of(&name).unwrap().is_empty());
         panic!("this test panics with its lab up");
     }));
     assert!(result.is_err());
     assert_eq!(namespaces_of(&name).unwrap(), Vec::<String>::new());
-    assert_eq!(host_links(), links_before, "no interface left in the host namespace");
-    assert!(process_gone(pid), "process {pid} started in the lab still runs");
+    assert_eq!(
+        host_links(),
+        links_before,
+        "no interface left in the host namespace"
+    );
+    let mut child = child.unwrap();
+    assert!(
+        process_gone(child.id()),
+        "a process started in the lab still runs"
+    );
+    child.wait().unwrap();
 }
 
 #[test]
@@ -58,7 +73,7 @@ fn down_removes_what_a_killed_run_left_behind() {
     let name = unique_lab_name();
     let lab = Lab::up(Topology::standard(&name)).unwrap();
     lab.add_session("s1", "a").unwrap();
-    let child = lab
+    let mut child = lab
         .session("s1")
         .unwrap()
         .netns()
@@ -72,10 +87,18 @@ fn down_removes_what_a_killed_run_left_behind() {
         .args(["down", &name])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "removed 8 namespace(s)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed 8 namespace(s)"
+    );
     assert!(namespaces_of(&name).unwrap().is_empty());
     assert!(process_gone(child.id()));
+    child.wait().unwrap();
 }
 
 #[test]
@@ -102,7 +125,10 @@ fn parallel_labs_do_not_collide() {
         names.dedup();
         assert_eq!(names.len(), 3);
         for n in names {
-            assert!(namespaces_of(&n).unwrap().is_empty(), "lab {n} left namespaces");
+            assert!(
+                namespaces_of(&n).unwrap().is_empty(),
+                "lab {n} left namespaces"
+            );
         }
     });
 }

@@ -2,6 +2,9 @@
 //! per concern; every test builds its own lab under a unique name, so they
 //! run in parallel.
 
+// Helpers of a test crate may unwrap: a panic is a failed test with a location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cleanup;
 mod cli;
 mod routing;

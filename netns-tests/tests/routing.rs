@@ -20,21 +20,37 @@ fn client_proxy_servers_sessions_and_outside_host_reach_each_other() {
 
     // Hops are counted by the TTL of the reply (64 at the sender, minus one
     // per router on the way back).
-    assert_eq!(ping(&client, "198.18.0.20"), Some(64), "same external network");
+    assert_eq!(
+        ping(&client, "198.18.0.20"),
+        Some(64),
+        "same external network"
+    );
     assert_eq!(ping(&client, "198.18.0.1"), Some(64), "proxy box");
     assert_eq!(ping(&client, "10.1.0.10"), Some(63), "server a via proxy");
     assert_eq!(ping(&web, "10.2.0.10"), Some(63), "server b via proxy");
     assert_eq!(ping(&a, "10.2.0.10"), Some(63), "subnet 1 -> 2 via proxy");
     assert_eq!(ping(&a, "10.1.0.11"), Some(64), "same subnet, no router");
-    assert_eq!(ping(&session, "198.18.0.20"), Some(62), "session -> outside");
-    assert_eq!(ping(&web, &s1.virtual_addr.to_string()), Some(62), "outside -> session");
+    assert_eq!(
+        ping(&session, "198.18.0.20"),
+        Some(62),
+        "session -> outside"
+    );
+    assert_eq!(
+        ping(&web, &s1.virtual_addr.to_string()),
+        Some(62),
+        "outside -> session"
+    );
     assert_eq!(ping(&session, "169.254.0.1"), Some(64), "session's gateway");
 
     // TCP both ways, bytes compared.
     let listener = listen(&web, "198.18.0.20:7100");
     let mut from_session = connect(&session, "198.18.0.20:7100".parse().unwrap());
     let (mut at_web, peer) = listener.accept().unwrap();
-    assert_eq!(peer.ip(), s1.virtual_addr, "the outside host sees the session's address");
+    assert_eq!(
+        peer.ip(),
+        s1.virtual_addr,
+        "the outside host sees the session's address"
+    );
     transfer(&mut from_session, &mut at_web, 1 << 20, 1);
     transfer(&mut at_web, &mut from_session, 1 << 20, 2);
 
@@ -55,21 +71,35 @@ fn subnets_meet_only_at_the_proxy_box() {
 
     // Layer 2: server a's segment has a2 on it, not b.
     let arping = |to: &str| {
-        a.output(Command::new("arping").args(["-q", "-c", "2", "-C", "1", "-w", "1", "-i", "eth0", to]))
-            .unwrap()
-            .status
-            .success()
+        a.output(
+            Command::new("arping").args(["-q", "-c", "2", "-C", "1", "-w", "1", "-i", "eth0", to]),
+        )
+        .unwrap()
+        .status
+        .success()
     };
     assert!(arping("10.1.0.11"), "a2 answers ARP on subnet 1");
-    assert!(!arping("10.2.0.10"), "b must not be reachable on subnet 1's segment");
-    assert!(!arping("198.18.0.20"), "the external network is another segment");
+    assert!(
+        !arping("10.2.0.10"),
+        "b must not be reachable on subnet 1's segment"
+    );
+    assert!(
+        !arping("198.18.0.20"),
+        "the external network is another segment"
+    );
 
     // Layer 3: with the proxy box not forwarding, nothing crosses.
-    proxy
-        .sysctl(&[("net.ipv4.ip_forward", "0")])
-        .unwrap();
-    assert_eq!(ping(&a, "10.2.0.10"), None, "subnet 1 -> 2 without the proxy box");
-    assert_eq!(ping(&s1.netns(), "198.18.0.20"), None, "session -> outside without the proxy box");
+    proxy.sysctl(&[("net.ipv4.ip_forward", "0")]).unwrap();
+    assert_eq!(
+        ping(&a, "10.2.0.10"),
+        None,
+        "subnet 1 -> 2 without the proxy box"
+    );
+    assert_eq!(
+        ping(&s1.netns(), "198.18.0.20"),
+        None,
+        "session -> outside without the proxy box"
+    );
     assert_eq!(ping(&a, "10.1.0.11"), Some(64), "same subnet still works");
     proxy.sysctl(&[("net.ipv4.ip_forward", "1")]).unwrap();
     assert_eq!(ping(&a, "10.2.0.10"), Some(63));

@@ -24,16 +24,30 @@ fn cross_subnet_move_keeps_the_connection_and_it_flows_once_routed() {
         at_session.local_addr().unwrap().to_string(),
         "198.18.0.20:7300".to_string(),
     );
-    assert_eq!(tuple.0, format!("{}:{}", s1.virtual_addr, at_session.local_addr().unwrap().port()));
+    assert_eq!(
+        tuple.0,
+        format!(
+            "{}:{}",
+            s1.virtual_addr,
+            at_session.local_addr().unwrap().port()
+        )
+    );
     transfer(&mut at_session, &mut at_web, 1 << 20, 10);
     transfer(&mut at_web, &mut at_session, 1 << 20, 11);
 
     // A (subnet 1) -> B (subnet 2).
     let moved = lab.move_session("s1", "b").unwrap();
     assert_eq!(moved.server, "b");
-    assert_eq!(moved.virtual_addr, s1.virtual_addr, "the virtual address stays");
+    assert_eq!(
+        moved.virtual_addr, s1.virtual_addr,
+        "the virtual address stays"
+    );
     assert!(
-        lab.topology().network("sub2").unwrap().prefix.contains(&moved.physical_addr),
+        lab.topology()
+            .network("sub2")
+            .unwrap()
+            .prefix
+            .contains(&moved.physical_addr),
         "new physical address {} on subnet 2",
         moved.physical_addr
     );
@@ -42,7 +56,14 @@ fn cross_subnet_move_keeps_the_connection_and_it_flows_once_routed() {
         "the connection is still established in the session's kernel: {:?}",
         established(&session)
     );
-    assert!(lab.server("a").unwrap().1.ip(&["link", "show", "ses-s1"]).is_err(), "nothing left on a");
+    assert!(
+        lab.server("a")
+            .unwrap()
+            .1
+            .ip(&["link", "show", "ses-s1"])
+            .is_err(),
+        "nothing left on a"
+    );
 
     // Until the proxy box routes the virtual address to B, what the outside
     // host sends does not reach the session...
@@ -68,7 +89,10 @@ fn cross_subnet_move_keeps_the_connection_and_it_flows_once_routed() {
 
     // And back: B -> A.
     let back = lab.move_session("s1", "a").unwrap();
-    assert_eq!(back.physical_addr, s1.virtual_addr, "home again with its first address");
+    assert_eq!(
+        back.physical_addr, s1.virtual_addr,
+        "home again with its first address"
+    );
     lab.route_on_proxy(&back).unwrap();
     transfer(&mut at_session, &mut at_web, 1 << 20, 14);
     transfer(&mut at_web, &mut at_session, 1 << 20, 15);
@@ -87,7 +111,10 @@ fn same_subnet_move_keeps_the_address() {
     transfer(&mut at_session, &mut at_web, 64 << 10, 20);
 
     let moved = lab.move_session("s1", "a2").unwrap();
-    assert_eq!(moved.physical_addr, s1.physical_addr, "same subnet, same address");
+    assert_eq!(
+        moved.physical_addr, s1.physical_addr,
+        "same subnet, same address"
+    );
     // The proxy box still has server a's MAC for the address; once it
     // forgets it (the dataplane will announce the move with a gratuitous
     // ARP instead), a2 answers for the session.
@@ -104,9 +131,18 @@ fn bad_moves_are_refused_and_change_nothing() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    assert!(matches!(lab.move_session("s1", "a"), Err(LabError::SameServer { .. })));
-    assert!(matches!(lab.move_session("s1", "web"), Err(LabError::UnknownServer(_))));
-    assert!(matches!(lab.move_session("nope", "b"), Err(LabError::UnknownSession(_))));
+    assert!(matches!(
+        lab.move_session("s1", "a"),
+        Err(LabError::SameServer { .. })
+    ));
+    assert!(matches!(
+        lab.move_session("s1", "web"),
+        Err(LabError::UnknownServer(_))
+    ));
+    assert!(matches!(
+        lab.move_session("nope", "b"),
+        Err(LabError::UnknownSession(_))
+    ));
     assert!(matches!(
         lab.move_session_to("s1", "b", "10.1.0.150".parse().unwrap()),
         Err(LabError::AddressOffSubnet { .. })

@@ -147,7 +147,11 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Down { lab, all } => {
-            let n = if all { Lab::down_all()? } else { Lab::down(&lab)? };
+            let n = if all {
+                Lab::down_all()?
+            } else {
+                Lab::down(&lab)?
+            };
             println!("removed {n} namespace(s)");
         }
         Command::Status { lab, json } => {
