@@ -459,6 +459,9 @@ impl Lab {
                 ns.sysctl(&[
                     ("net.ipv4.ip_forward", "1"),
                     ("net.ipv4.conf.eth0.proxy_arp", "1"),
+                    // Answer ARP for sessions at once, not after a random
+                    // delay of up to 0.8 s (the kernel's default).
+                    ("net.ipv4.neigh.eth0.proxy_delay", "0"),
                     ("net.ipv4.conf.all.send_redirects", "0"),
                 ])?;
             }
