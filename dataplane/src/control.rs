@@ -1,0 +1,170 @@
+//! The control interface: how sessiond and the proxy tell the dataplane what
+//! changed, and read its counters. One JSON object per line over a Unix
+//! socket; every request gets one response line. Sans-I/O here: parsing a
+//! request line and applying it to the engine.
+//!
+//! ```text
+//! -> {"op":"stats"}
+//! <- {"ok":true,"stats":{"vnics":2,"labels_in_use":0,...}}
+//! -> {"op":"session_moved","virtual":"10.1.0.100","from":"10.1.0.100","to":"10.2.0.100"}
+//! <- {"ok":true,"connections":1}
+//! -> {"op":"bogus"}
+//! <- {"ok":false,"error":"bad request: unknown variant `bogus`, ..."}
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::proxybox::ProxyEngine;
+
+/// Longest request line accepted; a longer one closes the connection.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
+/// A request to the proxy box's dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProxyRequest {
+    /// Counters and gauges.
+    Stats {},
+    /// A session moved: its connections from `virtual` at physical `from`
+    /// now reach it at physical `to`, with labels.
+    SessionMoved {
+        #[serde(rename = "virtual")]
+        virtual_addr: Ipv4Addr,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+    },
+}
+
+/// The dataplane's counters as the control interface reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyStats {
+    pub vnics: usize,
+    pub labels_in_use: usize,
+    pub vnics_created: u64,
+    pub vnics_reclaimed: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rewrites: u64,
+    pub labelled_packets: u64,
+    pub dropped: BTreeMap<String, u64>,
+}
+
+impl ProxyStats {
+    pub fn of(engine: &ProxyEngine) -> Self {
+        let c = &engine.counters;
+        ProxyStats {
+            vnics: engine.vnics(),
+            labels_in_use: engine.labels_in_use(),
+            vnics_created: c.vnics_created,
+            vnics_reclaimed: c.vnics_reclaimed,
+            packets_in: c.packets_in,
+            bytes_in: c.bytes_in,
+            packets_out: c.packets_out,
+            bytes_out: c.bytes_out,
+            rewrites: c.rewrites,
+            labelled_packets: c.labelled_packets,
+            dropped: c
+                .dropped
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
+        }
+    }
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ProxyStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+}
+
+impl Response {
+    fn ok() -> Self {
+        Response {
+            ok: true,
+            error: None,
+            stats: None,
+            connections: None,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            ..Response::ok()
+        }
+    }
+
+    /// The response as one line (with its newline).
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"ok":false,"error":"unencodable response"}"#.into());
+        s.push('\n');
+        s
+    }
+}
+
+/// Parses one request line and applies it to the engine.
+pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
+    let request: ProxyRequest = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Response::error(format!("bad request: {e}")),
+    };
+    match request {
+        ProxyRequest::Stats {} => Response {
+            stats: Some(ProxyStats::of(engine)),
+            ..Response::ok()
+        },
+        ProxyRequest::SessionMoved {
+            virtual_addr,
+            from,
+            to,
+        } => Response {
+            connections: Some(engine.session_moved(virtual_addr, from, to)),
+            ..Response::ok()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxybox::ProxyConfig;
+
+    #[test]
+    fn requests_parse_and_bad_ones_get_a_reason() {
+        let mut engine = ProxyEngine::new(ProxyConfig::default(), 1);
+        let r = handle_line(&mut engine, r#"{"op":"stats"}"#);
+        assert!(r.ok);
+        assert_eq!(r.stats.unwrap().vnics, 0);
+        let r = handle_line(
+            &mut engine,
+            r#"{"op":"session_moved","virtual":"10.1.0.100","from":"10.1.0.100","to":"10.2.0.100"}"#,
+        );
+        assert_eq!(r.connections, Some(0));
+        for bad in [
+            "",
+            "{",
+            r#"{"op":"bogus"}"#,
+            r#"{"op":"stats","extra":1}"#,
+            r#"{"op":"session_moved","virtual":"10.1.0.999","from":"1.1.1.1","to":"1.1.1.1"}"#,
+            "\u{0}\u{ff}",
+        ] {
+            let r = handle_line(&mut engine, bad);
+            assert!(!r.ok, "{bad:?} was accepted");
+            assert!(r.error.unwrap().starts_with("bad request"));
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The dataplane's I/O: the TUN device, the relays, the clock. Everything
+//! here runs on one thread (a tokio current-thread runtime with a
+//! `LocalSet`): the engine is shared by `Rc<RefCell<..>>` and never borrowed
+//! across an await.
+
+pub mod steer;
+mod stream;
+pub mod tun;
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+pub use stream::VnicStream;
+
+use crate::proxybox::{Event, ProxyEngine, VnicId};
+use crate::vnic::{smol_now, HEADROOM};
+
+/// What the device loop and the relays share besides the engine.
+pub struct Shared {
+    start: std::time::Instant,
+    /// VNICs a relay read from or wrote to: the device loop polls them.
+    dirty: RefCell<BTreeSet<VnicId>>,
+    kick: Notify,
+    pub connect_timeout: Duration,
+}
+
+impl Shared {
+    pub fn new(connect_timeout: Duration) -> Rc<Shared> {
+        Rc::new(Shared {
+            start: std::time::Instant::now(),
+            dirty: RefCell::new(BTreeSet::new()),
+            kick: Notify::new(),
+            connect_timeout,
+        })
+    }
+
+    /// The engine's clock.
+    pub fn now(&self) -> smoltcp::time::Instant {
+        smol_now(self.start.elapsed())
+    }
+
+    /// Asks the device loop to poll this VNIC and flush what it sends.
+    pub fn touch(&self, id: VnicId) {
+        self.dirty.borrow_mut().insert(id);
+        self.kick.notify_one();
+    }
+
+    fn std_instant(&self, at: smoltcp::time::Instant) -> tokio::time::Instant {
+        let micros = u64::try_from(at.total_micros()).unwrap_or(0);
+        tokio::time::Instant::from_std(self.start + Duration::from_micros(micros))
+    }
+}
+
+/// Runs the proxy box: packets from the TUN device through the engine,
+/// relays for new connections, timers. Returns only on a device error.
+pub async fn run_proxybox(
+    device: tun::Tun,
+    engine: Rc<RefCell<ProxyEngine>>,
+    shared: Rc<Shared>,
+) -> io::Result<()> {
+    let mut rx = tun::RxBatch::new(device.mtu());
+    let mut gro = device.gro_table();
+    loop {
+        let deadline = engine.borrow().next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(shared.std_instant(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = device.recv(&mut rx) => {
+                r?;
+                let now = shared.now();
+                let mut engine = engine.borrow_mut();
+                for packet in rx.packets_mut() {
+                    engine.handle_packet(now, packet);
+                }
+            }
+            () = sleep => engine.borrow_mut().poll_timers(shared.now()),
+            () = shared.kick.notified() => {}
+        }
+        let mut outbox = {
+            let dirty = std::mem::take(&mut *shared.dirty.borrow_mut());
+            let mut eng = engine.borrow_mut();
+            let now = shared.now();
+            for id in dirty {
+                eng.poll_vnic(now, id);
+            }
+            for event in eng.take_events() {
+                if let Event::Connect { id, tuple } = event {
+                    let engine = engine.clone();
+                    let shared = shared.clone();
+                    let remote = SocketAddr::V4(tuple.remote);
+                    tokio::task::spawn_local(relay(engine, shared, id, remote));
+                }
+            }
+            if eng.outbox.is_empty() {
+                continue;
+            }
+            // Only this loop polls VNICs, so only it fills the outbox: it
+            // is taken out while the write awaits (relays borrow the engine
+            // meanwhile).
+            std::mem::take(&mut eng.outbox)
+        };
+        if let Err(e) = device.send(&mut gro, outbox.packets_mut(), HEADROOM).await {
+            tracing::warn!(error = %e, "tun write failed");
+        }
+        outbox.clear();
+        engine.borrow_mut().outbox = outbox;
+    }
+}
+
+/// Connects to the real destination, completes the session's handshake,
+/// and copies bytes both ways until both sides closed.
+async fn relay(
+    engine: Rc<RefCell<ProxyEngine>>,
+    shared: Rc<Shared>,
+    id: VnicId,
+    remote: SocketAddr,
+) {
+    let outside =
+        match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(remote)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, error = %e, "outside connect failed");
+                engine.borrow_mut().refuse(id);
+                shared.touch(id);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "outside connect timed out");
+                engine.borrow_mut().refuse(id);
+                shared.touch(id);
+                return;
+            }
+        };
+    let _ = outside.set_nodelay(true);
+    let mut outside = outside;
+    engine.borrow_mut().accept(id);
+    shared.touch(id);
+    let mut session = VnicStream::new(engine, shared, id);
+    if session.established().await.is_err() {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut session, &mut outside).await {
+        tracing::debug!(%remote, error = %e, "relay ended with an error");
+        session.abort();
+    }
+}

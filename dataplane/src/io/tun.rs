@@ -1,0 +1,112 @@
+//! The TUN device: batched reads and writes, with the Linux offloads
+//! (`IFF_VNET_HDR`: the kernel hands over GSO super-packets, which tun-rs
+//! splits, and takes coalesced TCP segments back) when enabled.
+
+use std::io;
+
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// How to open the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    pub name: String,
+    pub mtu: u16,
+    /// GSO/GRO offloads through the virtio-net header.
+    pub offload: bool,
+}
+
+/// An open TUN device (layer 3, no packet information header).
+pub struct Tun {
+    device: AsyncDevice,
+    mtu: usize,
+}
+
+/// Packets of one batched read.
+pub struct RxBatch {
+    original: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    count: usize,
+}
+
+impl RxBatch {
+    pub fn new(mtu: usize) -> RxBatch {
+        RxBatch {
+            original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
+            bufs: vec![vec![0; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
+            count: 0,
+        }
+    }
+
+    /// The packets read, each changeable in place.
+    pub fn packets_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        self.bufs
+            .iter_mut()
+            .zip(self.sizes.iter())
+            .take(self.count)
+            .map(|(b, n)| &mut b[..*n])
+    }
+}
+
+impl Tun {
+    /// Creates the device in the calling thread's network namespace and
+    /// brings it up.
+    pub fn open(config: &TunConfig) -> io::Result<Tun> {
+        let device = DeviceBuilder::new()
+            .name(config.name.clone())
+            .mtu(config.mtu)
+            .with(|b| {
+                b.offload(config.offload);
+            })
+            .build_async()?;
+        Ok(Tun {
+            device,
+            mtu: usize::from(config.mtu),
+        })
+    }
+
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    pub fn gro_table(&self) -> GROTable {
+        GROTable::new()
+    }
+
+    /// Waits for packets, then takes what else is queued, up to one batch.
+    pub async fn recv(&self, batch: &mut RxBatch) -> io::Result<()> {
+        batch.count = self
+            .device
+            .recv_multiple(&mut batch.original, &mut batch.bufs, &mut batch.sizes, 0)
+            .await?;
+        // Leave room for one more split super-packet (64 KiB / MTU).
+        let room = 65535 / self.mtu.max(576) + 1;
+        while batch.count + room <= batch.bufs.len() {
+            let (bufs, sizes) = (
+                &mut batch.bufs[batch.count..],
+                &mut batch.sizes[batch.count..],
+            );
+            match self
+                .device
+                .try_recv_multiple(&mut batch.original, bufs, sizes, 0)
+            {
+                Ok(n) => batch.count += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes packets, each at `offset` in its buffer with `offset` >= 10
+    /// spare bytes in front (for the virtio-net header).
+    pub async fn send(
+        &self,
+        gro: &mut GROTable,
+        packets: &mut [Vec<u8>],
+        offset: usize,
+    ) -> io::Result<usize> {
+        self.device.send_multiple(gro, packets, offset).await
+    }
+}

@@ -1,0 +1,541 @@
+//! The proxy box's packet engine (paper §5, DESIGN.md §3.3), sans-I/O.
+//!
+//! Every IPv4 packet a session sends towards the outside arrives here (the
+//! I/O layer reads it from the TUN device). TCP connections are terminated,
+//! each in a VNIC of its own; the I/O layer relays each VNIC's byte stream
+//! to the real destination over a kernel socket.
+//!
+//! Finding the VNIC of a packet:
+//! - a packet **without** a label is looked up by its address tuple among
+//!   connections of sessions that never migrated;
+//! - a **SYN** with a label carries the server's label *offer* for a new
+//!   connection; the VNIC answers with its own label in the SYN-ACK;
+//! - any other packet **with** a label carries the proxy's own label: the
+//!   session migrated, the label names the VNIC, and the packet's source must
+//!   be the session's current physical address (a forged or stale label is
+//!   dropped, never delivered to another connection).
+//!
+//! What a VNIC sends to a migrated session is rewritten virtual -> physical
+//! and carries the server's label.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::time::Instant;
+
+use crate::rewrite::{rewrite_address, Endpoint};
+use crate::vnic::{Egress, FourTuple, Outbox, Vnic, VnicConfig};
+use crate::wire::label::strip_label;
+use crate::wire::{parse_ipv4, Label, PacketInfo, TcpFlags, Transport};
+
+/// A VNIC's index in the engine; stale ids (of reclaimed VNICs) are detected
+/// by their generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VnicId {
+    index: usize,
+    generation: u64,
+}
+
+/// Limits and tuning of the proxy box engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub vnic: VnicConfig,
+    /// At most this many VNICs at once; SYNs beyond are dropped and counted.
+    pub max_vnics: usize,
+    /// At most this many VNICs still in handshake per session address (SYN
+    /// flood bound).
+    pub max_handshakes_per_session: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            vnic: VnicConfig::default(),
+            max_vnics: 16_384,
+            max_handshakes_per_session: 256,
+        }
+    }
+}
+
+/// What the I/O layer must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A session opened a connection to `tuple.remote`: connect there, then
+    /// [`ProxyEngine::accept`] (or [`ProxyEngine::refuse`]) and relay.
+    Connect { id: VnicId, tuple: FourTuple },
+    /// The VNIC is gone (closed, reset or reclaimed): stop relaying.
+    Closed { id: VnicId },
+}
+
+/// Packet and connection counters, exported as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// Dropped packets by reason (`WireError::reason` and engine reasons).
+    pub dropped: BTreeMap<&'static str, u64>,
+    pub vnics_created: u64,
+    pub vnics_reclaimed: u64,
+    /// Packets whose addresses were rewritten (either direction).
+    pub rewrites: u64,
+    /// Packets that carried a label (either direction).
+    pub labelled_packets: u64,
+}
+
+impl Counters {
+    fn drop(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_default() += 1;
+    }
+}
+
+struct Entry {
+    vnic: Vnic,
+    generation: u64,
+    /// The proxy's label for this connection (offered in the SYN-ACK).
+    proxy_label: Label,
+    /// The server's label, if its dataplane offered one in the SYN.
+    server_label: Option<Label>,
+    /// Where the session is now, once it migrated (its physical address).
+    physical: Option<Ipv4Addr>,
+    /// Still in handshake (counted against the session's SYN budget).
+    handshaking: bool,
+    /// The deadline this VNIC is filed under in the timer set.
+    deadline: Option<Instant>,
+}
+
+impl Entry {
+    fn egress(&self) -> Egress {
+        match self.physical {
+            Some(p) => Egress {
+                rewrite_dst: Some((*self.vnic.tuple().session.ip(), p)),
+                label: self.server_label,
+            },
+            None => Egress::default(),
+        }
+    }
+}
+
+/// The proxy box's engine: VNICs, their lookup tables and timers.
+pub struct ProxyEngine {
+    config: ProxyConfig,
+    slots: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    next_generation: u64,
+    by_tuple: HashMap<FourTuple, VnicId>,
+    by_label: HashMap<Label, VnicId>,
+    handshakes: HashMap<Ipv4Addr, usize>,
+    timers: BTreeSet<(Instant, VnicId)>,
+    events: Vec<Event>,
+    rng: u64,
+    /// Packets waiting for the TUN device.
+    pub outbox: Outbox,
+    pub counters: Counters,
+}
+
+impl ProxyEngine {
+    pub fn new(config: ProxyConfig, seed: u64) -> Self {
+        ProxyEngine {
+            config,
+            slots: Vec::new(),
+            free: Vec::new(),
+            next_generation: 1,
+            by_tuple: HashMap::new(),
+            by_label: HashMap::new(),
+            handshakes: HashMap::new(),
+            timers: BTreeSet::new(),
+            events: Vec::new(),
+            rng: seed | 1,
+            outbox: Outbox::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// VNICs alive now.
+    pub fn vnics(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Labels in use: connections whose session migrated.
+    pub fn labels_in_use(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|e| e.physical.is_some())
+            .count()
+    }
+
+    /// Takes the events raised since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// One packet from the TUN device (a session's packet, as routed to the
+    /// proxy box). `packet` may be changed in place (label stripped,
+    /// addresses rewritten).
+    pub fn handle_packet(&mut self, now: Instant, packet: &mut [u8]) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += packet.len() as u64;
+        let info = match parse_ipv4(packet) {
+            Ok(info) => info,
+            Err(e) => return self.counters.drop(e.reason()),
+        };
+        let Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } = info.transport
+        else {
+            // UDP and ICMP relays are not built yet.
+            return self.counters.drop("unsupported_protocol");
+        };
+        if src_port == 0 || dst_port == 0 {
+            return self.counters.drop("port_zero");
+        }
+        let syn = flags.contains(TcpFlags::SYN);
+        let tuple = FourTuple {
+            session: SocketAddrV4::new(info.src_addr, src_port),
+            remote: SocketAddrV4::new(info.dst_addr, dst_port),
+        };
+        match info.label {
+            Some(label) if !syn => self.handle_labelled(now, packet, &info, label, dst_port),
+            offer => self.handle_unlabelled(now, packet, tuple, flags, offer),
+        }
+    }
+
+    fn handle_labelled(
+        &mut self,
+        now: Instant,
+        packet: &mut [u8],
+        info: &PacketInfo,
+        label: Label,
+        dst_port: u16,
+    ) {
+        self.counters.labelled_packets += 1;
+        let Some(&id) = self.by_label.get(&label) else {
+            return self.counters.drop("unknown_label");
+        };
+        let Some(entry) = self.entry(id) else {
+            return self.counters.drop("unknown_label");
+        };
+        // The label must come from where the session is now, for the
+        // connection it names: a label alone proves nothing.
+        let tuple = entry.vnic.tuple();
+        if entry.physical != Some(info.src_addr) || tuple.remote.port() != dst_port {
+            return self.counters.drop("forged_label");
+        }
+        let start = match strip_label(packet, 0) {
+            Ok(Some((_, start))) => start,
+            _ => return self.counters.drop("bad_label"),
+        };
+        let packet = &mut packet[start..];
+        if rewrite_address(packet, Endpoint::Source, *tuple.session.ip()).is_err() {
+            return self.counters.drop("rewrite_failed");
+        }
+        self.counters.rewrites += 1;
+        self.deliver(now, id, packet);
+    }
+
+    fn handle_unlabelled(
+        &mut self,
+        now: Instant,
+        packet: &mut [u8],
+        tuple: FourTuple,
+        flags: TcpFlags,
+        offer: Option<Label>,
+    ) {
+        if let Some(&id) = self.by_tuple.get(&tuple) {
+            return self.deliver(now, id, packet);
+        }
+        if !flags.contains(TcpFlags::SYN) || flags.contains(TcpFlags::ACK) {
+            return self.counters.drop("no_connection");
+        }
+        if flags.contains(TcpFlags::RST) || flags.contains(TcpFlags::FIN) {
+            return self.counters.drop("bad_syn");
+        }
+        if self.vnics() >= self.config.max_vnics {
+            return self.counters.drop("vnic_limit");
+        }
+        let handshakes = self.handshakes.entry(*tuple.session.ip()).or_default();
+        if *handshakes >= self.config.max_handshakes_per_session {
+            return self.counters.drop("handshake_limit");
+        }
+        *handshakes += 1;
+        // A SYN offer is stripped: the VNIC's socket is not to see it.
+        let start = match offer {
+            Some(_) => match strip_label(packet, 0) {
+                Ok(Some((_, start))) => start,
+                _ => return self.counters.drop("bad_label"),
+            },
+            None => 0,
+        };
+        let id = self.create(now, tuple, offer);
+        self.events.push(Event::Connect { id, tuple });
+        self.deliver(now, id, &packet[start..]);
+    }
+
+    fn create(&mut self, now: Instant, tuple: FourTuple, server_label: Option<Label>) -> VnicId {
+        let seed = self.next_random();
+        let vnic = Vnic::listen(tuple, &self.config.vnic, seed, now);
+        let proxy_label = self.fresh_label();
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let entry = Entry {
+            vnic,
+            generation,
+            proxy_label,
+            server_label,
+            physical: None,
+            handshaking: true,
+            deadline: None,
+        };
+        let index = match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(entry);
+                i
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        };
+        let id = VnicId { index, generation };
+        self.by_tuple.insert(tuple, id);
+        self.by_label.insert(proxy_label, id);
+        self.counters.vnics_created += 1;
+        tracing::debug!(
+            session = %tuple.session, remote = %tuple.remote, label = %proxy_label,
+            server_label = ?server_label.map(|l| l.to_string()), "vnic created"
+        );
+        id
+    }
+
+    fn fresh_label(&mut self) -> Label {
+        loop {
+            let v = (self.next_random() >> 32) as u32;
+            if let Some(l) = Label::new(v) {
+                if !self.by_label.contains_key(&l) {
+                    return l;
+                }
+            }
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: labels need to be unpredictable to a session only in
+        // the sense of not colliding; forged labels are refused by address.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn entry(&self, id: VnicId) -> Option<&Entry> {
+        self.slots
+            .get(id.index)?
+            .as_ref()
+            .filter(|e| e.generation == id.generation)
+    }
+
+    fn entry_mut(&mut self, id: VnicId) -> Option<&mut Entry> {
+        self.slots
+            .get_mut(id.index)?
+            .as_mut()
+            .filter(|e| e.generation == id.generation)
+    }
+
+    fn deliver(&mut self, now: Instant, id: VnicId, packet: &[u8]) {
+        let Some(entry) = self
+            .slots
+            .get_mut(id.index)
+            .and_then(Option::as_mut)
+            .filter(|e| e.generation == id.generation)
+        else {
+            return self.counters.drop("no_connection");
+        };
+        let egress = entry.egress();
+        let before = self.outbox.len();
+        entry.vnic.receive(now, packet, &mut self.outbox, egress);
+        self.after_poll(now, id, before);
+    }
+
+    /// Runs a VNIC after its relay read or wrote (or its timer is due).
+    pub fn poll_vnic(&mut self, now: Instant, id: VnicId) {
+        let Some(entry) = self
+            .slots
+            .get_mut(id.index)
+            .and_then(Option::as_mut)
+            .filter(|e| e.generation == id.generation)
+        else {
+            return;
+        };
+        let egress = entry.egress();
+        let before = self.outbox.len();
+        entry.vnic.poll(now, &mut self.outbox, egress);
+        self.after_poll(now, id, before);
+    }
+
+    /// Runs every VNIC whose timer is due.
+    pub fn poll_timers(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(e) = self.entry_mut(id) {
+                e.deadline = None;
+            }
+            self.poll_vnic(now, id);
+        }
+    }
+
+    /// The earliest VNIC timer.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    fn after_poll(&mut self, now: Instant, id: VnicId, outbox_before: usize) {
+        let sent: Vec<usize> = self
+            .outbox
+            .packets()
+            .skip(outbox_before)
+            .map(<[u8]>::len)
+            .collect();
+        self.counters.packets_out += sent.len() as u64;
+        self.counters.bytes_out += sent.iter().sum::<usize>() as u64;
+        let Some(entry) = self.entry_mut(id) else {
+            return;
+        };
+        if entry.physical.is_some() {
+            self.counters.rewrites += sent.len() as u64;
+            self.counters.labelled_packets += sent.len() as u64;
+        }
+        let Some(entry) = self.entry_mut(id) else {
+            return;
+        };
+        if entry.handshaking
+            && !matches!(
+                entry.vnic.state(),
+                smoltcp::socket::tcp::State::Listen | smoltcp::socket::tcp::State::SynReceived
+            )
+        {
+            entry.handshaking = false;
+            let session = *entry.vnic.tuple().session.ip();
+            self.release_handshake(session);
+        }
+        let Some(entry) = self.entry_mut(id) else {
+            return;
+        };
+        if entry.vnic.is_finished() {
+            return self.reclaim(id);
+        }
+        let next = entry.vnic.poll_at(now);
+        if next != entry.deadline {
+            let old = entry.deadline;
+            entry.deadline = next;
+            if let Some(old) = old {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(next) = next {
+                self.timers.insert((next, id));
+            }
+        }
+    }
+
+    fn release_handshake(&mut self, session: Ipv4Addr) {
+        if let Some(n) = self.handshakes.get_mut(&session) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.handshakes.remove(&session);
+            }
+        }
+    }
+
+    /// Removes a VNIC and everything that points to it.
+    fn reclaim(&mut self, id: VnicId) {
+        let Some(entry) = self.slots.get_mut(id.index).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(id.index);
+        let tuple = entry.vnic.tuple();
+        if self.by_tuple.get(&tuple) == Some(&id) {
+            self.by_tuple.remove(&tuple);
+        }
+        self.by_label.remove(&entry.proxy_label);
+        if let Some(at) = entry.deadline {
+            self.timers.remove(&(at, id));
+        }
+        if entry.handshaking {
+            self.release_handshake(*tuple.session.ip());
+        }
+        self.counters.vnics_reclaimed += 1;
+        self.events.push(Event::Closed { id });
+        tracing::debug!(session = %tuple.session, remote = %tuple.remote, "vnic reclaimed");
+    }
+
+    /// The real destination accepted: let the session's handshake complete
+    /// (sent at the VNIC's next poll).
+    pub fn accept(&mut self, id: VnicId) {
+        if let Some(e) = self.entry_mut(id) {
+            e.vnic.accept();
+        }
+    }
+
+    /// The real destination refused or did not answer: reset the session's
+    /// connection (the reset goes out, and the VNIC is reclaimed, at its
+    /// next poll).
+    pub fn refuse(&mut self, id: VnicId) {
+        if let Some(e) = self.entry_mut(id) {
+            e.vnic.accept();
+            e.vnic.socket_mut().abort();
+        }
+    }
+
+    /// The VNIC's socket, for the relay's byte stream.
+    pub fn socket_mut(&mut self, id: VnicId) -> Option<&mut smoltcp::socket::tcp::Socket<'static>> {
+        self.entry_mut(id).map(|e| e.vnic.socket_mut())
+    }
+
+    /// A session moved: its connections (those from `virtual_addr` still at
+    /// `from_physical`) now reach it at `to_physical` and carry labels.
+    /// Returns how many connections were re-pointed.
+    pub fn session_moved(
+        &mut self,
+        virtual_addr: Ipv4Addr,
+        from_physical: Ipv4Addr,
+        to_physical: Ipv4Addr,
+    ) -> usize {
+        let mut moved = 0;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(entry) = slot else { continue };
+            let tuple = entry.vnic.tuple();
+            if *tuple.session.ip() != virtual_addr {
+                continue;
+            }
+            let current = entry.physical.unwrap_or(virtual_addr);
+            if current != from_physical {
+                continue;
+            }
+            if entry.physical.is_none() {
+                // From now on found by label only: the tuple may be reused
+                // by a new session at the old address.
+                let id = VnicId {
+                    index,
+                    generation: entry.generation,
+                };
+                if self.by_tuple.get(&tuple) == Some(&id) {
+                    self.by_tuple.remove(&tuple);
+                }
+            }
+            entry.physical = Some(to_physical);
+            moved += 1;
+        }
+        tracing::info!(%virtual_addr, %from_physical, %to_physical, connections = moved, "session moved");
+        moved
+    }
+}

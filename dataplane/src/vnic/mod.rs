@@ -1,0 +1,189 @@
+//! Per-connection virtual NICs (paper §5): each TCP connection of a session
+//! that the proxy box terminates gets a smoltcp interface of its own, with
+//! one socket, so two connections with the identical address tuple (an
+//! address reused after a migration) never meet in one socket table.
+//!
+//! Sans-I/O: a [`Vnic`] takes packets as byte slices and the time as an
+//! argument, and emits packets into an [`Outbox`]; the caller owns the TUN
+//! device, the clock and the timers ([`Vnic::poll_at`]).
+
+mod device;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration as SmolDuration, Instant};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+
+use device::VnicDevice;
+pub use device::{Egress, Outbox, HEADROOM};
+
+/// Tuning of every VNIC; see `configs/` for the defaults' reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VnicConfig {
+    /// Receive buffer of the terminated connection (bytes from the session).
+    pub rx_buffer: usize,
+    /// Send buffer (bytes towards the session).
+    pub tx_buffer: usize,
+    /// IP MTU towards the session; the MSS the VNIC announces follows from it.
+    pub mtu: usize,
+    /// Packets one poll may emit, so one busy VNIC cannot starve the others.
+    pub max_burst: usize,
+    /// Keep-alive towards the session (None: off).
+    pub keep_alive: Option<std::time::Duration>,
+    /// A connection silent this long is aborted.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for VnicConfig {
+    fn default() -> Self {
+        VnicConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            // Room for the 8-byte label option in a 1500-byte path.
+            mtu: 1500 - crate::wire::label::LABEL_OPTION_SPACE,
+            max_burst: 64,
+            keep_alive: Some(std::time::Duration::from_secs(60)),
+            idle_timeout: std::time::Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+/// The address tuple of a terminated connection, as the session sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FourTuple {
+    /// The session's end: its virtual address and port.
+    pub session: SocketAddrV4,
+    /// The far end the session connected to (the VNIC takes its place).
+    pub remote: SocketAddrV4,
+}
+
+/// One terminated TCP connection.
+pub struct Vnic {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    handle: SocketHandle,
+    tuple: FourTuple,
+    mtu: usize,
+    max_burst: usize,
+}
+
+impl std::fmt::Debug for Vnic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vnic")
+            .field("tuple", &self.tuple)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Converts a std instant offset into smoltcp's clock.
+pub fn smol_now(since_start: std::time::Duration) -> Instant {
+    Instant::from_micros(i64::try_from(since_start.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl Vnic {
+    /// A VNIC that will accept the connection `tuple` once its SYN is handed
+    /// to [`Vnic::receive`]. The handshake is held (no SYN-ACK) until
+    /// [`Vnic::accept`]: the proxy first connects to the real destination.
+    pub fn listen(tuple: FourTuple, config: &VnicConfig, seed: u64, now: Instant) -> Vnic {
+        let mut probe = VnicDevice::probe(config.mtu, config.max_burst);
+        let mut iface_config = Config::new(HardwareAddress::Ip);
+        iface_config.random_seed = seed;
+        let mut iface = Interface::new(iface_config, &mut probe, now);
+        let remote_ip = tuple.remote.ip().octets();
+        iface.update_ip_addrs(|addrs| {
+            // A /0 prefix puts every address on-link: the VNIC answers the
+            // session directly, whatever the session's address is.
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv4(Ipv4Address::from(remote_ip)),
+                0,
+            ));
+        });
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; config.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; config.tx_buffer]),
+        );
+        socket.pause_synack(true);
+        socket.set_nagle_enabled(false);
+        socket.set_ack_delay(Some(SmolDuration::from_millis(1)));
+        socket.set_keep_alive(config.keep_alive.map(to_smol));
+        socket.set_timeout(Some(to_smol(config.idle_timeout)));
+        socket.set_congestion_control(tcp::CongestionControl::Cubic);
+        let endpoint = IpEndpoint::new(
+            IpAddress::Ipv4(Ipv4Address::from(remote_ip)),
+            tuple.remote.port(),
+        );
+        // INVARIANT: a fresh socket in state Closed with a non-zero port
+        // always accepts listen(); port 0 never reaches here (the classifier
+        // refuses it).
+        let _ = socket.listen(endpoint);
+        let mut sockets = SocketSet::new(Vec::with_capacity(1));
+        let handle = sockets.add(socket);
+        Vnic {
+            iface,
+            sockets,
+            handle,
+            tuple,
+            mtu: config.mtu,
+            max_burst: config.max_burst,
+        }
+    }
+
+    pub fn tuple(&self) -> FourTuple {
+        self.tuple
+    }
+
+    /// Lets the held handshake complete (the real destination answered).
+    pub fn accept(&mut self) {
+        self.socket_mut().pause_synack(false);
+    }
+
+    /// Hands one packet from the session (already in the session's own
+    /// addresses: virtual, unlabelled) to the VNIC and runs it; what the VNIC
+    /// sends goes to `outbox` through `egress`.
+    pub fn receive(&mut self, now: Instant, packet: &[u8], outbox: &mut Outbox, egress: Egress) {
+        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.mtu, self.max_burst);
+        self.iface.poll(now, &mut dev, &mut self.sockets);
+    }
+
+    /// Runs timers and sends what the socket has queued (after the relay
+    /// wrote or read, or when [`Vnic::poll_at`] is due).
+    pub fn poll(&mut self, now: Instant, outbox: &mut Outbox, egress: Egress) {
+        let mut dev = VnicDevice::new(None, outbox, egress, self.mtu, self.max_burst);
+        self.iface.poll(now, &mut dev, &mut self.sockets);
+    }
+
+    /// When this VNIC next needs [`Vnic::poll`] (retransmission, delayed
+    /// ACK, keep-alive), if ever.
+    pub fn poll_at(&mut self, now: Instant) -> Option<Instant> {
+        self.iface.poll_at(now, &self.sockets)
+    }
+
+    pub fn socket(&self) -> &tcp::Socket<'static> {
+        self.sockets.get::<tcp::Socket>(self.handle)
+    }
+
+    pub fn socket_mut(&mut self) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(self.handle)
+    }
+
+    pub fn state(&self) -> tcp::State {
+        self.socket().state()
+    }
+
+    /// Nothing more will happen on this connection: it can be reclaimed.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state(), tcp::State::Closed | tcp::State::TimeWait)
+    }
+}
+
+fn to_smol(d: std::time::Duration) -> SmolDuration {
+    SmolDuration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The session address of a tuple, for smoltcp.
+pub fn ipv4(a: Ipv4Addr) -> Ipv4Address {
+    Ipv4Address::from(a.octets())
+}
