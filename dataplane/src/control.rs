@@ -13,7 +13,10 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +54,7 @@ pub struct ProxyStats {
     pub bytes_out: u64,
     pub rewrites: u64,
     pub labelled_packets: u64,
+    pub idle_polls: u64,
     pub dropped: BTreeMap<String, u64>,
 }
 
@@ -68,6 +72,7 @@ impl ProxyStats {
             bytes_out: c.bytes_out,
             rewrites: c.rewrites,
             labelled_packets: c.labelled_packets,
+            idle_polls: c.idle_polls,
             dropped: c
                 .dropped
                 .iter()
@@ -136,6 +141,20 @@ pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
             ..Response::ok()
         },
     }
+}
+
+/// Sends one request to the control socket at `path` and reads the
+/// response (blocking; for tools, sessiond and tests).
+pub fn request(path: &Path, request: &ProxyRequest) -> io::Result<Response> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply)
+        .map_err(|e| io::Error::other(format!("bad response {reply:?}: {e}")))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 //! these; only the TUN layer will be allowed `unsafe` code.
 
 pub mod control;
+pub mod daemon;
 pub mod io;
 pub mod proxybox;
 pub mod rewrite;

@@ -177,6 +177,7 @@ impl Lab {
             }
         }
         let _ = std::fs::remove_file(topology_file(name));
+        let _ = std::fs::remove_dir_all(PathBuf::from(RUN_DIR).join(name));
         match first_error {
             Some(e) => Err(e),
             None => Ok(names.len()),
@@ -194,6 +195,17 @@ impl Lab {
 
     pub fn name(&self) -> &str {
         &self.topology.name
+    }
+
+    /// A directory of this lab's own (sockets, logs of daemons under test),
+    /// removed with the lab.
+    pub fn run_dir(&self) -> Result<PathBuf> {
+        let dir = PathBuf::from(RUN_DIR).join(self.name());
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::Spawn {
+            command: format!("mkdir {}", dir.display()),
+            source,
+        })?;
+        Ok(dir)
     }
 
     pub fn topology(&self) -> &Topology {

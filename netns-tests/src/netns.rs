@@ -143,6 +143,33 @@ impl Netns {
         })
     }
 
+    /// Starts a long-lived thread inside this namespace (a daemon under
+    /// test, say); the thread enters the namespace before `f` runs.
+    pub fn spawn_thread<T, F>(&self, f: F) -> Result<std::thread::JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let file = File::open(self.path()).map_err(|source| LabError::Enter {
+            netns: self.name.clone(),
+            source,
+        })?;
+        let name = self.name.clone();
+        std::thread::Builder::new()
+            .name(format!("in-{name}"))
+            .spawn(move || {
+                if let Err(e) = setns(&file, CloneFlags::CLONE_NEWNET) {
+                    // Running `f` in the wrong namespace would be worse.
+                    panic!("entering network namespace {name}: {e}");
+                }
+                f()
+            })
+            .map_err(|source| LabError::Spawn {
+                command: "thread".into(),
+                source,
+            })
+    }
+
     /// Spawns a process inside this namespace.
     pub fn spawn(&self, cmd: &mut Command) -> Result<Child> {
         let what = describe(cmd);

@@ -7,6 +7,7 @@
 
 mod cleanup;
 mod cli;
+mod dataplane;
 mod routing;
 mod session_move;
 mod support;

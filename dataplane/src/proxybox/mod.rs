@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use crate::rewrite::{rewrite_address, Endpoint};
@@ -82,6 +83,8 @@ pub struct Counters {
     pub rewrites: u64,
     /// Packets that carried a label (either direction).
     pub labelled_packets: u64,
+    /// Polls that sent nothing though the VNIC asked for one at once.
+    pub idle_polls: u64,
 }
 
 impl Counters {
@@ -101,6 +104,9 @@ struct Entry {
     physical: Option<Ipv4Addr>,
     /// Still in handshake (counted against the session's SYN budget).
     handshaking: bool,
+    /// The relay reached the real destination (or gave up): the handshake
+    /// may go on. Until then the VNIC has nothing to do on its own.
+    accepted: bool,
     /// The deadline this VNIC is filed under in the timer set.
     deadline: Option<Instant>,
 }
@@ -292,6 +298,7 @@ impl ProxyEngine {
             server_label,
             physical: None,
             handshaking: true,
+            accepted: false,
             deadline: None,
         };
         let index = match self.free.pop() {
@@ -400,50 +407,65 @@ impl ProxyEngine {
     }
 
     fn after_poll(&mut self, now: Instant, id: VnicId, outbox_before: usize) {
-        let sent: Vec<usize> = self
-            .outbox
-            .packets()
-            .skip(outbox_before)
-            .map(<[u8]>::len)
-            .collect();
-        self.counters.packets_out += sent.len() as u64;
-        self.counters.bytes_out += sent.iter().sum::<usize>() as u64;
-        let Some(entry) = self.entry_mut(id) else {
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        for p in self.outbox.packets().skip(outbox_before) {
+            sent += 1;
+            bytes += p.len() as u64;
+        }
+        self.counters.packets_out += sent;
+        self.counters.bytes_out += bytes;
+        let Some(entry) = self
+            .slots
+            .get_mut(id.index)
+            .and_then(Option::as_mut)
+            .filter(|e| e.generation == id.generation)
+        else {
             return;
         };
         if entry.physical.is_some() {
-            self.counters.rewrites += sent.len() as u64;
-            self.counters.labelled_packets += sent.len() as u64;
+            self.counters.rewrites += sent;
+            self.counters.labelled_packets += sent;
         }
-        let Some(entry) = self.entry_mut(id) else {
-            return;
-        };
-        if entry.handshaking
+        let handshake_over = entry.handshaking
             && !matches!(
                 entry.vnic.state(),
-                smoltcp::socket::tcp::State::Listen | smoltcp::socket::tcp::State::SynReceived
-            )
-        {
+                tcp::State::Listen | tcp::State::SynReceived
+            );
+        if handshake_over {
             entry.handshaking = false;
-            let session = *entry.vnic.tuple().session.ip();
-            self.release_handshake(session);
         }
-        let Some(entry) = self.entry_mut(id) else {
-            return;
+        // Finished, and the relay has read everything the session sent.
+        let finished = entry.vnic.is_finished() && !entry.vnic.socket().can_recv();
+        // A held handshake would ask to be polled at once, forever.
+        let mut next = if entry.accepted && !finished {
+            entry.vnic.poll_at(now)
+        } else {
+            None
         };
-        if entry.vnic.is_finished() {
-            return self.reclaim(id);
+        // Wanting a poll now right after a poll that sent nothing would spin:
+        // look again a little later instead.
+        let idle = sent == 0 && next.is_some_and(|at| at <= now);
+        if idle {
+            next = Some(now + smoltcp::time::Duration::from_millis(1));
         }
-        let next = entry.vnic.poll_at(now);
-        if next != entry.deadline {
-            let old = entry.deadline;
-            entry.deadline = next;
+        let old = std::mem::replace(&mut entry.deadline, next);
+        let session = *entry.vnic.tuple().session.ip();
+        if old != next {
             if let Some(old) = old {
                 self.timers.remove(&(old, id));
             }
             if let Some(next) = next {
                 self.timers.insert((next, id));
             }
+        }
+        if idle {
+            self.counters.idle_polls += 1;
+        }
+        if handshake_over {
+            self.release_handshake(session);
+        }
+        if finished {
+            self.reclaim(id);
         }
     }
 
@@ -482,6 +504,7 @@ impl ProxyEngine {
     /// (sent at the VNIC's next poll).
     pub fn accept(&mut self, id: VnicId) {
         if let Some(e) = self.entry_mut(id) {
+            e.accepted = true;
             e.vnic.accept();
         }
     }
@@ -491,6 +514,7 @@ impl ProxyEngine {
     /// next poll).
     pub fn refuse(&mut self, id: VnicId) {
         if let Some(e) = self.entry_mut(id) {
+            e.accepted = true;
             e.vnic.accept();
             e.vnic.socket_mut().abort();
         }
