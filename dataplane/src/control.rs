@@ -21,6 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::proxybox::ProxyEngine;
+use crate::server::{ServerCounters, ServerEngine, SessionState};
 
 /// Longest request line accepted; a longer one closes the connection.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -82,6 +83,35 @@ impl ProxyStats {
     }
 }
 
+/// A request to a session server's dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerRequest {
+    /// Counters and gauges.
+    Stats {},
+    /// Take a session's connection labels out of this server (it moves away).
+    ExportSession {
+        #[serde(rename = "virtual")]
+        virtual_addr: Ipv4Addr,
+    },
+    /// Place a session here with its connection labels; `announce` sends a
+    /// gratuitous ARP for its physical address on the uplink.
+    ImportSession {
+        session: SessionState,
+        #[serde(default)]
+        announce: bool,
+    },
+}
+
+/// A session server dataplane's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStats {
+    pub connections: usize,
+    pub labelled_sessions: usize,
+    #[serde(flatten)]
+    pub counters: ServerCounters,
+}
+
 /// One response line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -90,6 +120,10 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<ProxyStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_stats: Option<ServerStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
 }
@@ -100,6 +134,8 @@ impl Response {
             ok: true,
             error: None,
             stats: None,
+            server_stats: None,
+            session: None,
             connections: None,
         }
     }
@@ -143,9 +179,48 @@ pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
     }
 }
 
+/// Parses one request line for a server's dataplane and applies it. The
+/// second value is the session to announce (gratuitous ARP), if asked.
+pub fn handle_server_line(engine: &mut ServerEngine, line: &str) -> (Response, Option<Ipv4Addr>) {
+    let request: ServerRequest = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return (Response::error(format!("bad request: {e}")), None),
+    };
+    match request {
+        ServerRequest::Stats {} => (
+            Response {
+                server_stats: Some(ServerStats {
+                    connections: engine.connections(),
+                    labelled_sessions: engine.labelled_sessions(),
+                    counters: engine.counters.clone(),
+                }),
+                ..Response::ok()
+            },
+            None,
+        ),
+        ServerRequest::ExportSession { virtual_addr } => (
+            Response {
+                session: Some(engine.export_session(virtual_addr)),
+                ..Response::ok()
+            },
+            None,
+        ),
+        ServerRequest::ImportSession { session, announce } => {
+            let taken = engine.import_session(&session);
+            (
+                Response {
+                    connections: Some(taken),
+                    ..Response::ok()
+                },
+                announce.then_some(session.physical),
+            )
+        }
+    }
+}
+
 /// Sends one request to the control socket at `path` and reads the
 /// response (blocking; for tools, sessiond and tests).
-pub fn request(path: &Path, request: &ProxyRequest) -> io::Result<Response> {
+pub fn request<R: Serialize>(path: &Path, request: &R) -> io::Result<Response> {
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
     let mut line = serde_json::to_string(request).map_err(io::Error::other)?;

@@ -15,10 +15,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::{self, Response, MAX_REQUEST_LINE};
-use crate::io::steer::Steering;
+use crate::io::steer::{ServerSteering, ServerSteeringConfig, Steering};
 use crate::io::tun::{Tun, TunConfig};
-use crate::io::{run_proxybox, Shared};
+use crate::io::{run_proxybox, run_server as run_server_loop, Shared};
 use crate::proxybox::{ProxyConfig, ProxyEngine};
+use crate::server::ServerEngine;
 use crate::vnic::VnicConfig;
 
 /// Why the dataplane could not start or stopped.
@@ -126,19 +127,140 @@ mod defaults {
     pub(super) fn max_handshakes() -> usize {
         256
     }
+    pub(super) fn session_tun() -> String {
+        "mds0".into()
+    }
+    pub(super) fn uplink_tun() -> String {
+        "mdu0".into()
+    }
+    pub(super) fn session_links() -> String {
+        "ses-*".into()
+    }
+    pub(super) fn session_table() -> u32 {
+        101
+    }
+    pub(super) fn uplink_table() -> u32 {
+        102
+    }
+    pub(super) fn server_control() -> PathBuf {
+        "/run/mobidesk/dataplane-server.sock".into()
+    }
+    pub(super) fn max_connections() -> usize {
+        65_536
+    }
 }
 
-/// The whole configuration file.
+/// `[server]` of the dataplane's configuration file (see
+/// `configs/dataplane-server.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// TUN device for packets from the sessions.
+    #[serde(default = "defaults::session_tun")]
+    pub session_tun: String,
+    /// TUN device for packets from the uplink.
+    #[serde(default = "defaults::uplink_tun")]
+    pub uplink_tun: String,
+    #[serde(default = "defaults::mtu")]
+    pub mtu: u16,
+    #[serde(default = "defaults::yes")]
+    pub offload: bool,
+    /// The server's interface on its subnet.
+    pub uplink: String,
+    /// The sessions' veths, as an nftables interface pattern.
+    #[serde(default = "defaults::session_links")]
+    pub session_links: String,
+    /// Routing tables (also rule priorities and packet marks).
+    #[serde(default = "defaults::session_table")]
+    pub session_table: u32,
+    #[serde(default = "defaults::uplink_table")]
+    pub uplink_table: u32,
+    #[serde(default = "defaults::server_control")]
+    pub control: PathBuf,
+    /// Connections whose labels are kept; the oldest go beyond.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+}
+
+impl ServerConfig {
+    pub fn new(uplink: &str, control: PathBuf) -> Self {
+        ServerConfig {
+            session_tun: defaults::session_tun(),
+            uplink_tun: defaults::uplink_tun(),
+            mtu: defaults::mtu(),
+            offload: true,
+            uplink: uplink.into(),
+            session_links: defaults::session_links(),
+            session_table: defaults::session_table(),
+            uplink_table: defaults::uplink_table(),
+            control,
+            max_connections: defaults::max_connections(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), DaemonError> {
+        let bad = |m: String| Err(DaemonError::Config(m));
+        for (key, name) in [
+            ("session_tun", &self.session_tun),
+            ("uplink_tun", &self.uplink_tun),
+            ("uplink", &self.uplink),
+        ] {
+            if name.is_empty() || name.len() > 15 {
+                return bad(format!("{key} {name:?}: 1..=15 characters"));
+            }
+        }
+        if self.session_tun == self.uplink_tun {
+            return bad("session_tun and uplink_tun must differ".into());
+        }
+        if self.session_links.is_empty()
+            || !self
+                .session_links
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_*.".contains(&b))
+        {
+            return bad(format!(
+                "session_links {:?}: an interface pattern like \"ses-*\"",
+                self.session_links
+            ));
+        }
+        for (key, t) in [
+            ("session_table", self.session_table),
+            ("uplink_table", self.uplink_table),
+        ] {
+            if t == 0 || (253..=255).contains(&t) {
+                return bad(format!("{key} {t}: not 0 or a reserved table"));
+            }
+        }
+        if self.session_table == self.uplink_table {
+            return bad("session_table and uplink_table must differ".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections: at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The whole configuration file: a `[proxy]` or a `[server]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    pub proxy: ProxyBoxConfig,
+    pub proxy: Option<ProxyBoxConfig>,
+    pub server: Option<ServerConfig>,
 }
 
 impl ConfigFile {
     pub fn from_toml(text: &str) -> Result<Self, DaemonError> {
         let c: ConfigFile = toml::from_str(text).map_err(|e| DaemonError::Config(e.to_string()))?;
-        c.proxy.validate()?;
+        if let Some(p) = &c.proxy {
+            p.validate()?;
+        }
+        if let Some(s) = &c.server {
+            s.validate()?;
+        }
+        if c.proxy.is_none() && c.server.is_none() {
+            return Err(DaemonError::Config("no [proxy] or [server] section".into()));
+        }
         Ok(c)
     }
 }
@@ -240,7 +362,10 @@ pub fn run_proxy(
         let engine = Rc::new(RefCell::new(ProxyEngine::new(config.engine_config(), seed)));
         let shared = Shared::new(Duration::from_millis(config.connect_timeout_ms));
         let control = ControlSocket::bind(&config.control)?;
-        tokio::task::spawn_local(control.serve(engine.clone()));
+        let handler_engine = engine.clone();
+        tokio::task::spawn_local(control.serve(Rc::new(move |line: &str| {
+            control::handle_line(&mut handler_engine.borrow_mut(), line)
+        })));
         tracing::info!(
             tun = %config.tun, steer_from = ?config.steer_from, offload = config.offload,
             control = %config.control.display(), "proxy box dataplane up"
@@ -253,6 +378,102 @@ pub fn run_proxy(
             }
         }
     })
+}
+
+/// Runs a session server's dataplane on the calling thread (in the server's
+/// network namespace) until `shutdown` completes or a device fails.
+/// Steering (nftables table, rules) and the control socket are removed on
+/// return.
+pub fn run_server(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> Result<(), DaemonError> {
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let open = |name: &String| {
+            Tun::open(&TunConfig {
+                name: name.clone(),
+                mtu: config.mtu,
+                offload: config.offload,
+            })
+            .map_err(|source| DaemonError::Tun {
+                name: name.clone(),
+                source,
+            })
+        };
+        let session_tun = open(&config.session_tun)?;
+        let uplink_tun = open(&config.uplink_tun)?;
+        let steering = Rc::new(
+            ServerSteering::install(&ServerSteeringConfig {
+                session_tun: config.session_tun.clone(),
+                uplink_tun: config.uplink_tun.clone(),
+                uplink: config.uplink.clone(),
+                session_links: config.session_links.clone(),
+                session_table: config.session_table,
+                uplink_table: config.uplink_table,
+            })
+            .map_err(DaemonError::Steering)?,
+        );
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let engine = Rc::new(RefCell::new(ServerEngine::new(
+            config.max_connections,
+            seed,
+        )));
+        let kick = Rc::new(tokio::sync::Notify::new());
+        let control = ControlSocket::bind(&config.control)?;
+        let (handler_engine, handler_kick, uplink) =
+            (engine.clone(), kick.clone(), config.uplink.clone());
+        tokio::task::spawn_local(control.serve(Rc::new(move |line: &str| {
+            let (response, announce) =
+                control::handle_server_line(&mut handler_engine.borrow_mut(), line);
+            if let Some(address) = announce {
+                announce_address(&uplink, address);
+            }
+            // Steering may have changed: the loop applies it.
+            handler_kick.notify_one();
+            response
+        })));
+        tracing::info!(
+            uplink = %config.uplink, session_links = %config.session_links,
+            control = %config.control.display(), "server dataplane up"
+        );
+        tokio::select! {
+            r = run_server_loop(session_tun, uplink_tun, engine, steering, kick) => {
+                r.map_err(DaemonError::Device)
+            }
+            () = shutdown => {
+                tracing::info!("server dataplane shutting down");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Tells the subnet that `address` is here now: a gratuitous ARP from the
+/// uplink (so the proxy box need not wait for its ARP entry to expire).
+fn announce_address(uplink: &str, address: std::net::Ipv4Addr) {
+    let a = address.to_string();
+    match tokio::process::Command::new("arping")
+        .args(["-q", "-U", "-c", "2", "-i", uplink, "-S", &a, &a])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            tracing::info!(%address, %uplink, "announcing address (gratuitous ARP)");
+            tokio::task::spawn_local(async move {
+                let _ = child.wait().await;
+            });
+        }
+        Err(e) => tracing::warn!(%address, error = %e, "could not send gratuitous ARP"),
+    }
 }
 
 /// The control socket; its file is removed when dropped.
@@ -281,11 +502,11 @@ impl ControlSocket {
         })
     }
 
-    async fn serve(self, engine: Rc<RefCell<ProxyEngine>>) {
+    async fn serve(self, handler: Rc<dyn Fn(&str) -> Response>) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::task::spawn_local(serve_client(stream, engine.clone()));
+                    tokio::task::spawn_local(serve_client(stream, handler.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "control accept failed");
@@ -302,7 +523,7 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn serve_client(stream: UnixStream, engine: Rc<RefCell<ProxyEngine>>) {
+async fn serve_client(stream: UnixStream, handler: Rc<dyn Fn(&str) -> Response>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -335,7 +556,7 @@ async fn serve_client(stream: UnixStream, engine: Rc<RefCell<ProxyEngine>>) {
                 return;
             }
         }
-        let response = control::handle_line(&mut engine.borrow_mut(), line.trim_end());
+        let response = handler(line.trim_end());
         if !response.ok {
             tracing::warn!(error = ?response.error, "control request refused");
         }
@@ -361,7 +582,11 @@ mod tests {
             vec!["sub1".into(), "sub2".into()],
             "/run/mobidesk/dataplane.sock".into(),
         );
-        assert_eq!(file.proxy, defaults);
+        assert_eq!(file.proxy, Some(defaults));
+        let text = include_str!("../../configs/dataplane-server.toml");
+        let file = ConfigFile::from_toml(text).unwrap();
+        let defaults = ServerConfig::new("eth0", "/run/mobidesk/dataplane-server.sock".into());
+        assert_eq!(file.server, Some(defaults));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod io;
 pub mod proxybox;
 pub mod rewrite;
+pub mod server;
 pub mod vnic;
 pub mod wire;
 

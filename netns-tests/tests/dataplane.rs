@@ -7,39 +7,37 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mobidesk_dataplane::control::{self, ProxyRequest, ProxyStats};
-use mobidesk_dataplane::daemon::{run_proxy, DaemonError, ProxyBoxConfig};
-use mobidesk_lab::Lab;
+use mobidesk_dataplane::control::{
+    self, ProxyRequest, ProxyStats, Response, ServerRequest, ServerStats,
+};
+use mobidesk_dataplane::daemon::{
+    run_proxy, run_server, DaemonError, ProxyBoxConfig, ServerConfig,
+};
+use mobidesk_dataplane::server::SessionState;
+use mobidesk_lab::{Lab, Netns, Role, Session};
 
-use crate::support::{connect, listen, require_root, transfer};
+use crate::support::{connect, established, listen, require_root, transfer};
 
-/// The proxy box's dataplane running on a thread inside the lab's proxy
-/// namespace; stopped (steering removed) when dropped.
-pub(crate) struct ProxyDataplane {
+/// A dataplane (proxy box's or a server's) running on a thread inside a
+/// lab namespace; stopped (its steering removed) when dropped.
+pub(crate) struct Dataplane {
     control: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), DaemonError>>>,
 }
 
-impl ProxyDataplane {
-    pub(crate) fn start(lab: &Lab) -> Self {
-        // RUST_LOG=debug shows the dataplane's log in a failing test's output.
+type Run = Box<dyn FnOnce(tokio::sync::oneshot::Receiver<()>) -> Result<(), DaemonError> + Send>;
+
+impl Dataplane {
+    fn start(ns: Netns, control: PathBuf, run: Run) -> Self {
+        // RUST_LOG=debug shows the dataplanes' logs in a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let control = lab.run_dir().unwrap().join("dataplane-proxy.sock");
-        let config = ProxyBoxConfig::new(vec!["sub1".into(), "sub2".into()], control.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = lab
-            .proxy()
-            .spawn_thread(move || {
-                run_proxy(config, async {
-                    let _ = stopped.await;
-                })
-            })
-            .unwrap();
-        let mut dp = ProxyDataplane {
+        let thread = ns.spawn_thread(move || run(stopped)).unwrap();
+        let mut dp = Dataplane {
             control,
             stop: Some(stop),
             thread: Some(thread),
@@ -57,13 +55,54 @@ impl ProxyDataplane {
         dp
     }
 
-    pub(crate) fn stats(&self) -> ProxyStats {
-        let r = control::request(&self.control, &ProxyRequest::Stats {}).unwrap();
-        assert!(r.ok, "{:?}", r.error);
-        r.stats.unwrap()
+    /// The proxy box's dataplane, steering from both server subnets.
+    pub(crate) fn proxy(lab: &Lab) -> Self {
+        let control = lab.run_dir().unwrap().join("dataplane-proxy.sock");
+        let config = ProxyBoxConfig::new(vec!["sub1".into(), "sub2".into()], control.clone());
+        Dataplane::start(
+            lab.proxy(),
+            control,
+            Box::new(move |stopped| {
+                run_proxy(config, async {
+                    let _ = stopped.await;
+                })
+            }),
+        )
     }
 
-    /// Waits until `f` holds for the stats (they change as packets flow).
+    /// A session server's dataplane.
+    pub(crate) fn server(lab: &Lab, server: &str) -> Self {
+        let control = lab
+            .run_dir()
+            .unwrap()
+            .join(format!("dataplane-server-{server}.sock"));
+        let config = ServerConfig::new("eth0", control.clone());
+        Dataplane::start(
+            lab.host(server).unwrap(),
+            control,
+            Box::new(move |stopped| {
+                run_server(config, async {
+                    let _ = stopped.await;
+                })
+            }),
+        )
+    }
+
+    pub(crate) fn request<R: serde::Serialize>(&self, request: &R) -> Response {
+        let r = control::request(&self.control, request).unwrap();
+        assert!(r.ok, "control request failed: {:?}", r.error);
+        r
+    }
+
+    pub(crate) fn stats(&self) -> ProxyStats {
+        self.request(&ProxyRequest::Stats {}).stats.unwrap()
+    }
+
+    pub(crate) fn server_stats(&self) -> ServerStats {
+        self.request(&ServerRequest::Stats {}).server_stats.unwrap()
+    }
+
+    /// Waits until `f` holds for the proxy's stats (they change as packets flow).
     pub(crate) fn wait_stats(&self, what: &str, f: impl Fn(&ProxyStats) -> bool) -> ProxyStats {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -80,7 +119,7 @@ impl ProxyDataplane {
     }
 }
 
-impl Drop for ProxyDataplane {
+impl Drop for Dataplane {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -97,12 +136,70 @@ impl Drop for ProxyDataplane {
     }
 }
 
+/// The whole lab's dataplanes: the proxy box and every server.
+pub(crate) struct Dataplanes {
+    pub(crate) proxy: Dataplane,
+    servers: Vec<(String, Dataplane)>,
+}
+
+impl Dataplanes {
+    pub(crate) fn start(lab: &Lab) -> Self {
+        let servers = lab
+            .topology()
+            .hosts_with_role(Role::Server)
+            .map(|h| (h.name.clone(), Dataplane::server(lab, &h.name)))
+            .collect();
+        Dataplanes {
+            proxy: Dataplane::proxy(lab),
+            servers,
+        }
+    }
+
+    pub(crate) fn server(&self, name: &str) -> &Dataplane {
+        &self.servers.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// Migrates a session the way sessiond will: its connection labels go
+    /// from the old server's dataplane to the new one's, the namespace moves,
+    /// the new server announces it, and, across subnets, the proxy box
+    /// learns the new physical address.
+    pub(crate) fn migrate(&self, lab: &Lab, session: &str, to: &str) -> Session {
+        let before = lab.session(session).unwrap();
+        let exported = self
+            .server(&before.server)
+            .request(&ServerRequest::ExportSession {
+                virtual_addr: before.virtual_addr,
+            })
+            .session
+            .unwrap();
+        let after = lab.move_session(session, to).unwrap();
+        let crossed = after.physical_addr != before.physical_addr;
+        let state = SessionState {
+            physical: after.physical_addr,
+            labelled: exported.labelled || crossed,
+            ..exported
+        };
+        self.server(to).request(&ServerRequest::ImportSession {
+            session: state.clone(),
+            announce: true,
+        });
+        if state.labelled {
+            self.proxy.request(&ProxyRequest::SessionMoved {
+                virtual_addr: before.virtual_addr,
+                from: before.physical_addr,
+                to: after.physical_addr,
+            });
+        }
+        after
+    }
+}
+
 #[test]
 fn tcp_from_a_session_is_terminated_and_relayed_by_the_proxy_box() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = ProxyDataplane::start(&lab);
+    let dp = Dataplane::proxy(&lab);
     let web = lab.host("web").unwrap();
 
     let listener = listen(&web, "198.18.0.20:7500");
@@ -130,7 +227,7 @@ fn a_refused_destination_refuses_the_session_too() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = ProxyDataplane::start(&lab);
+    let dp = Dataplane::proxy(&lab);
     let to: SocketAddr = "198.18.0.20:7501".parse().unwrap();
     let err = s1
         .netns()
@@ -141,4 +238,91 @@ fn a_refused_destination_refuses_the_session_too() {
     dp.wait_stats("the refused vnic to be reclaimed", |s| {
         s.vnics == 0 && s.vnics_reclaimed == 1
     });
+}
+
+/// Sends `len` pattern bytes each way at once on a thread; returns the
+/// streams when both arrived intact.
+fn transfer_both_ways(
+    mut a: TcpStream,
+    mut b: TcpStream,
+    len: usize,
+    seed: u64,
+) -> JoinHandle<(TcpStream, TcpStream)> {
+    std::thread::spawn(move || {
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        std::thread::scope(|s| {
+            s.spawn(|| transfer(&mut a, &mut b, len, seed));
+            s.spawn(|| transfer(&mut b2, &mut a2, len, seed + 1));
+        });
+        (a, b)
+    })
+}
+
+#[test]
+fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab);
+    let web = lab.host("web").unwrap();
+
+    let listener = listen(&web, "198.18.0.20:7600");
+    let at_session = connect(&s1.netns(), "198.18.0.20:7600".parse().unwrap());
+    let (at_web, _) = listener.accept().unwrap();
+    let tuple = (
+        at_session.local_addr().unwrap().to_string(),
+        "198.18.0.20:7600".to_string(),
+    );
+    // The labels were exchanged in the handshake.
+    let a = dps.server("a").server_stats();
+    assert_eq!(
+        (a.counters.offers_sent, a.counters.offers_received),
+        (1, 1),
+        "{a:?}"
+    );
+    assert_eq!(a.connections, 1);
+
+    // A -> B while 24 MiB go each way.
+    let running = transfer_both_ways(at_session, at_web, 24 << 20, 40);
+    dps.proxy
+        .wait_stats("the transfer to be under way", |s| s.bytes_in > 4 << 20);
+    let moved = dps.migrate(&lab, "s1", "b");
+    assert_ne!(moved.physical_addr, s1.virtual_addr);
+    let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
+
+    let proxy = dps.proxy.stats();
+    assert_eq!(proxy.labels_in_use, 1, "{proxy:?}");
+    assert!(
+        proxy.rewrites > 0 && proxy.labelled_packets > 0,
+        "{proxy:?}"
+    );
+    let b = dps.server("b").server_stats();
+    assert!(
+        b.counters.labelled_in > 0 && b.counters.labelled_out > 0,
+        "{b:?}"
+    );
+    assert_eq!(b.labelled_sessions, 1);
+    assert_eq!(
+        dps.server("a").server_stats().connections,
+        0,
+        "labels left a"
+    );
+    assert!(established(&s1.netns()).contains(&tuple));
+
+    // And back, B -> A, again mid-transfer.
+    let running = transfer_both_ways(at_session, at_web, 16 << 20, 42);
+    let bytes = dps.proxy.stats().bytes_in;
+    dps.proxy.wait_stats("the transfer to be under way", |s| {
+        s.bytes_in > bytes + (4 << 20)
+    });
+    let back = dps.migrate(&lab, "s1", "a");
+    let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    assert_eq!(
+        dps.server("a").server_stats().labelled_sessions,
+        1,
+        "labelled for life"
+    );
+    assert!(established(&s1.netns()).contains(&tuple));
+    assert_eq!(back.server, "a");
+    drop((at_session, at_web));
 }

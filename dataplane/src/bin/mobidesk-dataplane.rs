@@ -5,12 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mobidesk_dataplane::daemon::{run_proxy, ConfigFile};
+use mobidesk_dataplane::daemon::{run_proxy, run_server, ConfigFile};
 
 /// The MobiDesk dataplane. `proxy` runs on the proxy box: every TCP
 /// connection a session opens is terminated in a VNIC of its own and
-/// relayed to its destination; sessions that migrated across subnets are
-/// reached by address rewriting and connection labels.
+/// relayed to its destination. `server` runs on each session server: it
+/// exchanges connection labels with the proxy box and, for sessions that
+/// migrated across subnets, rewrites virtual <-> physical addresses.
 ///
 /// Needs root (TUN device, policy routing). Logs go to stderr; set
 /// RUST_LOG=debug for one line per connection.
@@ -23,9 +24,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// Run the proxy box's dataplane.
+    /// Run the proxy box's dataplane ([proxy] section of the file).
     Proxy {
         /// Configuration file (TOML); see configs/dataplane-proxy.toml.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only check the configuration, then exit (64 if it is bad).
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Run a session server's dataplane ([server] section of the file).
+    Server {
+        /// Configuration file (TOML); see configs/dataplane-server.toml.
         #[arg(long, short)]
         config: PathBuf,
         /// Only check the configuration, then exit (64 if it is bad).
@@ -45,10 +55,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Mode::Proxy {
-        config,
-        check_config,
-    } = Cli::parse().mode;
+    let (is_proxy, config, check_config) = match Cli::parse().mode {
+        Mode::Proxy {
+            config,
+            check_config,
+        } => (true, config, check_config),
+        Mode::Server {
+            config,
+            check_config,
+        } => (false, config, check_config),
+    };
     let file = match std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))
         .and_then(|text| {
@@ -60,6 +76,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let section = if is_proxy { "[proxy]" } else { "[server]" };
+    if (is_proxy && file.proxy.is_none()) || (!is_proxy && file.server.is_none()) {
+        eprintln!(
+            "mobidesk-dataplane: {} has no {section} section",
+            config.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if check_config {
         println!("{}: ok", config.display());
         return ExitCode::SUCCESS;
@@ -75,7 +99,12 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    match run_proxy(file.proxy, shutdown) {
+    let result = match (file.proxy, file.server) {
+        (Some(proxy), _) if is_proxy => run_proxy(proxy, shutdown),
+        (_, Some(server)) => run_server(server, shutdown),
+        _ => return ExitCode::from(EXIT_CONFIG),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mobidesk-dataplane: {e}");

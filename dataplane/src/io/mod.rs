@@ -65,7 +65,7 @@ pub async fn run_proxybox(
     engine: Rc<RefCell<ProxyEngine>>,
     shared: Rc<Shared>,
 ) -> io::Result<()> {
-    let mut rx = tun::RxBatch::new(device.mtu());
+    let mut rx = tun::RxBatch::new(device.mtu(), 0);
     let mut gro = device.gro_table();
     loop {
         let deadline = engine.borrow().next_deadline();
@@ -153,5 +153,69 @@ async fn relay(
     if let Err(e) = tokio::io::copy_bidirectional(&mut session, &mut outside).await {
         tracing::debug!(%remote, error = %e, "relay ended with an error");
         session.abort();
+    }
+}
+
+/// Runs a session server's dataplane: packets from both TUN devices
+/// through the engine, written back (the kernel routes them on), steering
+/// kept in step with the labelled sessions. Returns only on a device error.
+pub async fn run_server(
+    session_tun: tun::Tun,
+    uplink_tun: tun::Tun,
+    engine: Rc<RefCell<crate::server::ServerEngine>>,
+    steering: Rc<steer::ServerSteering>,
+    kick: Rc<Notify>,
+) -> io::Result<()> {
+    use crate::server::{ServerEngine, Side, SteerChange};
+    let mut rx_session = tun::RxBatch::new(session_tun.mtu(), ServerEngine::HEADROOM);
+    let mut rx_uplink = tun::RxBatch::new(uplink_tun.mtu(), ServerEngine::HEADROOM);
+    let mut gro = uplink_tun.gro_table();
+    loop {
+        tokio::select! {
+            r = session_tun.recv(&mut rx_session) => {
+                r?;
+                let mut eng = engine.borrow_mut();
+                for (buf, start) in rx_session.packets_with_room() {
+                    eng.handle_packet(buf, start, Side::Session);
+                }
+            }
+            r = uplink_tun.recv(&mut rx_uplink) => {
+                r?;
+                let mut eng = engine.borrow_mut();
+                for (buf, start) in rx_uplink.packets_with_room() {
+                    eng.handle_packet(buf, start, Side::Uplink);
+                }
+            }
+            () = kick.notified() => {}
+        }
+        let (changes, mut outbox) = {
+            let mut eng = engine.borrow_mut();
+            (eng.take_steer_changes(), std::mem::take(&mut eng.outbox))
+        };
+        for change in changes {
+            let result = match change {
+                SteerChange::Add {
+                    virtual_addr,
+                    physical,
+                } => steering.add(virtual_addr, physical),
+                SteerChange::Remove {
+                    virtual_addr,
+                    physical,
+                } => steering.remove(virtual_addr, physical),
+            };
+            if let Err(e) = result {
+                tracing::warn!(?change, error = %e, "steering change failed");
+            }
+        }
+        if !outbox.is_empty() {
+            if let Err(e) = uplink_tun
+                .send(&mut gro, outbox.packets_mut(), HEADROOM)
+                .await
+            {
+                tracing::warn!(error = %e, "tun write failed");
+            }
+            outbox.clear();
+        }
+        engine.borrow_mut().outbox = outbox;
     }
 }

@@ -64,3 +64,125 @@ impl Drop for Steering {
         }
     }
 }
+
+/// A session server's steering: nftables marks what the dataplane must see
+/// (SYNs both ways; everything of labelled sessions), policy routing sends
+/// marked packets into the two TUN devices.
+#[derive(Debug)]
+pub struct ServerSteering {
+    config: ServerSteeringConfig,
+    installed: bool,
+}
+
+/// Names and numbers of a server's steering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSteeringConfig {
+    /// TUN device for packets from the sessions.
+    pub session_tun: String,
+    /// TUN device for packets from the uplink.
+    pub uplink_tun: String,
+    /// The server's interface on its subnet.
+    pub uplink: String,
+    /// Session veths, as an nftables interface pattern (e.g. `ses-*`).
+    pub session_links: String,
+    /// Routing tables (and rule priorities and marks) for the two directions.
+    pub session_table: u32,
+    pub uplink_table: u32,
+}
+
+/// The nftables table the server dataplane owns.
+pub const NFT_TABLE: &str = "mobidesk_dataplane";
+
+fn nft(script: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl ServerSteering {
+    pub fn install(config: &ServerSteeringConfig) -> io::Result<ServerSteering> {
+        let c = config;
+        let mut s = ServerSteering {
+            config: c.clone(),
+            installed: true,
+        };
+        s.remove_all();
+        let (ms, mu) = (c.session_table, c.uplink_table);
+        nft(&format!(
+            r#"table ip {NFT_TABLE} {{
+  set labelled_virtual {{ type ipv4_addr; }}
+  set labelled_physical {{ type ipv4_addr; }}
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname "{links}" tcp flags & syn == syn meta mark set {ms}
+    iifname "{links}" ip saddr @labelled_virtual meta mark set {ms}
+    iifname "{uplink}" fib daddr type != local tcp flags & syn == syn meta mark set {mu}
+    iifname "{uplink}" ip daddr @labelled_physical meta mark set {mu}
+  }}
+}}
+"#,
+            links = c.session_links,
+            uplink = c.uplink,
+        ))?;
+        for (tun, table) in [(&c.session_tun, ms), (&c.uplink_tun, mu)] {
+            let t = table.to_string();
+            ip(&["link", "set", tun, "up"])?;
+            ip(&["route", "replace", "default", "dev", tun, "table", &t])?;
+            ip(&["rule", "add", "fwmark", &t, "lookup", &t, "pref", &t])?;
+        }
+        Ok(s)
+    }
+
+    /// Steers every packet of a labelled session through the dataplane.
+    pub fn add(
+        &self,
+        virtual_addr: std::net::Ipv4Addr,
+        physical: std::net::Ipv4Addr,
+    ) -> io::Result<()> {
+        nft(&format!(
+            "add element ip {NFT_TABLE} labelled_virtual {{ {virtual_addr} }}\nadd element ip {NFT_TABLE} labelled_physical {{ {physical} }}\n"
+        ))
+    }
+
+    pub fn remove(
+        &self,
+        virtual_addr: std::net::Ipv4Addr,
+        physical: std::net::Ipv4Addr,
+    ) -> io::Result<()> {
+        nft(&format!(
+            "delete element ip {NFT_TABLE} labelled_virtual {{ {virtual_addr} }}\ndelete element ip {NFT_TABLE} labelled_physical {{ {physical} }}\n"
+        ))
+    }
+
+    fn remove_all(&mut self) {
+        let _ = nft(&format!("delete table ip {NFT_TABLE}\n"));
+        for table in [self.config.session_table, self.config.uplink_table] {
+            let t = table.to_string();
+            while ip(&["rule", "del", "fwmark", &t, "lookup", &t]).is_ok() {}
+            let _ = ip(&["route", "flush", "table", &t]);
+        }
+    }
+}
+
+impl Drop for ServerSteering {
+    fn drop(&mut self) {
+        if self.installed {
+            self.remove_all();
+        }
+    }
+}

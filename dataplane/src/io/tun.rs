@@ -21,31 +21,45 @@ pub struct Tun {
     mtu: usize,
 }
 
-/// Packets of one batched read.
+/// Packets of one batched read, each at `offset` in its buffer (room to
+/// grow the header in place, e.g. for a label).
 pub struct RxBatch {
     original: Vec<u8>,
     bufs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
     count: usize,
+    offset: usize,
 }
 
 impl RxBatch {
-    pub fn new(mtu: usize) -> RxBatch {
+    pub fn new(mtu: usize, offset: usize) -> RxBatch {
         RxBatch {
             original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
-            bufs: vec![vec![0; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE],
+            bufs: vec![vec![0; offset + mtu.max(1500) + 64]; IDEAL_BATCH_SIZE],
             sizes: vec![0; IDEAL_BATCH_SIZE],
             count: 0,
+            offset,
         }
     }
 
     /// The packets read, each changeable in place.
     pub fn packets_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
+        let offset = self.offset;
         self.bufs
             .iter_mut()
             .zip(self.sizes.iter())
             .take(self.count)
-            .map(|(b, n)| &mut b[..*n])
+            .map(move |(b, n)| &mut b[offset..offset + *n])
+    }
+
+    /// The packets read, each as (buffer up to its end, where it starts).
+    pub fn packets_with_room(&mut self) -> impl Iterator<Item = (&mut [u8], usize)> {
+        let offset = self.offset;
+        self.bufs
+            .iter_mut()
+            .zip(self.sizes.iter())
+            .take(self.count)
+            .map(move |(b, n)| (&mut b[..offset + *n], offset))
     }
 }
 
@@ -78,7 +92,12 @@ impl Tun {
     pub async fn recv(&self, batch: &mut RxBatch) -> io::Result<()> {
         batch.count = self
             .device
-            .recv_multiple(&mut batch.original, &mut batch.bufs, &mut batch.sizes, 0)
+            .recv_multiple(
+                &mut batch.original,
+                &mut batch.bufs,
+                &mut batch.sizes,
+                batch.offset,
+            )
             .await?;
         // Leave room for one more split super-packet (64 KiB / MTU).
         let room = 65535 / self.mtu.max(576) + 1;
@@ -89,7 +108,7 @@ impl Tun {
             );
             match self
                 .device
-                .try_recv_multiple(&mut batch.original, bufs, sizes, 0)
+                .try_recv_multiple(&mut batch.original, bufs, sizes, batch.offset)
             {
                 Ok(n) => batch.count += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

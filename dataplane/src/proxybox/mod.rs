@@ -113,12 +113,15 @@ struct Entry {
 
 impl Entry {
     fn egress(&self) -> Egress {
-        match self.physical {
-            Some(p) => Egress {
-                rewrite_dst: Some((*self.vnic.tuple().session.ip(), p)),
-                label: self.server_label,
-            },
-            None => Egress::default(),
+        Egress {
+            rewrite_dst: self.physical.map(|p| (*self.vnic.tuple().session.ip(), p)),
+            label: self.physical.and(self.server_label),
+            // The proxy's label goes back in the handshake to a server that
+            // offered one.
+            offer: self
+                .server_label
+                .filter(|_| self.handshaking)
+                .map(|_| self.proxy_label),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct ProxyEngine {
     by_tuple: HashMap<FourTuple, VnicId>,
     by_label: HashMap<Label, VnicId>,
     handshakes: HashMap<Ipv4Addr, usize>,
+    /// Sessions that migrated across subnets: physical -> virtual address.
+    migrated: HashMap<Ipv4Addr, Ipv4Addr>,
     timers: BTreeSet<(Instant, VnicId)>,
     events: Vec<Event>,
     rng: u64,
@@ -150,6 +155,7 @@ impl ProxyEngine {
             by_tuple: HashMap::new(),
             by_label: HashMap::new(),
             handshakes: HashMap::new(),
+            migrated: HashMap::new(),
             timers: BTreeSet::new(),
             events: Vec::new(),
             rng: seed | 1,
@@ -267,6 +273,17 @@ impl ProxyEngine {
         if self.vnics() >= self.config.max_vnics {
             return self.counters.drop("vnic_limit");
         }
+        // A session that migrated opens connections from its physical
+        // address: the VNIC sees its virtual one, and labels from the start.
+        let physical = *tuple.session.ip();
+        let moved_from = self.migrated.get(&physical).copied();
+        let tuple = match moved_from {
+            Some(virtual_addr) => FourTuple {
+                session: SocketAddrV4::new(virtual_addr, tuple.session.port()),
+                remote: tuple.remote,
+            },
+            None => tuple,
+        };
         let handshakes = self.handshakes.entry(*tuple.session.ip()).or_default();
         if *handshakes >= self.config.max_handshakes_per_session {
             return self.counters.drop("handshake_limit");
@@ -280,12 +297,25 @@ impl ProxyEngine {
             },
             None => 0,
         };
-        let id = self.create(now, tuple, offer);
+        let packet = &mut packet[start..];
+        if moved_from.is_some() {
+            if rewrite_address(packet, Endpoint::Source, *tuple.session.ip()).is_err() {
+                return self.counters.drop("rewrite_failed");
+            }
+            self.counters.rewrites += 1;
+        }
+        let id = self.create(now, tuple, offer, moved_from.map(|_| physical));
         self.events.push(Event::Connect { id, tuple });
-        self.deliver(now, id, &packet[start..]);
+        self.deliver(now, id, packet);
     }
 
-    fn create(&mut self, now: Instant, tuple: FourTuple, server_label: Option<Label>) -> VnicId {
+    fn create(
+        &mut self,
+        now: Instant,
+        tuple: FourTuple,
+        server_label: Option<Label>,
+        physical: Option<Ipv4Addr>,
+    ) -> VnicId {
         let seed = self.next_random();
         let vnic = Vnic::listen(tuple, &self.config.vnic, seed, now);
         let proxy_label = self.fresh_label();
@@ -296,7 +326,7 @@ impl ProxyEngine {
             generation,
             proxy_label,
             server_label,
-            physical: None,
+            physical,
             handshaking: true,
             accepted: false,
             deadline: None,
@@ -312,7 +342,9 @@ impl ProxyEngine {
             }
         };
         let id = VnicId { index, generation };
-        self.by_tuple.insert(tuple, id);
+        if physical.is_none() {
+            self.by_tuple.insert(tuple, id);
+        }
         self.by_label.insert(proxy_label, id);
         self.counters.vnics_created += 1;
         tracing::debug!(
@@ -559,6 +591,10 @@ impl ProxyEngine {
             entry.physical = Some(to_physical);
             moved += 1;
         }
+        if self.migrated.get(&from_physical) == Some(&virtual_addr) {
+            self.migrated.remove(&from_physical);
+        }
+        self.migrated.insert(to_physical, virtual_addr);
         tracing::info!(%virtual_addr, %from_physical, %to_physical, connections = moved, "session moved");
         moved
     }

@@ -19,9 +19,11 @@ pub struct Egress {
     /// The session migrated: (virtual, physical) — the destination is
     /// rewritten from the first to the second.
     pub rewrite_dst: Option<(Ipv4Addr, Ipv4Addr)>,
-    /// The label of the session's server for this connection, attached once
-    /// the session migrated.
+    /// The label of the session's server for this connection, attached to
+    /// every packet but SYNs once the session migrated.
     pub label: Option<Label>,
+    /// The proxy's own label, offered in the handshake (on the SYN-ACK).
+    pub offer: Option<Label>,
 }
 
 /// Packets waiting for the TUN device, in reusable buffers. Each buffer
@@ -201,31 +203,55 @@ impl phy::TxToken for TxToken<'_> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let egress = self.egress;
-        // A labelled packet is written 8 bytes further in: inserting the
-        // label moves its header forward into that room.
-        let room = if egress.label.is_some() {
+        // A packet that may get a label is written 8 bytes further in:
+        // inserting the label moves its header forward into that room.
+        let room = if egress.label.is_some() || egress.offer.is_some() {
             LABEL_OPTION_SPACE
         } else {
             0
         };
         let buf = self.outbox.push(room + len);
         let r = f(&mut buf[HEADROOM + room..]);
-        if apply_egress(&mut buf[HEADROOM..], room, egress).is_err() {
-            self.outbox.pop();
-            self.outbox.rewrite_failures += 1;
+        match apply_egress(&mut buf[HEADROOM..], room, egress) {
+            Ok(true) => {}
+            Ok(false) => {
+                // No label after all: close the gap.
+                buf.copy_within(HEADROOM + room.., HEADROOM);
+                buf.truncate(HEADROOM + len);
+            }
+            Err(()) => {
+                self.outbox.pop();
+                self.outbox.rewrite_failures += 1;
+            }
         }
         r
     }
 }
 
-/// Rewrites and labels one packet (at `buf[room..]`) for a migrated session;
-/// a labelled packet ends up at `buf[0..]`.
-fn apply_egress(buf: &mut [u8], room: usize, egress: Egress) -> Result<(), ()> {
+/// Whether the IPv4 packet is a TCP segment with SYN set.
+fn is_syn(packet: &[u8]) -> bool {
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    packet.get(9) == Some(&crate::wire::protocol::TCP)
+        && packet.get(ihl + 13).is_some_and(|f| f & 0x02 != 0)
+}
+
+/// Rewrites and labels one packet (at `buf[room..]`) for the session's
+/// server; a labelled packet ends up at `buf[0..]`. Returns whether it got
+/// a label.
+fn apply_egress(buf: &mut [u8], room: usize, egress: Egress) -> Result<bool, ()> {
     if let Some((_virtual, physical)) = egress.rewrite_dst {
         rewrite_address(&mut buf[room..], Endpoint::Destination, physical).map_err(drop)?;
     }
-    if let Some(label) = egress.label {
-        insert_label(buf, room, label).map_err(drop)?;
+    let label = if is_syn(&buf[room..]) {
+        egress.offer
+    } else {
+        egress.label
+    };
+    match label {
+        Some(label) => {
+            insert_label(buf, room, label).map_err(drop)?;
+            Ok(true)
+        }
+        None => Ok(false),
     }
-    Ok(())
 }
