@@ -326,3 +326,181 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
     assert_eq!(back.server, "a");
     drop((at_session, at_web));
 }
+
+/// A TCP connection from `ns`, bound to `from` (address and port) first.
+fn connect_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = ns
+        .run(|| -> std::io::Result<TcpStream> {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&from.into())?;
+            socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
+            Ok(socket.into())
+        })
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+#[test]
+fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab);
+    let web = lab.host("web").unwrap();
+    let service: SocketAddr = "198.18.0.20:7700".parse().unwrap();
+    let listener = listen(&web, "198.18.0.20:7700");
+
+    let from: SocketAddr = (s1.virtual_addr, 41000).into();
+    let first = connect_from(&s1.netns(), from, service);
+    let (first_web, _) = listener.accept().unwrap();
+    let moved = dps.migrate(&lab, "s1", "b");
+    assert_ne!(moved.physical_addr, s1.virtual_addr);
+
+    // A new session on server a takes the address s1 had, and opens the
+    // very same tuple to the very same service.
+    let s2 = lab.add_session_at("s2", "a", s1.virtual_addr).unwrap();
+    let second = connect_from(&s2.netns(), from, service);
+    let (second_web, _) = listener.accept().unwrap();
+    assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());
+    assert_eq!(first.peer_addr().unwrap(), second.peer_addr().unwrap());
+    assert_eq!(dps.proxy.stats().vnics, 2, "two VNICs for one tuple");
+
+    // Both at once, different bytes each way: a mix-up breaks a checksum.
+    let one = transfer_both_ways(first, first_web, 8 << 20, 50);
+    let two = transfer_both_ways(second, second_web, 8 << 20, 60);
+    let (first, first_web) = one.join().expect("first connection corrupted");
+    let (second, second_web) = two.join().expect("second connection corrupted");
+    let s = dps.proxy.stats();
+    assert_eq!(
+        s.labels_in_use, 1,
+        "only the migrated connection is labelled: {s:?}"
+    );
+    assert_eq!(s.dropped.get("forged_label"), None, "{s:?}");
+    drop((first, first_web, second, second_web));
+}
+
+/// Lines tcpdump prints in `ns` on `iface` for `filter`, as they come.
+fn tcpdump(
+    ns: &Netns,
+    iface: &str,
+    filter: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = ns
+        .spawn(
+            std::process::Command::new("tcpdump")
+                .args(["-l", "-n", "-e", "-i", iface, filter])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let ready = tx.clone();
+    // tcpdump says "listening on ..." on stderr once it captures.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = ready.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.contains("listening on") => return (child, rx),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("tcpdump did not start: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_same_subnet_move_is_announced_and_traffic_resumes_at_once() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab);
+    let web = lab.host("web").unwrap();
+    let listener = listen(&web, "198.18.0.20:7800");
+    let at_session = connect(&s1.netns(), "198.18.0.20:7800".parse().unwrap());
+    let (at_web, _) = listener.accept().unwrap();
+    let a2_mac = lab
+        .host("a2")
+        .unwrap()
+        .ip_json(&["link", "show", "eth0"])
+        .unwrap()[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let neighbour = || {
+        lab.proxy()
+            .ip_json(&["neigh", "show", &s1.virtual_addr.to_string(), "dev", "sub1"])
+            .unwrap()[0]["lladdr"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_ne!(neighbour().as_deref(), Some(a2_mac.as_str()));
+
+    let (mut capture, lines) = tcpdump(&lab.proxy(), "sub1", "arp");
+    let running = transfer_both_ways(at_session, at_web, 8 << 20, 70);
+    dps.proxy
+        .wait_stats("the transfer to be under way", |s| s.bytes_in > 2 << 20);
+    let moved = dps.migrate(&lab, "s1", "a2");
+    assert_eq!(
+        moved.physical_addr, s1.virtual_addr,
+        "same subnet, same address"
+    );
+
+    // The gratuitous ARP from a2: "a2-mac > ff:ff:ff:ff:ff:ff ... Request
+    // who-has 10.1.0.100 (ff:ff:ff:ff:ff:ff) tell 10.1.0.100".
+    let (who_has, tell) = (
+        format!("Request who-has {} ", s1.virtual_addr),
+        format!("tell {},", s1.virtual_addr),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no gratuitous ARP seen on subnet 1");
+        if line.contains(&who_has) && line.contains(&tell) {
+            assert!(
+                line.contains(&format!("{a2_mac} > ff:ff:ff:ff:ff:ff")),
+                "{line}"
+            );
+            break;
+        }
+    }
+    let _ = capture.kill();
+    let _ = capture.wait();
+    // The proxy box took it: its neighbour entry points at a2 now.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while neighbour().as_deref() != Some(a2_mac.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "proxy box still has {:?}",
+            neighbour()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    assert_eq!(dps.proxy.stats().labels_in_use, 0, "same subnet: no labels");
+    drop((at_session, at_web));
+}
