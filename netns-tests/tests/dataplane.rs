@@ -2,7 +2,7 @@
 //! kernels on both ends, bytes compared by checksum.
 
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -503,4 +503,103 @@ fn a_same_subnet_move_is_announced_and_traffic_resumes_at_once() {
     let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
     assert_eq!(dps.proxy.stats().labels_in_use, 0, "same subnet: no labels");
     drop((at_session, at_web));
+}
+
+/// An IPv4 packet by hand (checksums computed), for what a socket would
+/// never send.
+fn raw_packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, transport: &[u8]) -> Vec<u8> {
+    let mut ip =
+        etherparse::Ipv4Header::new(0, 64, protocol.into(), src.octets(), dst.octets()).unwrap();
+    ip.set_payload_len(transport.len()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    [&ip.to_bytes()[..], transport].concat()
+}
+
+fn raw_tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
+    let mut t = etherparse::TcpHeader::new(sport, dport, 7, 64240);
+    t.syn = syn;
+    t.ack = !syn;
+    t.checksum = t
+        .calc_checksum_ipv4_raw(src.octets(), dst.octets(), b"junk")
+        .unwrap();
+    [&t.to_bytes()[..], b"junk"].concat()
+}
+
+#[test]
+fn junk_and_a_syn_flood_from_a_session_are_counted_and_harm_nothing() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let s2 = lab.add_session("s2", "a").unwrap();
+    let dps = Dataplanes::start(&lab);
+    let web = lab.host("web").unwrap();
+    let listener = listen(&web, "198.18.0.20:7900");
+    let mut at_s1 = connect(&s1.netns(), "198.18.0.20:7900".parse().unwrap());
+    let (mut at_web, _) = listener.accept().unwrap();
+    transfer(&mut at_s1, &mut at_web, 1 << 20, 80);
+
+    let src = s2.virtual_addr;
+    let web_addr = Ipv4Addr::new(198, 18, 0, 20);
+    // Nobody answers at .77: the flood's handshakes stay open for seconds.
+    let nowhere = Ipv4Addr::new(198, 18, 0, 77);
+    let mut junk = Vec::new();
+    let mut bad_checksum = raw_packet(src, web_addr, 6, &raw_tcp(src, 5000, web_addr, 7900, false));
+    *bad_checksum.last_mut().unwrap() ^= 0xff;
+    junk.push(bad_checksum);
+    let mut fragment = raw_packet(src, web_addr, 6, &raw_tcp(src, 5001, web_addr, 7900, false));
+    fragment[6] |= 0x20; // more fragments (the kernel refills the checksum)
+    junk.push(fragment);
+    junk.push(raw_packet(src, web_addr, 253, b"what is this"));
+    let mut forged = raw_packet(src, web_addr, 6, &raw_tcp(src, 5002, web_addr, 7900, false));
+    mobidesk_dataplane::wire::label::push_label(
+        &mut forged,
+        mobidesk_dataplane::wire::Label::new(0x1234_5678).unwrap(),
+    )
+    .unwrap();
+    junk.push(forged);
+    for port in 20_000..21_000u16 {
+        junk.push(raw_packet(
+            src,
+            nowhere,
+            6,
+            &raw_tcp(src, port, nowhere, 80, true),
+        ));
+    }
+    s2.netns()
+        .run(|| {
+            let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255))).unwrap();
+            for (i, p) in junk.iter().enumerate() {
+                let to = SocketAddr::from((Ipv4Addr::from([p[16], p[17], p[18], p[19]]), 0));
+                raw.send_to(p, &to.into()).unwrap();
+                if i % 64 == 63 {
+                    // Let the queues drain: this is a flood, not a queue-overflow test.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+        .unwrap();
+
+    let s = dps.proxy.wait_stats("the junk to be counted", |s| {
+        [
+            "bad_transport_checksum",
+            "fragment",
+            "unsupported_protocol",
+            "unknown_label",
+        ]
+        .iter()
+        .all(|r| s.dropped.contains_key(*r))
+            && s.dropped.get("handshake_limit").copied().unwrap_or(0) > 0
+    });
+    assert!(
+        s.vnics_created <= 1 + 256,
+        "the flood was not bounded: {s:?}"
+    );
+    assert_eq!(s.dropped.get("forged_label"), None);
+    // The established connection did not notice.
+    transfer(&mut at_s1, &mut at_web, 1 << 20, 81);
+    transfer(&mut at_web, &mut at_s1, 1 << 20, 82);
+    // The flood's handshakes fail and are reclaimed.
+    dps.proxy
+        .wait_stats("the flood's VNICs to go", |s| s.vnics == 1);
 }

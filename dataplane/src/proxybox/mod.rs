@@ -599,3 +599,6 @@ impl ProxyEngine {
         moved
     }
 }
+
+#[cfg(test)]
+mod tests;

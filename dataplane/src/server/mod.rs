@@ -421,3 +421,6 @@ impl ServerEngine {
     /// The room a packet needs in front of it for [`ServerEngine::handle_packet`].
     pub const HEADROOM: usize = LABEL_OPTION_SPACE;
 }
+
+#[cfg(test)]
+mod tests;

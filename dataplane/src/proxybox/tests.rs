@@ -1,0 +1,417 @@
+//! The proxy box engine driven packet by packet, without I/O: handshakes,
+//! labels, forged labels, floods, junk.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{IpNumber, Ipv4Header, TcpHeader};
+use smoltcp::time::Instant;
+
+use super::*;
+use crate::wire::label::{find_label, push_label};
+
+const SESSION: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 100);
+const PHYSICAL: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 100);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+const SPORT: u16 = 41000;
+const DPORT: u16 = 80;
+
+#[derive(Clone, Copy, Default)]
+struct Seg {
+    syn: bool,
+    ack: bool,
+    seq: u32,
+    ack_no: u32,
+}
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seg: Seg, payload: &[u8]) -> Vec<u8> {
+    let mut t = TcpHeader::new(sport, dport, seg.seq, 64240);
+    t.syn = seg.syn;
+    t.ack = seg.ack;
+    t.acknowledgment_number = seg.ack_no;
+    if seg.syn {
+        t.set_options_raw(&[2, 4, 0x05, 0xb4]).unwrap(); // MSS 1460
+    }
+    t.checksum = t
+        .calc_checksum_ipv4_raw(src.octets(), dst.octets(), payload)
+        .unwrap();
+    let body = [&t.to_bytes()[..], payload].concat();
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), dst.octets()).unwrap();
+    ip.set_payload_len(body.len()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    [&ip.to_bytes()[..], &body].concat()
+}
+
+fn labelled(mut packet: Vec<u8>, label: Label) -> Vec<u8> {
+    push_label(&mut packet, label).unwrap();
+    packet
+}
+
+fn t(ms: i64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+/// Sequence and ack numbers of a TCP packet the engine sent.
+fn seq_ack(packet: &[u8]) -> (u32, u32) {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let tcp = TcpHeader::from_slice(&packet[ihl..]).unwrap().0;
+    (tcp.sequence_number, tcp.acknowledgment_number)
+}
+
+struct Connected {
+    engine: ProxyEngine,
+    id: VnicId,
+    /// The proxy's label, offered on its SYN-ACK.
+    proxy_label: Label,
+    /// Next sequence numbers of the session and the VNIC.
+    session_seq: u32,
+    vnic_seq: u32,
+}
+
+/// A connection set up with label offers on both sides, the session's
+/// handshake completed.
+fn connected() -> Connected {
+    let mut engine = ProxyEngine::new(ProxyConfig::default(), 7);
+    let server_label = Label::new(0x5e5e_0001).unwrap();
+    let mut syn = labelled(
+        tcp(
+            SESSION,
+            SPORT,
+            REMOTE,
+            DPORT,
+            Seg {
+                syn: true,
+                seq: 1000,
+                ..Seg::default()
+            },
+            b"",
+        ),
+        server_label,
+    );
+    engine.handle_packet(t(0), &mut syn);
+    let events = engine.take_events();
+    let Some(Event::Connect { id, tuple }) = events.first().cloned() else {
+        panic!("no connect event: {events:?}");
+    };
+    assert_eq!(tuple.session, SocketAddrV4::new(SESSION, SPORT));
+    assert_eq!(tuple.remote, SocketAddrV4::new(REMOTE, DPORT));
+    assert!(
+        engine.outbox.is_empty(),
+        "SYN-ACK before the destination answered"
+    );
+
+    engine.accept(id);
+    engine.poll_vnic(t(1), id);
+    let synack: Vec<u8> = engine.outbox.packets().next().unwrap().to_vec();
+    engine.outbox.clear();
+    let info = parse_ipv4(&synack).unwrap();
+    assert_eq!((info.src_addr, info.dst_addr), (REMOTE, SESSION));
+    let proxy_label = info
+        .label
+        .expect("the proxy offers its label on the SYN-ACK");
+    assert_ne!(proxy_label, server_label);
+    let (vnic_isn, ack) = seq_ack(&synack);
+    assert_eq!(ack, 1001);
+    let mut ack_seg = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            ack: true,
+            seq: 1001,
+            ack_no: vnic_isn.wrapping_add(1),
+            ..Seg::default()
+        },
+        b"",
+    );
+    engine.handle_packet(t(2), &mut ack_seg);
+    assert_eq!(
+        engine.socket_mut(id).unwrap().state(),
+        tcp::State::Established
+    );
+    Connected {
+        engine,
+        id,
+        proxy_label,
+        session_seq: 1001,
+        vnic_seq: vnic_isn.wrapping_add(1),
+    }
+}
+
+fn received(engine: &mut ProxyEngine, id: VnicId) -> Vec<u8> {
+    let socket = engine.socket_mut(id).unwrap();
+    let mut buf = vec![0; 4096];
+    let n = socket.recv_slice(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn a_handshake_is_held_until_the_destination_accepts_and_labels_are_offered() {
+    let c = connected();
+    assert_eq!(c.engine.vnics(), 1);
+    assert_eq!(c.engine.labels_in_use(), 0);
+}
+
+#[test]
+fn a_refused_destination_resets_the_session_and_frees_the_vnic() {
+    let mut engine = ProxyEngine::new(ProxyConfig::default(), 1);
+    let mut syn = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            seq: 5,
+            ..Seg::default()
+        },
+        b"",
+    );
+    engine.handle_packet(t(0), &mut syn);
+    let Some(Event::Connect { id, .. }) = engine.take_events().pop() else {
+        panic!("no connect")
+    };
+    engine.refuse(id);
+    engine.poll_vnic(t(1), id);
+    let rst = engine.outbox.packets().next().unwrap().to_vec();
+    let ihl = usize::from(rst[0] & 0x0f) * 4;
+    assert!(
+        TcpHeader::from_slice(&rst[ihl..]).unwrap().0.rst,
+        "RST to the session"
+    );
+    assert_eq!(engine.vnics(), 0);
+    assert!(matches!(
+        engine.take_events().pop(),
+        Some(Event::Closed { .. })
+    ));
+}
+
+#[test]
+fn after_a_move_only_the_right_label_from_the_right_place_reaches_the_connection() {
+    let mut c = connected();
+    assert_eq!(c.engine.session_moved(SESSION, SESSION, PHYSICAL), 1);
+    assert_eq!(c.engine.labels_in_use(), 1);
+    let seg = |seq| Seg {
+        ack: true,
+        seq,
+        ack_no: c.vnic_seq,
+        ..Seg::default()
+    };
+
+    // From the session's new address, with the proxy's label: delivered.
+    let mut good = labelled(
+        tcp(PHYSICAL, SPORT, REMOTE, DPORT, seg(c.session_seq), b"good"),
+        c.proxy_label,
+    );
+    c.engine.handle_packet(t(10), &mut good);
+    assert_eq!(received(&mut c.engine, c.id), b"good");
+    c.session_seq += 4;
+
+    // What the VNIC sends now (the delayed ACK) goes to the physical
+    // address, with the server's label.
+    c.engine.poll_vnic(t(20), c.id);
+    let out: Vec<Vec<u8>> = c.engine.outbox.packets().map(<[u8]>::to_vec).collect();
+    c.engine.outbox.clear();
+    let ack = out.last().expect("an ACK for the data");
+    let info = parse_ipv4(ack).unwrap();
+    assert_eq!(info.dst_addr, PHYSICAL);
+    assert_eq!(info.label, Label::new(0x5e5e_0001));
+
+    let forged = [
+        // The right label from another address (a session elsewhere).
+        labelled(
+            tcp(
+                Ipv4Addr::new(10, 2, 0, 101),
+                SPORT,
+                REMOTE,
+                DPORT,
+                seg(c.session_seq),
+                b"evil",
+            ),
+            c.proxy_label,
+        ),
+        // The right label, the right address, another connection's port.
+        labelled(
+            tcp(
+                PHYSICAL,
+                SPORT,
+                REMOTE,
+                DPORT + 1,
+                seg(c.session_seq),
+                b"evil",
+            ),
+            c.proxy_label,
+        ),
+    ];
+    for mut p in forged {
+        c.engine.handle_packet(t(11), &mut p);
+    }
+    assert_eq!(c.engine.counters.dropped.get("forged_label"), Some(&2));
+    // A label nobody gave out.
+    let mut unknown = labelled(
+        tcp(PHYSICAL, SPORT, REMOTE, DPORT, seg(c.session_seq), b"evil"),
+        Label::new(c.proxy_label.get() ^ 0xffff).unwrap(),
+    );
+    c.engine.handle_packet(t(12), &mut unknown);
+    assert_eq!(c.engine.counters.dropped.get("unknown_label"), Some(&1));
+    // The old tuple, unlabelled, from the old address (now someone else's):
+    // not this connection any more.
+    let mut reused = tcp(SESSION, SPORT, REMOTE, DPORT, seg(c.session_seq), b"evil");
+    c.engine.handle_packet(t(13), &mut reused);
+    assert_eq!(c.engine.counters.dropped.get("no_connection"), Some(&1));
+    assert_eq!(
+        received(&mut c.engine, c.id),
+        b"",
+        "a forged segment got through"
+    );
+}
+
+#[test]
+fn a_new_session_at_a_reused_address_gets_its_own_vnic() {
+    let mut c = connected();
+    c.engine.session_moved(SESSION, SESSION, PHYSICAL);
+    let mut syn = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            seq: 9000,
+            ..Seg::default()
+        },
+        b"",
+    );
+    c.engine.handle_packet(t(20), &mut syn);
+    let Some(Event::Connect { id, tuple }) = c.engine.take_events().pop() else {
+        panic!("the reused tuple got no VNIC")
+    };
+    assert_ne!(id, c.id);
+    assert_eq!(tuple.session, SocketAddrV4::new(SESSION, SPORT));
+    assert_eq!(c.engine.vnics(), 2);
+}
+
+#[test]
+fn a_syn_flood_is_bounded_per_session_and_overall() {
+    let config = ProxyConfig {
+        max_vnics: 300,
+        max_handshakes_per_session: 100,
+        ..ProxyConfig::default()
+    };
+    let mut engine = ProxyEngine::new(config, 3);
+    for port in 1..=1000u16 {
+        let mut syn = tcp(
+            SESSION,
+            port,
+            REMOTE,
+            DPORT,
+            Seg {
+                syn: true,
+                seq: 1,
+                ..Seg::default()
+            },
+            b"",
+        );
+        engine.handle_packet(t(0), &mut syn);
+    }
+    assert_eq!(engine.vnics(), 100);
+    assert_eq!(engine.counters.dropped.get("handshake_limit"), Some(&900));
+    for host in 1..=5u8 {
+        for port in 1..=100u16 {
+            let src = Ipv4Addr::new(10, 1, 1, host);
+            let mut syn = tcp(
+                src,
+                port,
+                REMOTE,
+                DPORT,
+                Seg {
+                    syn: true,
+                    seq: 1,
+                    ..Seg::default()
+                },
+                b"",
+            );
+            engine.handle_packet(t(0), &mut syn);
+        }
+    }
+    assert_eq!(engine.vnics(), 300);
+    assert_eq!(engine.counters.dropped.get("vnic_limit"), Some(&300));
+    // Nothing was sent to anyone: handshakes wait for their destinations.
+    assert!(engine.outbox.is_empty());
+}
+
+#[test]
+fn junk_is_counted_by_reason_and_changes_nothing() {
+    let mut c = connected();
+    let good = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            ack: true,
+            seq: c.session_seq,
+            ack_no: c.vnic_seq,
+            ..Seg::default()
+        },
+        b"data",
+    );
+    let mut bad_checksum = good.clone();
+    let last = bad_checksum.len() - 1;
+    bad_checksum[last] ^= 0xff;
+    let refill = |mut p: Vec<u8>| {
+        crate::wire::Ipv4Packet::new_unchecked(&mut p[..]).fill_checksum();
+        p
+    };
+    let mut fragment = good.clone();
+    fragment[6] |= 0x20; // more fragments
+    let mut fragment = refill(fragment);
+    let mut unknown_protocol = good.clone();
+    unknown_protocol[9] = 253;
+    let mut unknown_protocol = refill(unknown_protocol);
+    let mut truncated = good.clone();
+    truncated.truncate(30);
+    let mut port_zero = tcp(
+        SESSION,
+        0,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            ..Seg::default()
+        },
+        b"",
+    );
+    let mut stray = tcp(
+        SESSION,
+        SPORT + 1,
+        REMOTE,
+        DPORT,
+        Seg {
+            ack: true,
+            ..Seg::default()
+        },
+        b"x",
+    );
+    for p in [
+        &mut bad_checksum,
+        &mut fragment,
+        &mut unknown_protocol,
+        &mut truncated,
+        &mut port_zero,
+        &mut stray,
+    ] {
+        c.engine.handle_packet(t(30), p);
+    }
+    let d = &c.engine.counters.dropped;
+    assert_eq!(d.get("bad_transport_checksum"), Some(&1), "{d:?}");
+    assert_eq!(d.get("fragment"), Some(&1), "{d:?}");
+    assert_eq!(d.get("unsupported_protocol"), Some(&1), "{d:?}");
+    assert_eq!(d.get("no_connection"), Some(&1), "{d:?}");
+    assert_eq!(d.get("port_zero"), Some(&1), "{d:?}");
+    assert_eq!(d.values().sum::<u64>(), 6, "{d:?}");
+    assert_eq!(received(&mut c.engine, c.id), b"");
+    assert_eq!(c.engine.vnics(), 1);
+    assert!(find_label(&[]).unwrap().is_none());
+}

@@ -1,0 +1,154 @@
+//! The server engine driven packet by packet, without I/O.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{IpNumber, Ipv4Header, TcpHeader};
+
+use super::*;
+use crate::wire::label::push_label;
+
+const VIRTUAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 100);
+const PHYSICAL: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 100);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let mut t = TcpHeader::new(sport, dport, 1, 64240);
+    t.syn = syn;
+    t.ack = ack;
+    t.checksum = t
+        .calc_checksum_ipv4_raw(src.octets(), dst.octets(), b"x")
+        .unwrap();
+    let body = [&t.to_bytes()[..], b"x"].concat();
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), dst.octets()).unwrap();
+    ip.set_payload_len(body.len()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    [&ip.to_bytes()[..], &body].concat()
+}
+
+/// Runs one packet through the engine; returns what it let through.
+fn run(engine: &mut ServerEngine, packet: &[u8], side: Side) -> Option<Vec<u8>> {
+    let mut buf = vec![0; ServerEngine::HEADROOM];
+    buf.extend_from_slice(packet);
+    engine.handle_packet(&mut buf, ServerEngine::HEADROOM, side);
+    let out = engine.outbox.packets().next().map(<[u8]>::to_vec);
+    engine.outbox.clear();
+    out
+}
+
+/// A session's connection with labels exchanged both ways.
+fn exchanged(engine: &mut ServerEngine) -> (Label, Label) {
+    let syn = run(
+        engine,
+        &tcp(VIRTUAL, 4000, REMOTE, 80, true, false),
+        Side::Session,
+    )
+    .unwrap();
+    let server_label = parse_ipv4(&syn)
+        .unwrap()
+        .label
+        .expect("the SYN carries an offer");
+    let proxy_label = Label::new(0x0bad_cafe).unwrap();
+    let mut synack = tcp(REMOTE, 80, VIRTUAL, 4000, true, true);
+    push_label(&mut synack, proxy_label).unwrap();
+    let passed = run(engine, &synack, Side::Uplink).unwrap();
+    assert_eq!(
+        parse_ipv4(&passed).unwrap().label,
+        None,
+        "the offer is stripped"
+    );
+    (server_label, proxy_label)
+}
+
+#[test]
+fn labels_are_exchanged_in_the_handshake_and_move_with_the_session() {
+    let mut a = ServerEngine::new(100, 1);
+    let (server_label, proxy_label) = exchanged(&mut a);
+    // A retransmitted SYN offers the same label.
+    let again = run(
+        &mut a,
+        &tcp(VIRTUAL, 4000, REMOTE, 80, true, false),
+        Side::Session,
+    )
+    .unwrap();
+    assert_eq!(parse_ipv4(&again).unwrap().label, Some(server_label));
+
+    let mut state = a.export_session(VIRTUAL);
+    assert_eq!(a.connections(), 0);
+    assert_eq!(state.connections.len(), 1);
+    state.physical = PHYSICAL;
+    state.labelled = true;
+    let mut b = ServerEngine::new(100, 2);
+    assert_eq!(b.import_session(&state), 1);
+    assert_eq!(
+        b.take_steer_changes(),
+        vec![SteerChange::Add {
+            virtual_addr: VIRTUAL,
+            physical: PHYSICAL
+        }]
+    );
+
+    // Out: source rewritten, the proxy's label attached.
+    let out = run(
+        &mut b,
+        &tcp(VIRTUAL, 4000, REMOTE, 80, false, true),
+        Side::Session,
+    )
+    .unwrap();
+    let info = parse_ipv4(&out).unwrap();
+    assert_eq!((info.src_addr, info.label), (PHYSICAL, Some(proxy_label)));
+    // In: the server's own label checked and stripped, destination rewritten.
+    let mut inbound = tcp(REMOTE, 80, PHYSICAL, 4000, false, true);
+    push_label(&mut inbound, server_label).unwrap();
+    let passed = run(&mut b, &inbound, Side::Uplink).unwrap();
+    let info = parse_ipv4(&passed).unwrap();
+    assert_eq!((info.dst_addr, info.label), (VIRTUAL, None));
+}
+
+#[test]
+fn forged_labels_and_labels_from_sessions_are_dropped() {
+    let mut a = ServerEngine::new(100, 1);
+    let (server_label, _) = exchanged(&mut a);
+    let mut state = a.export_session(VIRTUAL);
+    state.physical = PHYSICAL;
+    state.labelled = true;
+    let mut b = ServerEngine::new(100, 2);
+    b.import_session(&state);
+
+    // The right label for another connection's ports.
+    let mut other_port = tcp(REMOTE, 81, PHYSICAL, 4000, false, true);
+    push_label(&mut other_port, server_label).unwrap();
+    assert_eq!(run(&mut b, &other_port, Side::Uplink), None);
+    // A label nobody gave out.
+    let mut unknown = tcp(REMOTE, 80, PHYSICAL, 4000, false, true);
+    push_label(&mut unknown, Label::new(server_label.get() ^ 1).unwrap()).unwrap();
+    assert_eq!(run(&mut b, &unknown, Side::Uplink), None);
+    assert_eq!(b.counters.dropped.get("forged_label"), Some(&2));
+    // A session may not speak labels.
+    let mut from_session = tcp(VIRTUAL, 4000, REMOTE, 80, false, true);
+    push_label(&mut from_session, server_label).unwrap();
+    assert_eq!(run(&mut b, &from_session, Side::Session), None);
+    assert_eq!(b.counters.dropped.get("label_from_session"), Some(&1));
+    // An offer on a SYN-ACK for a connection nobody opened.
+    let mut stray = tcp(REMOTE, 80, VIRTUAL, 5000, true, true);
+    push_label(&mut stray, server_label).unwrap();
+    assert_eq!(run(&mut b, &stray, Side::Uplink), None);
+    assert_eq!(
+        b.counters.dropped.get("offer_for_unknown_connection"),
+        Some(&1)
+    );
+}
+
+#[test]
+fn the_label_table_is_bounded() {
+    let mut a = ServerEngine::new(10, 1);
+    for port in 1..=50u16 {
+        run(
+            &mut a,
+            &tcp(VIRTUAL, port, REMOTE, 80, true, false),
+            Side::Session,
+        )
+        .unwrap();
+    }
+    assert_eq!(a.connections(), 10);
+    assert_eq!(a.counters.evicted, 40);
+}
