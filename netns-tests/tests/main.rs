@@ -8,6 +8,7 @@
 mod cleanup;
 mod cli;
 mod dataplane;
+mod dataplane_scale;
 mod routing;
 mod session_move;
 mod support;

@@ -61,6 +61,14 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run a small test server here (use with `exec` to put it in a
+    /// namespace): prints "listening on ADDR" once it accepts.
+    Serve {
+        #[arg(value_enum)]
+        kind: ServeKind,
+        /// Address and port to listen on.
+        listen: std::net::SocketAddr,
+    },
     /// Add, move and remove session namespaces of a running lab.
     Session {
         #[arg(long, default_value = "demo")]
@@ -68,6 +76,15 @@ enum Command {
         #[command(subcommand)]
         action: SessionAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ServeKind {
+    /// TCP echo: every byte comes back.
+    Echo,
+    /// TCP discard: bytes are read and dropped; connections are held open
+    /// until the peer closes (for many concurrent connections).
+    Hold,
 }
 
 #[derive(Subcommand)]
@@ -118,10 +135,18 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Serving needs no root and no lab.
+    if let Command::Serve { kind, listen } = cli.command {
+        return serve(kind, listen);
+    }
     if !nix::unistd::Uid::effective().is_root() {
         bail!("needs root (it creates network namespaces)");
     }
-    match cli.command {
+    run_lab(cli.command)
+}
+
+fn run_lab(command: Command) -> Result<()> {
+    match command {
         Command::Up {
             config,
             name,
@@ -187,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             let err = cmd.exec();
             bail!("could not run {program} in {}: {err}", ns.name());
         }
+        Command::Serve { kind, listen } => serve(kind, listen)?,
         Command::Session { lab, action } => {
             let lab = Lab::attach(&lab)?;
             match action {
@@ -235,4 +261,53 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A thread per connection: fine for tests (thousands of mostly idle
+/// connections need small stacks, not an event loop).
+fn serve(kind: ServeKind, listen: std::net::SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    raise_fd_limit();
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    println!("listening on {listen}");
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mobidesk-lab serve: accept: {e}");
+                continue;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if matches!(kind, ServeKind::Echo)
+                                && stream.write_all(&buf[..n]).is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("mobidesk-lab serve: no thread for a connection: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Many connections need many descriptors: take the soft limit up to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
