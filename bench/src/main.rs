@@ -1,0 +1,173 @@
+//! `mobidesk-bench`: run the benchmarks on the baseline and candidate paths
+//! and report both figures and their ratio (needs root: it builds labs of
+//! network namespaces).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mobidesk_bench::{live_labs, Benchmark, Options, Path, Settings};
+use mobidesk_lab::Lab;
+use nix::sys::signal::{SigSet, Signal};
+
+/// MobiDesk benchmarks. Each runs on the baseline (kernel IP forwarding
+/// through the lab: session on server a -> proxy box -> outside host web)
+/// and on the candidate (the user-space dataplane) in the same run, on the
+/// same lab topology, and reports both and candidate/baseline.
+///
+/// Run as root from a release build:
+/// `cargo run --release -p mobidesk-bench -- all`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// A very short run of each benchmark: checks that it works; the
+    /// figures are not worth quoting.
+    #[arg(long, global = true)]
+    smoke: bool,
+    /// Measure only this path (repeatable; `baseline` and `candidate` are
+    /// aliases). Default: every path, baseline first.
+    #[arg(long = "path", value_enum, global = true)]
+    paths: Vec<Path>,
+    /// Let the scheduler place the benchmark clients and servers instead of
+    /// pinning them all to one CPU (figures then vary a lot between runs
+    /// on small machines).
+    #[arg(long, global = true, conflicts_with = "cpu")]
+    no_pin: bool,
+    /// Pin the benchmark clients and servers to this CPU (default: the
+    /// first CPU this process may use).
+    #[arg(long, global = true)]
+    cpu: Option<usize>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// Bulk TCP, one iperf3 stream, session -> outside host and back (Gbit/s).
+    Throughput,
+    /// sockperf TCP ping-pong, 64-byte messages: p50/p99 half round trip (µs).
+    Latency,
+    /// New TCP connections per second, session -> outside host.
+    ConnectRate,
+    /// Every benchmark, one after the other.
+    All,
+}
+
+/// The signal that interrupted the run (0: none).
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// How long an interrupted run may take to unwind (kill its processes,
+/// remove its labs) before the signal thread removes the labs itself.
+const UNWIND_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,mobidesk_bench=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = run(Cli::parse());
+    let signal = SIGNAL.load(Ordering::SeqCst);
+    if signal != 0 {
+        // The run has unwound: its labs are down.
+        eprintln!("mobidesk-bench: interrupted by signal {signal}; labs removed");
+        return ExitCode::from(u8::try_from(128 + signal).unwrap_or(1));
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mobidesk-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("needs root: every benchmark builds a lab of network namespaces");
+    }
+    remove_labs_on_signal()?;
+    let benchmarks = match cli.command {
+        Command::Throughput => vec![Benchmark::Throughput],
+        Command::Latency => vec![Benchmark::Latency],
+        Command::ConnectRate => vec![Benchmark::ConnectRate],
+        Command::All => Benchmark::ALL.to_vec(),
+    };
+    let mut paths = if cli.paths.is_empty() {
+        Path::ALL.to_vec()
+    } else {
+        cli.paths
+    };
+    // Baseline first, each path once.
+    paths.sort();
+    paths.dedup();
+    let mut settings = Settings::new(cli.smoke);
+    if cli.no_pin {
+        settings.endpoints_cpu = None;
+    } else if cli.cpu.is_some() {
+        settings.endpoints_cpu = cli.cpu;
+    }
+    let report = mobidesk_bench::run(&Options {
+        benchmarks,
+        paths,
+        settings,
+    })?;
+    print!("{}", report.table());
+    if let Some(file) = &cli.json {
+        std::fs::write(file, report.to_json() + "\n")
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: stop the run (its processes are killed,
+/// the benchmark fails, the labs are removed as the run unwinds) instead of
+/// leaving namespaces behind. If unwinding takes longer than
+/// [`UNWIND_TIMEOUT`], or a second signal comes, the labs are removed from
+/// here and the process exits.
+///
+/// The signals are blocked in every thread and taken by one thread that
+/// waits for them; child processes start with an empty mask (std resets it).
+fn remove_labs_on_signal() -> Result<()> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("blocking signals")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(signal) = set.wait() else { return };
+            SIGNAL.store(signal as i32, Ordering::SeqCst);
+            mobidesk_bench::interrupt();
+            std::thread::spawn(move || {
+                // A watchdog: normally the process has exited before it fires.
+                std::thread::sleep(UNWIND_TIMEOUT);
+                force_exit(signal);
+            });
+            if set.wait().is_ok() {
+                force_exit(signal);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Removes the labs that are still up and exits.
+fn force_exit(signal: Signal) -> ! {
+    for lab in live_labs() {
+        if let Err(e) = Lab::down(&lab) {
+            eprintln!("mobidesk-bench: removing lab {lab}: {e} (run `mobidesk-lab down {lab}`)");
+        }
+    }
+    eprintln!("mobidesk-bench: interrupted by {signal}; labs removed");
+    std::process::exit(128 + signal as i32);
+}

@@ -1,0 +1,280 @@
+//! The packet paths a benchmark compares, and the testbed each one runs on.
+//!
+//! Every path uses the same lab topology ([`Topology::standard`]): a session
+//! namespace `s1` on server `a` (subnet 1), the proxy box, and the outside
+//! host `web` on the external network. Benchmarks only see a [`Testbed`]:
+//! a client namespace (the session), a server namespace (`web`) and the
+//! server's address; how packets get from one to the other is the path's
+//! business.
+//!
+//! To plug the candidate in: make [`Path::setup`] for [`Path::Dataplane`]
+//! build the same lab, start the dataplane daemons (proxy box, server a)
+//! with [`Testbed::add_daemon`], and steer the session's traffic through
+//! them. Nothing in the benchmarks changes.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{ensure, Context, Result};
+use mobidesk_lab::lab::{namespaces_of, unique_lab_name};
+use mobidesk_lab::{Lab, Netns, Session, Topology};
+use serde::{Deserialize, Serialize};
+
+use crate::process::Daemon;
+
+/// The outside host every benchmark talks to.
+const OUTSIDE_HOST: &str = "web";
+/// The server that hosts the benchmark session.
+const SESSION_SERVER: &str = "a";
+const SESSION_NAME: &str = "s1";
+
+/// A way for packets to get from a session to an outside host.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Path {
+    /// Baseline: plain kernel IP forwarding (server a, then the proxy box).
+    #[value(alias = "baseline")]
+    KernelForwarding,
+    /// Candidate: the user-space dataplane on the proxy box and the servers.
+    #[value(alias = "candidate")]
+    Dataplane,
+}
+
+/// Whether a path is the reference or the thing measured against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Baseline,
+    Candidate,
+}
+
+/// The result of setting a path up.
+#[derive(Debug)]
+pub enum PathSetup {
+    Ready(Box<Testbed>),
+    /// The path cannot run yet; the report shows this reason.
+    NotImplemented {
+        reason: &'static str,
+    },
+}
+
+impl Path {
+    /// The baseline first: the order paths run and are shown in.
+    pub const ALL: [Path; 2] = [Path::KernelForwarding, Path::Dataplane];
+    pub const BASELINE: Path = Path::KernelForwarding;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::KernelForwarding => "kernel-forwarding",
+            Path::Dataplane => "dataplane",
+        }
+    }
+
+    pub fn role(self) -> Role {
+        match self {
+            Path::KernelForwarding => Role::Baseline,
+            Path::Dataplane => Role::Candidate,
+        }
+    }
+
+    /// One line for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Path::KernelForwarding => {
+                "session s1 -> server a -> proxy box -> web, kernel IP forwarding on veth/bridges"
+            }
+            Path::Dataplane => {
+                "session s1 -> server a -> proxy box -> web through the user-space dataplane"
+            }
+        }
+    }
+
+    /// Builds the path's testbed, or says why it cannot run yet.
+    pub fn setup(self) -> Result<PathSetup> {
+        match self {
+            Path::KernelForwarding => Ok(PathSetup::Ready(Box::new(kernel_forwarding()?))),
+            Path::Dataplane => Ok(PathSetup::NotImplemented {
+                reason: "the user-space dataplane is not plugged into the harness yet \
+                         (bench/src/path.rs, Path::setup): no figure to show",
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Role::Baseline => "baseline",
+            Role::Candidate => "candidate",
+        })
+    }
+}
+
+/// The baseline: the standard lab as it is, the kernel forwarding at server
+/// a and at the proxy box.
+fn kernel_forwarding() -> Result<Testbed> {
+    let testbed = Testbed::standard(Path::KernelForwarding)?;
+    let forwarding = testbed.lab.proxy().sysctl_get("net.ipv4.ip_forward")?;
+    ensure!(
+        forwarding == "1",
+        "the proxy box does not forward (net.ipv4.ip_forward = {forwarding})"
+    );
+    testbed.check_reachable()?;
+    // No daemons: the kernel is the whole path.
+    Ok(testbed)
+}
+
+/// A lab with one session, ready for a benchmark: traffic goes from
+/// [`Testbed::client`] (the session) to [`Testbed::server_addr`] in
+/// [`Testbed::server`] (the outside host).
+#[derive(Debug)]
+pub struct Testbed {
+    pub path: Path,
+    pub session: Session,
+    /// Where benchmark clients run: the session's namespace.
+    pub client: Netns,
+    /// Where benchmark servers run: the outside host's namespace.
+    pub server: Netns,
+    /// The outside host's address, as the session dials it.
+    pub server_addr: Ipv4Addr,
+    // Dropped in this order: the path's daemons, the lab (which kills
+    // anything left in its namespaces), then the registration.
+    daemons: Vec<Daemon>,
+    lab: Lab,
+    _live: LiveLab,
+}
+
+impl Testbed {
+    /// The standard topology under a fresh name, with session s1 on server a.
+    fn standard(path: Path) -> Result<Testbed> {
+        let name = unique_lab_name();
+        // Registered before it exists, so an interrupt during the build
+        // still removes whatever was made.
+        let live = LiveLab::register(&name);
+        let lab = Lab::up(Topology::standard(&name)).context("building the lab")?;
+        let session = lab
+            .add_session(SESSION_NAME, SESSION_SERVER)
+            .context("adding the benchmark session")?;
+        let server = lab.host(OUTSIDE_HOST)?;
+        let server_addr = lab
+            .topology()
+            .host(OUTSIDE_HOST)
+            .map(|h| h.address)
+            .context("the standard topology has no outside host web")?;
+        Ok(Testbed {
+            path,
+            client: session.netns(),
+            session,
+            server,
+            server_addr,
+            daemons: Vec::new(),
+            lab,
+            _live: live,
+        })
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    pub fn lab_name(&self) -> &str {
+        self.lab.name()
+    }
+
+    /// Keeps a daemon of the path (e.g. the dataplane on the proxy box)
+    /// running for the testbed's life; it is stopped before the lab goes down.
+    #[allow(dead_code)] // For the candidate path, which is not implemented yet.
+    pub(crate) fn add_daemon(&mut self, daemon: Daemon) {
+        self.daemons.push(daemon);
+    }
+
+    /// One ping from the session to the outside host: the path works at all.
+    fn check_reachable(&self) -> Result<()> {
+        let out = self.client.output(Command::new("ping").args([
+            "-c",
+            "1",
+            "-W",
+            "3",
+            "-n",
+            &self.server_addr.to_string(),
+        ]))?;
+        ensure!(
+            out.status.success(),
+            "the session cannot reach {} on path {}: {}",
+            self.server_addr,
+            self.path,
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        Ok(())
+    }
+}
+
+/// Names of the labs this process has up now.
+pub fn live_labs() -> Vec<String> {
+    lock_live().iter().cloned().collect()
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Stops the run as soon as possible (for a signal handler): kills every
+/// process in the namespaces of the labs that are up — so the benchmark
+/// waiting for one fails at once — and makes [`crate::run`] stop with an
+/// error. The labs themselves are removed by the run as it unwinds.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    for lab in live_labs() {
+        for ns in namespaces_of(&lab).unwrap_or_default() {
+            let _ = Netns::existing(&ns).kill_all();
+        }
+    }
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+static LIVE: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn lock_live() -> MutexGuard<'static, BTreeSet<String>> {
+    // A poisoned set is still a set of names.
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+struct LiveLab(String);
+
+impl LiveLab {
+    fn register(name: &str) -> LiveLab {
+        lock_live().insert(name.to_string());
+        LiveLab(name.to_string())
+    }
+}
+
+impl Drop for LiveLab {
+    fn drop(&mut self) {
+        lock_live().remove(&self.0);
+    }
+}
