@@ -56,6 +56,20 @@ pub struct ProxyStats {
     pub rewrites: u64,
     pub labelled_packets: u64,
     pub idle_polls: u64,
+    /// UDP flows open now, opened, and closed after their idle timeout.
+    pub udp_flows: usize,
+    pub udp_flows_created: u64,
+    pub udp_flows_expired: u64,
+    pub udp_datagrams_to_outside: u64,
+    pub udp_datagrams_to_session: u64,
+    /// ICMP echo requests relayed, replies delivered, requests unanswered.
+    pub echo_requests: u64,
+    pub echo_replies: u64,
+    pub echo_timeouts: u64,
+    pub echoes_outstanding: usize,
+    /// The echo relay's ICMP socket: "datagram", "raw", "opening" or
+    /// "unavailable".
+    pub echo_socket: String,
     pub dropped: BTreeMap<String, u64>,
 }
 
@@ -74,6 +88,16 @@ impl ProxyStats {
             rewrites: c.rewrites,
             labelled_packets: c.labelled_packets,
             idle_polls: c.idle_polls,
+            udp_flows: engine.udp_flows(),
+            udp_flows_created: c.udp_flows_created,
+            udp_flows_expired: c.udp_flows_expired,
+            udp_datagrams_to_outside: c.udp_datagrams_to_outside,
+            udp_datagrams_to_session: c.udp_datagrams_to_session,
+            echo_requests: c.echo_requests,
+            echo_replies: c.echo_replies,
+            echo_timeouts: c.echo_timeouts,
+            echoes_outstanding: engine.echoes_outstanding(),
+            echo_socket: engine.echo_socket().to_string(),
             dropped: c
                 .dropped
                 .iter()

@@ -18,7 +18,8 @@ use crate::control::{self, Response, MAX_REQUEST_LINE};
 use crate::io::steer::{ServerSteering, ServerSteeringConfig, Steering};
 use crate::io::tun::{Tun, TunConfig};
 use crate::io::{run_proxybox, run_server as run_server_loop, Shared};
-use crate::proxybox::{ProxyConfig, ProxyEngine};
+use crate::proxybox::icmp::MAX_OUTSTANDING_LIMIT;
+use crate::proxybox::{EchoConfig, ProxyConfig, ProxyEngine, UdpConfig};
 use crate::server::ServerEngine;
 use crate::vnic::VnicConfig;
 
@@ -73,6 +74,10 @@ pub struct ProxyBoxConfig {
     pub max_handshakes_per_session: usize,
     #[serde(default)]
     pub vnic: VnicTuning,
+    #[serde(default)]
+    pub udp: UdpTuning,
+    #[serde(default)]
+    pub icmp: IcmpTuning,
 }
 
 /// `[proxy.vnic]`: the tuning of every VNIC.
@@ -97,6 +102,49 @@ impl Default for VnicTuning {
             max_burst: d.max_burst,
             keep_alive_secs: d.keep_alive.map_or(0, |k| k.as_secs()),
             idle_timeout_secs: d.idle_timeout.as_secs(),
+        }
+    }
+}
+
+/// `[proxy.udp]`: the UDP relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpTuning {
+    /// UDP flows (session port -> destination) at once.
+    pub max_flows: usize,
+    /// A flow silent both ways this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Datagrams per flow waiting for its socket; more are dropped.
+    pub queue: usize,
+}
+
+impl Default for UdpTuning {
+    fn default() -> Self {
+        let d = UdpConfig::default();
+        UdpTuning {
+            max_flows: d.max_flows,
+            idle_timeout_secs: d.idle_timeout.as_secs(),
+            queue: d.queue,
+        }
+    }
+}
+
+/// `[proxy.icmp]`: the ICMP echo relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IcmpTuning {
+    /// Echo requests awaiting a reply at once.
+    pub max_echoes: usize,
+    /// An echo request unanswered this long is forgotten.
+    pub timeout_secs: u64,
+}
+
+impl Default for IcmpTuning {
+    fn default() -> Self {
+        let d = EchoConfig::default();
+        IcmpTuning {
+            max_echoes: d.max_outstanding,
+            timeout_secs: d.timeout.as_secs(),
         }
     }
 }
@@ -279,6 +327,8 @@ impl ProxyBoxConfig {
             max_vnics: defaults::max_vnics(),
             max_handshakes_per_session: defaults::max_handshakes(),
             vnic: VnicTuning::default(),
+            udp: UdpTuning::default(),
+            icmp: IcmpTuning::default(),
         }
     }
 
@@ -311,6 +361,28 @@ impl ProxyBoxConfig {
                 self.route_table
             ));
         }
+        let udp = &self.udp;
+        if udp.max_flows == 0 || udp.queue == 0 {
+            return bad("udp.max_flows, udp.queue: at least 1".into());
+        }
+        if !(1..=86_400).contains(&udp.idle_timeout_secs) {
+            return bad(format!(
+                "udp.idle_timeout_secs {}: 1..=86400",
+                udp.idle_timeout_secs
+            ));
+        }
+        if !(1..=MAX_OUTSTANDING_LIMIT).contains(&self.icmp.max_echoes) {
+            return bad(format!(
+                "icmp.max_echoes {}: 1..={MAX_OUTSTANDING_LIMIT}",
+                self.icmp.max_echoes
+            ));
+        }
+        if !(1..=300).contains(&self.icmp.timeout_secs) {
+            return bad(format!(
+                "icmp.timeout_secs {}: 1..=300",
+                self.icmp.timeout_secs
+            ));
+        }
         Ok(())
     }
 
@@ -327,6 +399,15 @@ impl ProxyBoxConfig {
             },
             max_vnics: self.max_vnics,
             max_handshakes_per_session: self.max_handshakes_per_session,
+            udp: UdpConfig {
+                max_flows: self.udp.max_flows,
+                idle_timeout: Duration::from_secs(self.udp.idle_timeout_secs),
+                queue: self.udp.queue,
+            },
+            echo: EchoConfig {
+                max_outstanding: self.icmp.max_echoes,
+                timeout: Duration::from_secs(self.icmp.timeout_secs),
+            },
         }
     }
 }
@@ -602,5 +683,25 @@ mod tests {
             err("[proxy]\nsteer_from = [\"a\"]\ntun = \"a-very-long-tun-name\"\n").contains("tun")
         );
         assert!(err("not toml").contains("invalid configuration"));
+        assert!(
+            err("[proxy]\nsteer_from = [\"a\"]\n[proxy.udp]\nidle_timeout_secs = 0\n")
+                .contains("udp.idle_timeout_secs")
+        );
+        assert!(
+            err("[proxy]\nsteer_from = [\"a\"]\n[proxy.udp]\nmax_flows = 0\n")
+                .contains("udp.max_flows")
+        );
+        assert!(
+            err("[proxy]\nsteer_from = [\"a\"]\n[proxy.udp]\nqueue = 0\n").contains("udp.queue")
+        );
+        assert!(
+            err("[proxy]\nsteer_from = [\"a\"]\n[proxy.icmp]\nmax_echoes = 40000\n")
+                .contains("icmp.max_echoes")
+        );
+        assert!(
+            err("[proxy]\nsteer_from = [\"a\"]\n[proxy.icmp]\ntimeout_secs = 0\n")
+                .contains("icmp.timeout_secs")
+        );
+        assert!(err("[proxy]\nsteer_from = [\"a\"]\n[proxy.udp]\nflows = 1\n").contains("flows"));
     }
 }

@@ -89,7 +89,13 @@ impl Dataplane {
     }
 
     pub(crate) fn request<R: serde::Serialize>(&self, request: &R) -> Response {
-        let r = control::request(&self.control, request).unwrap();
+        let r = match control::request(&self.control, request) {
+            Ok(r) => r,
+            Err(e) if self.thread.as_ref().is_some_and(|t| t.is_finished()) => {
+                panic!("the dataplane stopped ({e}); its result is reported when the test ends")
+            }
+            Err(e) => panic!("control request failed: {e}"),
+        };
         assert!(r.ok, "control request failed: {:?}", r.error);
         r
     }
@@ -372,8 +378,18 @@ fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
     // Both at once, different bytes each way: a mix-up breaks a checksum.
     let one = transfer_both_ways(first, first_web, 8 << 20, 50);
     let two = transfer_both_ways(second, second_web, 8 << 20, 60);
-    let (first, first_web) = one.join().expect("first connection corrupted");
-    let (second, second_web) = two.join().expect("second connection corrupted");
+    let (one, two) = (one.join(), two.join());
+    if one.is_err() || two.is_err() {
+        panic!(
+            "a connection broke (first ok: {}, second ok: {}); proxy {:?}; a {:?}; b {:?}",
+            one.is_ok(),
+            two.is_ok(),
+            dps.proxy.stats(),
+            dps.server("a").server_stats(),
+            dps.server("b").server_stats()
+        );
+    }
+    let ((first, first_web), (second, second_web)) = (one.unwrap(), two.unwrap());
     let s = dps.proxy.stats();
     assert_eq!(
         s.labels_in_use, 1,

@@ -9,6 +9,7 @@ mod cleanup;
 mod cli;
 mod dataplane;
 mod dataplane_scale;
+mod dataplane_udp;
 mod routing;
 mod session_move;
 mod support;

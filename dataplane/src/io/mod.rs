@@ -3,9 +3,11 @@
 //! `LocalSet`): the engine is shared by `Rc<RefCell<..>>` and never borrowed
 //! across an await.
 
+mod icmp;
 pub mod steer;
 mod stream;
 pub mod tun;
+mod udp;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -28,6 +30,9 @@ pub struct Shared {
     /// VNICs a relay read from or wrote to: the device loop polls them.
     dirty: RefCell<BTreeSet<VnicId>>,
     kick: Notify,
+    /// One datagram as the UDP and ICMP relays receive it; borrowed only
+    /// between a socket read and the engine call that copies it out.
+    recv_buf: RefCell<Vec<u8>>,
     pub connect_timeout: Duration,
 }
 
@@ -37,6 +42,7 @@ impl Shared {
             start: std::time::Instant::now(),
             dirty: RefCell::new(BTreeSet::new()),
             kick: Notify::new(),
+            recv_buf: RefCell::new(vec![0; 65536]),
             connect_timeout,
         })
     }
@@ -67,6 +73,7 @@ pub async fn run_proxybox(
 ) -> io::Result<()> {
     let mut rx = tun::RxBatch::new(device.mtu(), 0);
     let mut gro = device.gro_table();
+    tokio::task::spawn_local(icmp::relay(engine.clone(), shared.clone()));
     loop {
         let deadline = engine.borrow().next_deadline();
         let sleep = async {
@@ -77,7 +84,7 @@ pub async fn run_proxybox(
         };
         tokio::select! {
             r = device.recv(&mut rx) => {
-                r?;
+                tun::survive(r)?;
                 let now = shared.now();
                 let mut engine = engine.borrow_mut();
                 for packet in rx.packets_mut() {
@@ -95,13 +102,21 @@ pub async fn run_proxybox(
                 eng.poll_vnic(now, id);
             }
             for event in eng.take_events() {
-                if let Event::Connect { id, tuple } = event {
-                    let engine = engine.clone();
-                    let shared = shared.clone();
-                    let remote = SocketAddr::V4(tuple.remote);
-                    tokio::task::spawn_local(relay(engine, shared, id, remote));
+                match event {
+                    Event::Connect { id, tuple } => {
+                        let engine = engine.clone();
+                        let shared = shared.clone();
+                        let remote = SocketAddr::V4(tuple.remote);
+                        tokio::task::spawn_local(relay(engine, shared, id, remote));
+                    }
+                    Event::UdpFlow { id, remote } => {
+                        let flow = udp::relay(engine.clone(), shared.clone(), id, remote);
+                        tokio::task::spawn_local(flow);
+                    }
+                    Event::Closed { .. } => {}
                 }
             }
+            eng.flush_replies();
             if eng.outbox.is_empty() {
                 continue;
             }
@@ -173,14 +188,14 @@ pub async fn run_server(
     loop {
         tokio::select! {
             r = session_tun.recv(&mut rx_session) => {
-                r?;
+                tun::survive(r)?;
                 let mut eng = engine.borrow_mut();
                 for (buf, start) in rx_session.packets_with_room() {
                     eng.handle_packet(buf, start, Side::Session);
                 }
             }
             r = uplink_tun.recv(&mut rx_uplink) => {
-                r?;
+                tun::survive(r)?;
                 let mut eng = engine.borrow_mut();
                 for (buf, start) in rx_uplink.packets_with_room() {
                     eng.handle_packet(buf, start, Side::Uplink);

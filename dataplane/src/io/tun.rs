@@ -89,7 +89,9 @@ impl Tun {
     }
 
     /// Waits for packets, then takes what else is queued, up to one batch.
+    /// On an error the batch is empty.
     pub async fn recv(&self, batch: &mut RxBatch) -> io::Result<()> {
+        batch.count = 0;
         batch.count = self
             .device
             .recv_multiple(
@@ -112,6 +114,10 @@ impl Tun {
             {
                 Ok(n) => batch.count += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // One bad super-packet: drop it, keep the batch.
+                Err(e) if is_packet_error(&e) => {
+                    count_read_error(&e);
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -127,5 +133,36 @@ impl Tun {
         offset: usize,
     ) -> io::Result<usize> {
         self.device.send_multiple(gro, packets, offset).await
+    }
+}
+
+/// Reads that failed on one packet (a GSO super-packet tun-rs could not
+/// split, say), not on the device.
+pub static READ_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn is_packet_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::Other
+    )
+}
+
+fn count_read_error(e: &io::Error) {
+    let n = READ_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The first few, then one in a thousand: a flood must not flood the log.
+    if n < 10 || n % 1000 == 0 {
+        tracing::warn!(error = %e, errors = n + 1, "tun read failed on one packet; dropped");
+    }
+}
+
+/// What a failed [`Tun::recv`] means: a packet-level error is counted and
+/// survived (`Ok`), anything else (the device is gone) is returned.
+pub fn survive(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if is_packet_error(&e) => {
+            count_read_error(&e);
+            Ok(())
+        }
+        other => other,
     }
 }

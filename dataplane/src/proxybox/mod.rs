@@ -17,6 +17,8 @@
 //!
 //! What a VNIC sends to a migrated session is rewritten virtual -> physical
 //! and carries the server's label.
+//!
+//! UDP and ICMP echo are relayed without VNICs: see [`udp`] and [`icmp`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -28,6 +30,14 @@ use crate::rewrite::{rewrite_address, Endpoint};
 use crate::vnic::{Egress, FourTuple, Outbox, Vnic, VnicConfig};
 use crate::wire::label::strip_label;
 use crate::wire::{parse_ipv4, Label, PacketInfo, TcpFlags, Transport};
+
+mod datagram;
+pub mod icmp;
+pub mod udp;
+
+pub use datagram::{MAX_QUEUED_REPLIES, MAX_QUEUED_REPLY_BYTES};
+pub use icmp::{EchoConfig, EchoRequest};
+pub use udp::{UdpConfig, UdpFlowId};
 
 /// A VNIC's index in the engine; stale ids (of reclaimed VNICs) are detected
 /// by their generation.
@@ -46,6 +56,8 @@ pub struct ProxyConfig {
     /// At most this many VNICs still in handshake per session address (SYN
     /// flood bound).
     pub max_handshakes_per_session: usize,
+    pub udp: UdpConfig,
+    pub echo: EchoConfig,
 }
 
 impl Default for ProxyConfig {
@@ -54,6 +66,8 @@ impl Default for ProxyConfig {
             vnic: VnicConfig::default(),
             max_vnics: 16_384,
             max_handshakes_per_session: 256,
+            udp: UdpConfig::default(),
+            echo: EchoConfig::default(),
         }
     }
 }
@@ -66,6 +80,9 @@ pub enum Event {
     Connect { id: VnicId, tuple: FourTuple },
     /// The VNIC is gone (closed, reset or reclaimed): stop relaying.
     Closed { id: VnicId },
+    /// A session opened a UDP flow to `remote`: open a socket connected
+    /// there and relay (see [`udp`]).
+    UdpFlow { id: UdpFlowId, remote: SocketAddrV4 },
 }
 
 /// Packet and connection counters, exported as metrics.
@@ -85,6 +102,18 @@ pub struct Counters {
     pub labelled_packets: u64,
     /// Polls that sent nothing though the VNIC asked for one at once.
     pub idle_polls: u64,
+    /// UDP flows opened, and closed after their idle timeout.
+    pub udp_flows_created: u64,
+    pub udp_flows_expired: u64,
+    /// UDP datagrams handed to the flows' sockets, and built for sessions
+    /// from what came back.
+    pub udp_datagrams_to_outside: u64,
+    pub udp_datagrams_to_session: u64,
+    /// ICMP echo requests sent for sessions, replies built for them, and
+    /// requests forgotten unanswered.
+    pub echo_requests: u64,
+    pub echo_replies: u64,
+    pub echo_timeouts: u64,
 }
 
 impl Counters {
@@ -140,6 +169,10 @@ pub struct ProxyEngine {
     timers: BTreeSet<(Instant, VnicId)>,
     events: Vec<Event>,
     rng: u64,
+    udp: udp::UdpRelay,
+    echo: icmp::EchoRelay,
+    /// UDP and ICMP replies waiting for [`ProxyEngine::flush_replies`].
+    replies: datagram::ReplyQueue,
     /// Packets waiting for the TUN device.
     pub outbox: Outbox,
     pub counters: Counters,
@@ -148,6 +181,9 @@ pub struct ProxyEngine {
 impl ProxyEngine {
     pub fn new(config: ProxyConfig, seed: u64) -> Self {
         ProxyEngine {
+            udp: udp::UdpRelay::new(config.udp.clone()),
+            echo: icmp::EchoRelay::new(config.echo.clone()),
+            replies: datagram::ReplyQueue::default(),
             config,
             slots: Vec::new(),
             free: Vec::new(),
@@ -197,14 +233,14 @@ impl ProxyEngine {
             Ok(info) => info,
             Err(e) => return self.counters.drop(e.reason()),
         };
-        let Transport::Tcp {
-            src_port,
-            dst_port,
-            flags,
-        } = info.transport
-        else {
-            // UDP and ICMP relays are not built yet.
-            return self.counters.drop("unsupported_protocol");
+        let (src_port, dst_port, flags) = match info.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => (src_port, dst_port, flags),
+            Transport::Udp { .. } => return self.handle_udp(now, packet, &info),
+            Transport::Icmp { .. } => return self.handle_icmp(now, packet, &info),
         };
         if src_port == 0 || dst_port == 0 {
             return self.counters.drop("port_zero");
@@ -419,8 +455,11 @@ impl ProxyEngine {
         self.after_poll(now, id, before);
     }
 
-    /// Runs every VNIC whose timer is due.
+    /// Runs every VNIC whose timer is due, closes idle UDP flows and
+    /// forgets unanswered echoes.
     pub fn poll_timers(&mut self, now: Instant) {
+        self.udp.expire(now, &mut self.counters);
+        self.echo.expire(now, &mut self.counters);
         while let Some(&(at, id)) = self.timers.first() {
             if at > now {
                 break;
@@ -433,9 +472,16 @@ impl ProxyEngine {
         }
     }
 
-    /// The earliest VNIC timer.
+    /// The earliest timer (of a VNIC, a UDP flow or an echo).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        [
+            self.timers.first().map(|(at, _)| *at),
+            self.udp.next_deadline(),
+            self.echo.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn after_poll(&mut self, now: Instant, id: VnicId, outbox_before: usize) {
@@ -558,8 +604,9 @@ impl ProxyEngine {
     }
 
     /// A session moved: its connections (those from `virtual_addr` still at
-    /// `from_physical`) now reach it at `to_physical` and carry labels.
-    /// Returns how many connections were re-pointed.
+    /// `from_physical`) now reach it at `to_physical` and carry labels; its
+    /// UDP flows and echoes in flight follow it. Returns how many
+    /// connections were re-pointed.
     pub fn session_moved(
         &mut self,
         virtual_addr: Ipv4Addr,
@@ -591,6 +638,10 @@ impl ProxyEngine {
             entry.physical = Some(to_physical);
             moved += 1;
         }
+        self.udp
+            .session_moved(virtual_addr, from_physical, to_physical);
+        self.echo
+            .session_moved(virtual_addr, from_physical, to_physical);
         if self.migrated.get(&from_physical) == Some(&virtual_addr) {
             self.migrated.remove(&from_physical);
         }
