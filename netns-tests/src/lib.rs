@@ -7,7 +7,9 @@
 //! - [`lab`]: a whole deployment built from a topology — proxy box, session
 //!   servers, outside hosts, clients, and session namespaces that can be moved
 //!   from one server to another without touching their TCP state;
-//! - [`status`]: what is running now, read back from the kernel.
+//! - [`status`]: what is running now, read back from the kernel;
+//! - [`dataplane`]: the project's dataplanes started in a lab and driven
+//!   through their control sockets (tests, benchmarks, the demo).
 //!
 //! Every object a lab creates lives inside a namespace whose name starts with
 //! [`netns::NETNS_PREFIX`] and the lab's name, so labs never collide and
@@ -15,6 +17,7 @@
 //! ([`lab::Lab::down`], `mobidesk-lab down`). Nothing is created in the
 //! host's own network namespace.
 
+pub mod dataplane;
 pub mod lab;
 pub mod netns;
 pub mod status;
@@ -76,6 +79,8 @@ pub enum LabError {
     },
     #[error("interfaces {links} in {netns} did not come up")]
     LinkDown { netns: String, links: String },
+    #[error("{0}")]
+    Daemon(String),
     #[error("unexpected output from `{command}`: {detail}")]
     Parse { command: String, detail: String },
 }

@@ -3,209 +3,20 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mobidesk_dataplane::control::{
-    self, ProxyRequest, ProxyStats, Response, ServerRequest, ServerStats,
-};
-use mobidesk_dataplane::daemon::{
-    run_proxy, run_server, DaemonError, ProxyBoxConfig, ServerConfig,
-};
-use mobidesk_dataplane::server::SessionState;
-use mobidesk_lab::{Lab, Netns, Role, Session};
+pub(crate) use mobidesk_lab::dataplane::{Dataplane, Dataplanes};
+use mobidesk_lab::{Lab, Netns};
 
 use crate::support::{connect, established, listen, require_root, transfer};
-
-/// A dataplane (proxy box's or a server's) running on a thread inside a
-/// lab namespace; stopped (its steering removed) when dropped.
-pub(crate) struct Dataplane {
-    control: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<Result<(), DaemonError>>>,
-}
-
-type Run = Box<dyn FnOnce(tokio::sync::oneshot::Receiver<()>) -> Result<(), DaemonError> + Send>;
-
-impl Dataplane {
-    fn start(ns: Netns, control: PathBuf, run: Run) -> Self {
-        // RUST_LOG=debug shows the dataplanes' logs in a failing test's output.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = ns.spawn_thread(move || run(stopped)).unwrap();
-        let mut dp = Dataplane {
-            control,
-            stop: Some(stop),
-            thread: Some(thread),
-        };
-        // Up when its control socket answers.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control::request(&dp.control, &ProxyRequest::Stats {}).is_err() {
-            if dp.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let r = dp.thread.take().unwrap().join().unwrap();
-                panic!("dataplane stopped at start: {r:?}");
-            }
-            assert!(Instant::now() < deadline, "dataplane did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        dp
-    }
-
-    /// The proxy box's dataplane, steering from both server subnets.
-    pub(crate) fn proxy(lab: &Lab) -> Self {
-        let control = lab.run_dir().unwrap().join("dataplane-proxy.sock");
-        let config = ProxyBoxConfig::new(vec!["sub1".into(), "sub2".into()], control.clone());
-        Dataplane::start(
-            lab.proxy(),
-            control,
-            Box::new(move |stopped| {
-                run_proxy(config, async {
-                    let _ = stopped.await;
-                })
-            }),
-        )
-    }
-
-    /// A session server's dataplane.
-    pub(crate) fn server(lab: &Lab, server: &str) -> Self {
-        let control = lab
-            .run_dir()
-            .unwrap()
-            .join(format!("dataplane-server-{server}.sock"));
-        let config = ServerConfig::new("eth0", control.clone());
-        Dataplane::start(
-            lab.host(server).unwrap(),
-            control,
-            Box::new(move |stopped| {
-                run_server(config, async {
-                    let _ = stopped.await;
-                })
-            }),
-        )
-    }
-
-    pub(crate) fn request<R: serde::Serialize>(&self, request: &R) -> Response {
-        let r = match control::request(&self.control, request) {
-            Ok(r) => r,
-            Err(e) if self.thread.as_ref().is_some_and(|t| t.is_finished()) => {
-                panic!("the dataplane stopped ({e}); its result is reported when the test ends")
-            }
-            Err(e) => panic!("control request failed: {e}"),
-        };
-        assert!(r.ok, "control request failed: {:?}", r.error);
-        r
-    }
-
-    pub(crate) fn stats(&self) -> ProxyStats {
-        self.request(&ProxyRequest::Stats {}).stats.unwrap()
-    }
-
-    pub(crate) fn server_stats(&self) -> ServerStats {
-        self.request(&ServerRequest::Stats {}).server_stats.unwrap()
-    }
-
-    /// Waits until `f` holds for the proxy's stats (they change as packets flow).
-    pub(crate) fn wait_stats(&self, what: &str, f: impl Fn(&ProxyStats) -> bool) -> ProxyStats {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = self.stats();
-            if f(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {s:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let result = t.join();
-            if !std::thread::panicking() {
-                assert!(
-                    matches!(result, Ok(Ok(()))),
-                    "dataplane ended with {result:?}"
-                );
-            }
-        }
-    }
-}
-
-/// The whole lab's dataplanes: the proxy box and every server.
-pub(crate) struct Dataplanes {
-    pub(crate) proxy: Dataplane,
-    servers: Vec<(String, Dataplane)>,
-}
-
-impl Dataplanes {
-    pub(crate) fn start(lab: &Lab) -> Self {
-        let servers = lab
-            .topology()
-            .hosts_with_role(Role::Server)
-            .map(|h| (h.name.clone(), Dataplane::server(lab, &h.name)))
-            .collect();
-        Dataplanes {
-            proxy: Dataplane::proxy(lab),
-            servers,
-        }
-    }
-
-    pub(crate) fn server(&self, name: &str) -> &Dataplane {
-        &self.servers.iter().find(|(n, _)| n == name).unwrap().1
-    }
-
-    /// Migrates a session the way sessiond will: its connection labels go
-    /// from the old server's dataplane to the new one's, the namespace moves,
-    /// the new server announces it, and, across subnets, the proxy box
-    /// learns the new physical address.
-    pub(crate) fn migrate(&self, lab: &Lab, session: &str, to: &str) -> Session {
-        let before = lab.session(session).unwrap();
-        let exported = self
-            .server(&before.server)
-            .request(&ServerRequest::ExportSession {
-                virtual_addr: before.virtual_addr,
-            })
-            .session
-            .unwrap();
-        let after = lab.move_session(session, to).unwrap();
-        let crossed = after.physical_addr != before.physical_addr;
-        let state = SessionState {
-            physical: after.physical_addr,
-            labelled: exported.labelled || crossed,
-            ..exported
-        };
-        self.server(to).request(&ServerRequest::ImportSession {
-            session: state.clone(),
-            announce: true,
-        });
-        if state.labelled {
-            self.proxy.request(&ProxyRequest::SessionMoved {
-                virtual_addr: before.virtual_addr,
-                from: before.physical_addr,
-                to: after.physical_addr,
-            });
-        }
-        after
-    }
-}
 
 #[test]
 fn tcp_from_a_session_is_terminated_and_relayed_by_the_proxy_box() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     let web = lab.host("web").unwrap();
 
     let listener = listen(&web, "198.18.0.20:7500");
@@ -213,11 +24,11 @@ fn tcp_from_a_session_is_terminated_and_relayed_by_the_proxy_box() {
     let (mut at_web, peer) = listener.accept().unwrap();
     // Relayed at L7: the outside host sees the proxy box, not the session.
     assert_eq!(peer.ip(), IpAddr::from([198, 18, 0, 1]));
-    assert_eq!(dp.stats().vnics, 1);
+    assert_eq!(dp.stats().unwrap().vnics, 1);
 
     transfer(&mut at_session, &mut at_web, 32 << 20, 30);
     transfer(&mut at_web, &mut at_session, 32 << 20, 31);
-    let s = dp.stats();
+    let s = dp.stats().unwrap();
     assert!(s.bytes_in > 32 << 20, "{s:?}");
     assert_eq!(s.vnics_created, 1);
     assert_eq!(s.labels_in_use, 0, "no migration, no labels");
@@ -225,7 +36,8 @@ fn tcp_from_a_session_is_terminated_and_relayed_by_the_proxy_box() {
     // Both close: the VNIC is reclaimed.
     drop(at_session);
     drop(at_web);
-    dp.wait_stats("the vnic to be reclaimed", |s| s.vnics == 0);
+    dp.wait_stats("the vnic to be reclaimed", |s| s.vnics == 0)
+        .unwrap();
 }
 
 #[test]
@@ -233,7 +45,7 @@ fn a_refused_destination_refuses_the_session_too() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     let to: SocketAddr = "198.18.0.20:7501".parse().unwrap();
     let err = s1
         .netns()
@@ -243,7 +55,8 @@ fn a_refused_destination_refuses_the_session_too() {
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     dp.wait_stats("the refused vnic to be reclaimed", |s| {
         s.vnics == 0 && s.vnics_reclaimed == 1
-    });
+    })
+    .unwrap();
 }
 
 /// Sends `len` pattern bytes each way at once on a thread; returns the
@@ -269,7 +82,7 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dps = Dataplanes::start(&lab);
+    let dps = Dataplanes::start(&lab).unwrap();
     let web = lab.host("web").unwrap();
 
     let listener = listen(&web, "198.18.0.20:7600");
@@ -280,7 +93,7 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
         "198.18.0.20:7600".to_string(),
     );
     // The labels were exchanged in the handshake.
-    let a = dps.server("a").server_stats();
+    let a = dps.server("a").unwrap().server_stats().unwrap();
     assert_eq!(
         (a.counters.offers_sent, a.counters.offers_received),
         (1, 1),
@@ -291,25 +104,26 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
     // A -> B while 24 MiB go each way.
     let running = transfer_both_ways(at_session, at_web, 24 << 20, 40);
     dps.proxy
-        .wait_stats("the transfer to be under way", |s| s.bytes_in > 4 << 20);
-    let moved = dps.migrate(&lab, "s1", "b");
+        .wait_stats("the transfer to be under way", |s| s.bytes_in > 4 << 20)
+        .unwrap();
+    let moved = dps.migrate(&lab, "s1", "b").unwrap();
     assert_ne!(moved.physical_addr, s1.virtual_addr);
     let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
 
-    let proxy = dps.proxy.stats();
+    let proxy = dps.proxy.stats().unwrap();
     assert_eq!(proxy.labels_in_use, 1, "{proxy:?}");
     assert!(
         proxy.rewrites > 0 && proxy.labelled_packets > 0,
         "{proxy:?}"
     );
-    let b = dps.server("b").server_stats();
+    let b = dps.server("b").unwrap().server_stats().unwrap();
     assert!(
         b.counters.labelled_in > 0 && b.counters.labelled_out > 0,
         "{b:?}"
     );
     assert_eq!(b.labelled_sessions, 1);
     assert_eq!(
-        dps.server("a").server_stats().connections,
+        dps.server("a").unwrap().server_stats().unwrap().connections,
         0,
         "labels left a"
     );
@@ -317,14 +131,20 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
 
     // And back, B -> A, again mid-transfer.
     let running = transfer_both_ways(at_session, at_web, 16 << 20, 42);
-    let bytes = dps.proxy.stats().bytes_in;
-    dps.proxy.wait_stats("the transfer to be under way", |s| {
-        s.bytes_in > bytes + (4 << 20)
-    });
-    let back = dps.migrate(&lab, "s1", "a");
+    let bytes = dps.proxy.stats().unwrap().bytes_in;
+    dps.proxy
+        .wait_stats("the transfer to be under way", |s| {
+            s.bytes_in > bytes + (4 << 20)
+        })
+        .unwrap();
+    let back = dps.migrate(&lab, "s1", "a").unwrap();
     let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
     assert_eq!(
-        dps.server("a").server_stats().labelled_sessions,
+        dps.server("a")
+            .unwrap()
+            .server_stats()
+            .unwrap()
+            .labelled_sessions,
         1,
         "labelled for life"
     );
@@ -355,7 +175,7 @@ fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dps = Dataplanes::start(&lab);
+    let dps = Dataplanes::start(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let service: SocketAddr = "198.18.0.20:7700".parse().unwrap();
     let listener = listen(&web, "198.18.0.20:7700");
@@ -363,7 +183,7 @@ fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
     let from: SocketAddr = (s1.virtual_addr, 41000).into();
     let first = connect_from(&s1.netns(), from, service);
     let (first_web, _) = listener.accept().unwrap();
-    let moved = dps.migrate(&lab, "s1", "b");
+    let moved = dps.migrate(&lab, "s1", "b").unwrap();
     assert_ne!(moved.physical_addr, s1.virtual_addr);
 
     // A new session on server a takes the address s1 had, and opens the
@@ -373,7 +193,11 @@ fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
     let (second_web, _) = listener.accept().unwrap();
     assert_eq!(first.local_addr().unwrap(), second.local_addr().unwrap());
     assert_eq!(first.peer_addr().unwrap(), second.peer_addr().unwrap());
-    assert_eq!(dps.proxy.stats().vnics, 2, "two VNICs for one tuple");
+    assert_eq!(
+        dps.proxy.stats().unwrap().vnics,
+        2,
+        "two VNICs for one tuple"
+    );
 
     // Both at once, different bytes each way: a mix-up breaks a checksum.
     let one = transfer_both_ways(first, first_web, 8 << 20, 50);
@@ -384,13 +208,13 @@ fn a_reused_address_and_identical_tuple_do_not_cross_talk() {
             "a connection broke (first ok: {}, second ok: {}); proxy {:?}; a {:?}; b {:?}",
             one.is_ok(),
             two.is_ok(),
-            dps.proxy.stats(),
-            dps.server("a").server_stats(),
-            dps.server("b").server_stats()
+            dps.proxy.stats().unwrap(),
+            dps.server("a").unwrap().server_stats().unwrap(),
+            dps.server("b").unwrap().server_stats().unwrap()
         );
     }
     let ((first, first_web), (second, second_web)) = (one.unwrap(), two.unwrap());
-    let s = dps.proxy.stats();
+    let s = dps.proxy.stats().unwrap();
     assert_eq!(
         s.labels_in_use, 1,
         "only the migrated connection is labelled: {s:?}"
@@ -453,7 +277,7 @@ fn a_same_subnet_move_is_announced_and_traffic_resumes_at_once() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dps = Dataplanes::start(&lab);
+    let dps = Dataplanes::start(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let listener = listen(&web, "198.18.0.20:7800");
     let at_session = connect(&s1.netns(), "198.18.0.20:7800".parse().unwrap());
@@ -478,8 +302,9 @@ fn a_same_subnet_move_is_announced_and_traffic_resumes_at_once() {
     let (mut capture, lines) = tcpdump(&lab.proxy(), "sub1", "arp");
     let running = transfer_both_ways(at_session, at_web, 8 << 20, 70);
     dps.proxy
-        .wait_stats("the transfer to be under way", |s| s.bytes_in > 2 << 20);
-    let moved = dps.migrate(&lab, "s1", "a2");
+        .wait_stats("the transfer to be under way", |s| s.bytes_in > 2 << 20)
+        .unwrap();
+    let moved = dps.migrate(&lab, "s1", "a2").unwrap();
     assert_eq!(
         moved.physical_addr, s1.virtual_addr,
         "same subnet, same address"
@@ -517,7 +342,11 @@ fn a_same_subnet_move_is_announced_and_traffic_resumes_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
-    assert_eq!(dps.proxy.stats().labels_in_use, 0, "same subnet: no labels");
+    assert_eq!(
+        dps.proxy.stats().unwrap().labels_in_use,
+        0,
+        "same subnet: no labels"
+    );
     drop((at_session, at_web));
 }
 
@@ -548,7 +377,7 @@ fn junk_and_a_syn_flood_from_a_session_are_counted_and_harm_nothing() {
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
     let s2 = lab.add_session("s2", "a").unwrap();
-    let dps = Dataplanes::start(&lab);
+    let dps = Dataplanes::start(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let listener = listen(&web, "198.18.0.20:7900");
     let mut at_s1 = connect(&s1.netns(), "198.18.0.20:7900".parse().unwrap());
@@ -596,17 +425,20 @@ fn junk_and_a_syn_flood_from_a_session_are_counted_and_harm_nothing() {
         })
         .unwrap();
 
-    let s = dps.proxy.wait_stats("the junk to be counted", |s| {
-        [
-            "bad_transport_checksum",
-            "fragment",
-            "unsupported_protocol",
-            "unknown_label",
-        ]
-        .iter()
-        .all(|r| s.dropped.contains_key(*r))
-            && s.dropped.get("handshake_limit").copied().unwrap_or(0) > 0
-    });
+    let s = dps
+        .proxy
+        .wait_stats("the junk to be counted", |s| {
+            [
+                "bad_transport_checksum",
+                "fragment",
+                "unsupported_protocol",
+                "unknown_label",
+            ]
+            .iter()
+            .all(|r| s.dropped.contains_key(*r))
+                && s.dropped.get("handshake_limit").copied().unwrap_or(0) > 0
+        })
+        .unwrap();
     assert!(
         s.vnics_created <= 1 + 256,
         "the flood was not bounded: {s:?}"
@@ -617,5 +449,6 @@ fn junk_and_a_syn_flood_from_a_session_are_counted_and_harm_nothing() {
     transfer(&mut at_web, &mut at_s1, 1 << 20, 82);
     // The flood's handshakes fail and are reclaimed.
     dps.proxy
-        .wait_stats("the flood's VNICs to go", |s| s.vnics == 1);
+        .wait_stats("the flood's VNICs to go", |s| s.vnics == 1)
+        .unwrap();
 }

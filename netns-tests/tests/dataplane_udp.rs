@@ -209,7 +209,7 @@ fn echo_burst(client: &UdpSocket, count: usize, seed: u64) {
 }
 
 fn wait_udp(dp: &Dataplane, what: &str, f: impl Fn(&ProxyStats) -> bool) -> ProxyStats {
-    dp.wait_stats(what, f)
+    dp.wait_stats(what, f).unwrap()
 }
 
 #[test]
@@ -217,14 +217,14 @@ fn dns_from_a_session_resolves_through_the_proxy_box() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let _dns = DnsServer::start(&web);
-    let before = dp.stats();
+    let before = dp.stats().unwrap();
     assert_eq!(before.udp_flows_created, 0);
 
     assert_eq!(dig(&s1.netns(), "desk.example", 3).as_deref(), Some(DESK));
-    let s = dp.stats();
+    let s = dp.stats().unwrap();
     assert!(s.udp_flows_created >= 1, "{s:?}");
     assert!(s.udp_flows >= 1, "the flow lives on until idle: {s:?}");
     assert!(
@@ -250,7 +250,7 @@ fn udp_round_trips_intact_and_the_outside_sees_the_proxy_box() {
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
     let s2 = lab.add_session("s2", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let echo = UdpEcho::start(&web, "198.18.0.20:7700");
 
@@ -274,7 +274,7 @@ fn udp_round_trips_intact_and_the_outside_sees_the_proxy_box() {
     ports.dedup();
     assert_eq!(ports.len(), 3, "three flows, three ports: {ports:?}");
 
-    let s = dp.stats();
+    let s = dp.stats().unwrap();
     assert_eq!((s.udp_flows, s.udp_flows_created), (3, 3), "{s:?}");
     assert_eq!(s.udp_datagrams_to_outside, 56, "{s:?}");
     assert_eq!(s.udp_datagrams_to_session, 56, "{s:?}");
@@ -291,7 +291,7 @@ fn ping_from_a_session_is_relayed_by_the_proxy_box() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     let web = lab.host("web").unwrap();
     // What the outside host receives: echo requests from the proxy box.
     let watch = IcmpWatch::start(&web);
@@ -313,7 +313,7 @@ fn ping_from_a_session_is_relayed_by_the_proxy_box() {
         .output(Command::new("ping").args(["-n", "-c", "1", "-W", "1", "198.18.0.77"]))
         .unwrap();
     assert!(!out.status.success());
-    let s = dp.stats();
+    let s = dp.stats().unwrap();
     assert_eq!((s.echo_requests, s.echo_replies), (4, 3), "{s:?}");
 }
 
@@ -325,7 +325,7 @@ fn ping_uses_an_icmp_datagram_socket_where_the_group_range_allows_it() {
         .sysctl(&[("net.ipv4.ping_group_range", "0 2147483647")])
         .unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dp = Dataplane::proxy(&lab);
+    let dp = Dataplane::proxy(&lab).unwrap();
     ping_all(&s1.netns(), "198.18.0.20", 3);
     let s = wait_udp(&dp, "the echo counters", |s| s.echo_replies >= 3);
     assert_eq!(s.echo_socket, "datagram", "{s:?}");
@@ -336,7 +336,7 @@ fn dns_ping_and_a_udp_flow_keep_working_across_a_cross_subnet_move() {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dps = Dataplanes::start(&lab);
+    let dps = Dataplanes::start(&lab).unwrap();
     let web = lab.host("web").unwrap();
     let _dns = DnsServer::start(&web);
     let echo = UdpEcho::start(&web, "198.18.0.20:7701");
@@ -346,9 +346,9 @@ fn dns_ping_and_a_udp_flow_keep_working_across_a_cross_subnet_move() {
     ping_all(&session, "198.18.0.20", 2);
     let flow = udp_client(&session, echo.addr);
     echo_lockstep(&flow, 4, 500);
-    let before = dps.proxy.stats();
+    let before = dps.proxy.stats().unwrap();
 
-    let moved = dps.migrate(&lab, "s1", "b");
+    let moved = dps.migrate(&lab, "s1", "b").unwrap();
     assert_ne!(moved.physical_addr, s1.virtual_addr, "across subnets");
 
     // New flows and echoes from the physical address.
@@ -363,7 +363,7 @@ fn dns_ping_and_a_udp_flow_keep_working_across_a_cross_subnet_move() {
         "one flow, one peer: {peers:?}"
     );
 
-    let after = dps.proxy.stats();
+    let after = dps.proxy.stats().unwrap();
     assert!(
         after.udp_flows_created > before.udp_flows_created,
         "{after:?}"
@@ -377,11 +377,11 @@ fn dns_ping_and_a_udp_flow_keep_working_across_a_cross_subnet_move() {
     // Replies to the session go to its physical address: 4 datagrams, 3
     // echo replies, 1 DNS answer at least.
     assert!(after.rewrites >= before.rewrites + 8, "{after:?}");
-    let b = dps.server("b").server_stats();
+    let b = dps.server("b").unwrap().server_stats().unwrap();
     assert!(b.counters.rewrites > 0, "{b:?}");
 
     // And back to subnet 1.
-    dps.migrate(&lab, "s1", "a");
+    dps.migrate(&lab, "s1", "a").unwrap();
     assert_eq!(dig(&session, "desk.example", 3).as_deref(), Some(DESK));
     ping_all(&session, "198.18.0.20", 2);
     echo_lockstep(&flow, 4, 700);

@@ -1,0 +1,264 @@
+//! The project's dataplanes running in a lab: the proxy box's and every
+//! server's, each on a thread inside its namespace (the same `run_proxy` /
+//! `run_server` the `mobidesk-dataplane` binary runs), driven through their
+//! control sockets. Used by the namespace tests, the benchmarks and the demo.
+
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mobidesk_dataplane::control::{
+    self, ProxyRequest, ProxyStats, Response, ServerRequest, ServerStats,
+};
+use mobidesk_dataplane::daemon::{
+    run_proxy, run_server, DaemonError, ProxyBoxConfig, ServerConfig,
+};
+use mobidesk_dataplane::server::SessionState;
+
+use crate::lab::{Lab, Session};
+use crate::netns::Netns;
+use crate::topology::{NetworkKind, Role};
+use crate::{LabError, Result};
+
+/// One dataplane on a thread inside a lab namespace. Dropping it stops it
+/// (its steering and control socket are removed); [`Dataplane::stop`] also
+/// says how it ended.
+pub struct Dataplane {
+    name: String,
+    control: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<std::result::Result<(), DaemonError>>>,
+}
+
+type Run = Box<
+    dyn FnOnce(tokio::sync::oneshot::Receiver<()>) -> std::result::Result<(), DaemonError> + Send,
+>;
+
+fn daemon_error(what: impl Into<String>) -> LabError {
+    LabError::Daemon(what.into())
+}
+
+impl Dataplane {
+    fn start(name: String, ns: Netns, control: PathBuf, run: Run) -> Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = ns.spawn_thread(move || run(stopped))?;
+        let mut dp = Dataplane {
+            name,
+            control,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        // Up when its control socket answers.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while control::request(&dp.control, &ProxyRequest::Stats {}).is_err() {
+            if dp.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let why = dp.stop_inner();
+                return Err(daemon_error(format!(
+                    "{} stopped at start: {why:?}",
+                    dp.name
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(daemon_error(format!("{} did not come up", dp.name)));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(dp)
+    }
+
+    /// The proxy box's dataplane, steering from every server subnet.
+    pub fn proxy(lab: &Lab) -> Result<Self> {
+        let control = lab.run_dir()?.join("dataplane-proxy.sock");
+        let subnets = lab
+            .topology()
+            .networks
+            .iter()
+            .filter(|n| n.kind == NetworkKind::Server)
+            .map(|n| n.name.clone())
+            .collect();
+        let config = ProxyBoxConfig::new(subnets, control.clone());
+        Self::proxy_with(lab, config)
+    }
+
+    /// The proxy box's dataplane with a configuration of the caller's.
+    pub fn proxy_with(lab: &Lab, config: ProxyBoxConfig) -> Result<Self> {
+        let control = config.control.clone();
+        Dataplane::start(
+            "proxy box dataplane".into(),
+            lab.proxy(),
+            control,
+            Box::new(move |stopped| {
+                run_proxy(config, async {
+                    let _ = stopped.await;
+                })
+            }),
+        )
+    }
+
+    /// A session server's dataplane.
+    pub fn server(lab: &Lab, server: &str) -> Result<Self> {
+        let control = lab
+            .run_dir()?
+            .join(format!("dataplane-server-{server}.sock"));
+        let config = ServerConfig::new("eth0", control.clone());
+        let (_, ns) = lab.server(server)?;
+        Dataplane::start(
+            format!("dataplane of server {server}"),
+            ns,
+            control,
+            Box::new(move |stopped| {
+                run_server(config, async {
+                    let _ = stopped.await;
+                })
+            }),
+        )
+    }
+
+    /// One control request; a refused one is an error with its reason.
+    pub fn request<R: serde::Serialize>(&self, request: &R) -> Result<Response> {
+        let r = control::request(&self.control, request).map_err(|e| {
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                daemon_error(format!("{} has stopped ({e}); stop() says why", self.name))
+            } else {
+                daemon_error(format!("{}: control request failed: {e}", self.name))
+            }
+        })?;
+        if !r.ok {
+            return Err(daemon_error(format!(
+                "{} refused a request: {}",
+                self.name,
+                r.error.unwrap_or_default()
+            )));
+        }
+        Ok(r)
+    }
+
+    /// The proxy box's counters.
+    pub fn stats(&self) -> Result<ProxyStats> {
+        self.request(&ProxyRequest::Stats {})?
+            .stats
+            .ok_or_else(|| daemon_error("stats missing from the response"))
+    }
+
+    /// A server's counters.
+    pub fn server_stats(&self) -> Result<ServerStats> {
+        self.request(&ServerRequest::Stats {})?
+            .server_stats
+            .ok_or_else(|| daemon_error("server stats missing from the response"))
+    }
+
+    /// Waits (up to 20 s) until `f` holds for the proxy box's counters.
+    pub fn wait_stats(&self, what: &str, f: impl Fn(&ProxyStats) -> bool) -> Result<ProxyStats> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.stats()?;
+            if f(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                return Err(daemon_error(format!("timed out waiting for {what}: {s:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop_inner(&mut self) -> std::result::Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.to_string()),
+            Some(Err(_)) => Err("its thread panicked".into()),
+        }
+    }
+
+    /// Stops it and says how it ended: an error if it had stopped on its own
+    /// (a device failure) or failed to shut down.
+    pub fn stop(mut self) -> Result<()> {
+        let name = self.name.clone();
+        self.stop_inner()
+            .map_err(|e| daemon_error(format!("{name} ended with: {e}")))
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            tracing::error!(dataplane = %self.name, error = %e, "dataplane ended badly");
+        }
+    }
+}
+
+/// Every dataplane of a lab: the proxy box's and each server's.
+pub struct Dataplanes {
+    pub proxy: Dataplane,
+    servers: Vec<(String, Dataplane)>,
+}
+
+impl Dataplanes {
+    pub fn start(lab: &Lab) -> Result<Self> {
+        let mut servers = Vec::new();
+        for h in lab.topology().hosts_with_role(Role::Server) {
+            servers.push((h.name.clone(), Dataplane::server(lab, &h.name)?));
+        }
+        Ok(Dataplanes {
+            proxy: Dataplane::proxy(lab)?,
+            servers,
+        })
+    }
+
+    pub fn server(&self, name: &str) -> Result<&Dataplane> {
+        self.servers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| LabError::UnknownServer(name.into()))
+    }
+
+    /// Migrates a session the way sessiond does: its connection labels go
+    /// from the old server's dataplane to the new one's, the namespace
+    /// moves, the new server announces it (gratuitous ARP), and, across
+    /// subnets, the proxy box learns the new physical address.
+    pub fn migrate(&self, lab: &Lab, session: &str, to: &str) -> Result<Session> {
+        let before = lab.session(session)?;
+        let exported = self
+            .server(&before.server)?
+            .request(&ServerRequest::ExportSession {
+                virtual_addr: before.virtual_addr,
+            })?
+            .session
+            .ok_or_else(|| daemon_error("export returned no session"))?;
+        let after = lab.move_session(session, to)?;
+        let crossed = after.physical_addr != before.physical_addr;
+        let state = SessionState {
+            physical: after.physical_addr,
+            labelled: exported.labelled || crossed,
+            ..exported
+        };
+        self.server(to)?.request(&ServerRequest::ImportSession {
+            session: state.clone(),
+            announce: true,
+        })?;
+        if state.labelled {
+            self.proxy.request(&ProxyRequest::SessionMoved {
+                virtual_addr: before.virtual_addr,
+                from: before.physical_addr,
+                to: after.physical_addr,
+            })?;
+        }
+        Ok(after)
+    }
+
+    /// Stops them all; the first bad ending is the error.
+    pub fn stop(self) -> Result<()> {
+        let mut result = self.proxy.stop();
+        for (_, d) in self.servers {
+            let r = d.stop();
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
