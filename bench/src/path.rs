@@ -7,10 +7,11 @@
 //! server's address; how packets get from one to the other is the path's
 //! business.
 //!
-//! To plug the candidate in: make [`Path::setup`] for [`Path::Dataplane`]
-//! build the same lab, start the dataplane daemons (proxy box, server a)
-//! with [`Testbed::add_daemon`], and steer the session's traffic through
-//! them. Nothing in the benchmarks changes.
+//! The candidates run the same lab with the project's dataplanes started
+//! (`mobidesk_lab::dataplane`): on the proxy box and on every server.
+//! [`Path::DataplaneMoved`] first migrates the session to server b on
+//! subnet 2, so every packet is rewritten and labelled on both sides;
+//! [`Path::DataplaneNoOffload`] turns the TUN offloads off.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -20,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{ensure, Context, Result};
+use mobidesk_dataplane::daemon::ProxyBoxConfig;
+use mobidesk_lab::dataplane::Dataplanes;
 use mobidesk_lab::lab::{namespaces_of, unique_lab_name};
 use mobidesk_lab::{Lab, Netns, Session, Topology};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,11 @@ pub enum Path {
     /// Candidate: the user-space dataplane on the proxy box and the servers.
     #[value(alias = "candidate")]
     Dataplane,
+    /// The dataplane after the session moved across subnets (to server b):
+    /// virtual/physical rewriting and labels on every packet.
+    DataplaneMoved,
+    /// The dataplane with the TUN offloads (GSO/GRO) off.
+    DataplaneNoOffload,
 }
 
 /// Whether a path is the reference or the thing measured against it.
@@ -76,20 +84,27 @@ pub enum PathSetup {
 
 impl Path {
     /// The baseline first: the order paths run and are shown in.
-    pub const ALL: [Path; 2] = [Path::KernelForwarding, Path::Dataplane];
+    pub const ALL: [Path; 4] = [
+        Path::KernelForwarding,
+        Path::Dataplane,
+        Path::DataplaneMoved,
+        Path::DataplaneNoOffload,
+    ];
     pub const BASELINE: Path = Path::KernelForwarding;
 
     pub fn name(self) -> &'static str {
         match self {
             Path::KernelForwarding => "kernel-forwarding",
             Path::Dataplane => "dataplane",
+            Path::DataplaneMoved => "dataplane-moved",
+            Path::DataplaneNoOffload => "dataplane-no-offload",
         }
     }
 
     pub fn role(self) -> Role {
         match self {
             Path::KernelForwarding => Role::Baseline,
-            Path::Dataplane => Role::Candidate,
+            Path::Dataplane | Path::DataplaneMoved | Path::DataplaneNoOffload => Role::Candidate,
         }
     }
 
@@ -102,6 +117,10 @@ impl Path {
             Path::Dataplane => {
                 "session s1 -> server a -> proxy box -> web through the user-space dataplane"
             }
+            Path::DataplaneMoved => {
+                "as dataplane, after s1 moved to server b on subnet 2 (rewriting + labels)"
+            }
+            Path::DataplaneNoOffload => "as dataplane, with the TUN offloads (GSO/GRO) off",
         }
     }
 
@@ -109,10 +128,11 @@ impl Path {
     pub fn setup(self) -> Result<PathSetup> {
         match self {
             Path::KernelForwarding => Ok(PathSetup::Ready(Box::new(kernel_forwarding()?))),
-            Path::Dataplane => Ok(PathSetup::NotImplemented {
-                reason: "the user-space dataplane is not plugged into the harness yet \
-                         (bench/src/path.rs, Path::setup): no figure to show",
-            }),
+            Path::Dataplane => Ok(PathSetup::Ready(Box::new(dataplane(self, true, false)?))),
+            Path::DataplaneMoved => Ok(PathSetup::Ready(Box::new(dataplane(self, true, true)?))),
+            Path::DataplaneNoOffload => {
+                Ok(PathSetup::Ready(Box::new(dataplane(self, false, false)?)))
+            }
         }
     }
 }
@@ -146,6 +166,34 @@ fn kernel_forwarding() -> Result<Testbed> {
     Ok(testbed)
 }
 
+/// A candidate: the dataplanes of the proxy box and the servers running,
+/// optionally without TUN offloads, optionally with the session moved to
+/// server b first.
+fn dataplane(path: Path, offload: bool, moved: bool) -> Result<Testbed> {
+    let mut testbed = Testbed::standard(path)?;
+    let lab = &testbed.lab;
+    let mut proxy = ProxyBoxConfig::new(
+        vec!["sub1".into(), "sub2".into()],
+        lab.run_dir()?.join("dataplane-proxy.sock"),
+    );
+    proxy.offload = offload;
+    let dataplanes =
+        Dataplanes::start_with(lab, proxy, offload).context("starting the dataplanes")?;
+    if moved {
+        let session = dataplanes
+            .migrate(lab, SESSION_NAME, "b")
+            .context("moving the session to server b")?;
+        ensure!(
+            session.physical_addr != session.virtual_addr,
+            "the session did not change subnets"
+        );
+        testbed.session = session;
+    }
+    testbed.dataplanes = Some(dataplanes);
+    testbed.check_reachable()?;
+    Ok(testbed)
+}
+
 /// A lab with one session, ready for a benchmark: traffic goes from
 /// [`Testbed::client`] (the session) to [`Testbed::server_addr`] in
 /// [`Testbed::server`] (the outside host).
@@ -162,6 +210,7 @@ pub struct Testbed {
     // Dropped in this order: the path's daemons, the lab (which kills
     // anything left in its namespaces), then the registration.
     daemons: Vec<Daemon>,
+    dataplanes: Option<Dataplanes>,
     lab: Lab,
     _live: LiveLab,
 }
@@ -190,6 +239,7 @@ impl Testbed {
             server,
             server_addr,
             daemons: Vec::new(),
+            dataplanes: None,
             lab,
             _live: live,
         })
@@ -210,24 +260,29 @@ impl Testbed {
         self.daemons.push(daemon);
     }
 
-    /// One ping from the session to the outside host: the path works at all.
+    /// Pings from the session to the outside host until one is answered
+    /// (a few tries: right after a move the path may still settle).
     fn check_reachable(&self) -> Result<()> {
-        let out = self.client.output(Command::new("ping").args([
-            "-c",
-            "1",
-            "-W",
-            "3",
-            "-n",
-            &self.server_addr.to_string(),
-        ]))?;
-        ensure!(
-            out.status.success(),
-            "the session cannot reach {} on path {}: {}",
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = self.client.output(Command::new("ping").args([
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-n",
+                &self.server_addr.to_string(),
+            ]))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            last = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        anyhow::bail!(
+            "the session cannot reach {} on path {}: {last}",
             self.server_addr,
-            self.path,
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-        Ok(())
+            self.path
+        )
     }
 }
 

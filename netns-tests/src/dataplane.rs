@@ -97,10 +97,16 @@ impl Dataplane {
 
     /// A session server's dataplane.
     pub fn server(lab: &Lab, server: &str) -> Result<Self> {
+        Self::server_with(lab, server, true)
+    }
+
+    /// A session server's dataplane, with or without TUN offloads.
+    pub fn server_with(lab: &Lab, server: &str, offload: bool) -> Result<Self> {
         let control = lab
             .run_dir()?
             .join(format!("dataplane-server-{server}.sock"));
-        let config = ServerConfig::new("eth0", control.clone());
+        let mut config = ServerConfig::new("eth0", control.clone());
+        config.offload = offload;
         let (_, ns) = lab.server(server)?;
         Dataplane::start(
             format!("dataplane of server {server}"),
@@ -182,6 +188,15 @@ impl Dataplane {
     }
 }
 
+impl std::fmt::Debug for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("name", &self.name)
+            .field("control", &self.control)
+            .finish()
+    }
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner() {
@@ -191,6 +206,7 @@ impl Drop for Dataplane {
 }
 
 /// Every dataplane of a lab: the proxy box's and each server's.
+#[derive(Debug)]
 pub struct Dataplanes {
     pub proxy: Dataplane,
     servers: Vec<(String, Dataplane)>,
@@ -204,6 +220,22 @@ impl Dataplanes {
         }
         Ok(Dataplanes {
             proxy: Dataplane::proxy(lab)?,
+            servers,
+        })
+    }
+
+    /// With the proxy box's configuration given, and the servers' offloads
+    /// on or off.
+    pub fn start_with(lab: &Lab, proxy: ProxyBoxConfig, server_offload: bool) -> Result<Self> {
+        let mut servers = Vec::new();
+        for h in lab.topology().hosts_with_role(Role::Server) {
+            servers.push((
+                h.name.clone(),
+                Dataplane::server_with(lab, &h.name, server_offload)?,
+            ));
+        }
+        Ok(Dataplanes {
+            proxy: Dataplane::proxy_with(lab, proxy)?,
             servers,
         })
     }
