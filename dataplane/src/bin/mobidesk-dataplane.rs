@@ -33,6 +33,15 @@ enum Mode {
         #[arg(long)]
         check_config: bool,
     },
+    /// Send one control request (a JSON object) to a running dataplane's
+    /// control socket and print the answer, e.g.
+    /// `mobidesk-dataplane ctl /run/mobidesk/dataplane.sock '{"op":"stats"}'`.
+    Ctl {
+        /// The control socket (`control` in the dataplane's configuration).
+        socket: PathBuf,
+        /// The request: {"op":"stats"}, {"op":"session_moved",...}, ...
+        request: String,
+    },
     /// Run a session server's dataplane ([server] section of the file).
     Server {
         /// Configuration file (TOML); see configs/dataplane-server.toml.
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let (is_proxy, config, check_config) = match Cli::parse().mode {
+        Mode::Ctl { socket, request } => return ctl(&socket, &request),
         Mode::Proxy {
             config,
             check_config,
@@ -142,5 +152,34 @@ fn raise_fd_limit() {
             }
         }
         _ => {}
+    }
+}
+
+/// One raw request line to a control socket; the answer on stdout. Exit 1
+/// if the dataplane refused it, 2 if it could not be asked.
+fn ctl(socket: &std::path::Path, request: &str) -> ExitCode {
+    let value: serde_json::Value = match serde_json::from_str(request) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mobidesk-dataplane: the request is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match mobidesk_dataplane::control::request(socket, &value) {
+        Ok(response) => {
+            match serde_json::to_string_pretty(&response) {
+                Ok(text) => println!("{text}"),
+                Err(e) => eprintln!("mobidesk-dataplane: {e}"),
+            }
+            if response.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("mobidesk-dataplane: {}: {e}", socket.display());
+            ExitCode::from(2)
+        }
     }
 }
