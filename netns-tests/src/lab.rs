@@ -431,6 +431,11 @@ impl Lab {
         let s = sessions
             .remove(name)
             .ok_or_else(|| LabError::UnknownSession(name.into()))?;
+        // Cut the veth first: a namespace outlives its name while anything
+        // (a socket of a test, say) still holds it, and would keep answering.
+        if let Ok((_, server)) = self.server(&s.server) {
+            let _ = server.ip(&["link", "del", &s.server_link()]);
+        }
         s.netns().delete()
     }
 

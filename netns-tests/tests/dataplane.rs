@@ -452,3 +452,44 @@ fn junk_and_a_syn_flood_from_a_session_are_counted_and_harm_nothing() {
         .wait_stats("the flood's VNICs to go", |s| s.vnics == 1)
         .unwrap();
 }
+
+#[test]
+fn the_vnic_of_a_session_that_vanished_is_reclaimed() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let mut config = mobidesk_dataplane::daemon::ProxyBoxConfig::new(
+        vec!["sub1".into(), "sub2".into()],
+        lab.run_dir().unwrap().join("dataplane-proxy.sock"),
+    );
+    config.vnic.keep_alive_secs = 1;
+    config.vnic.idle_timeout_secs = 3;
+    let dp = Dataplane::proxy_with(&lab, config).unwrap();
+    let web = lab.host("web").unwrap();
+    let listener = listen(&web, "198.18.0.20:7950");
+    let mut at_session = connect(&s1.netns(), "198.18.0.20:7950".parse().unwrap());
+    let (mut at_web, _) = listener.accept().unwrap();
+    transfer(&mut at_session, &mut at_web, 64 << 10, 90);
+    assert_eq!(dp.stats().unwrap().vnics, 1);
+
+    // The session disappears without a FIN or a reset (its veth and
+    // namespace are gone; this test still holds its socket, which will never
+    // send again): only its silence tells.
+    lab.remove_session("s1").unwrap();
+    dp.wait_stats("the silent session's VNIC to be reclaimed", |s| {
+        s.vnics == 0 && s.vnics_reclaimed == 1
+    })
+    .unwrap();
+    // And the outside host's side of the relay is closed too.
+    at_web
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match std::io::Read::read(&mut at_web, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("the relay to the outside host is still open: {other:?}"),
+    }
+    drop(at_session);
+    dp.stop().unwrap();
+}

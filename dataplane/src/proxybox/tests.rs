@@ -415,3 +415,81 @@ fn junk_is_counted_by_reason_and_changes_nothing() {
     assert_eq!(c.engine.vnics(), 1);
     assert!(find_label(&[]).unwrap().is_none());
 }
+
+#[test]
+fn a_session_that_stops_answering_is_probed_then_dropped() {
+    // Short keep-alive and timeout.
+    let config = ProxyConfig {
+        vnic: crate::vnic::VnicConfig {
+            keep_alive: Some(std::time::Duration::from_secs(1)),
+            idle_timeout: std::time::Duration::from_secs(3),
+            ..crate::vnic::VnicConfig::default()
+        },
+        ..ProxyConfig::default()
+    };
+    let mut engine = ProxyEngine::new(config, 7);
+    let mut syn = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            seq: 1000,
+            ..Seg::default()
+        },
+        b"",
+    );
+    engine.handle_packet(t(0), &mut syn);
+    let Some(Event::Connect { id, .. }) = engine.take_events().pop() else {
+        panic!()
+    };
+    engine.accept(id);
+    engine.poll_vnic(t(1), id);
+    let synack = engine.outbox.packets().next().unwrap().to_vec();
+    engine.outbox.clear();
+    let (isn, _) = seq_ack(&synack);
+    let mut ack = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            ack: true,
+            seq: 1001,
+            ack_no: isn.wrapping_add(1),
+            ..Seg::default()
+        },
+        b"",
+    );
+    engine.handle_packet(t(2), &mut ack);
+    // Some data from the session, read by the relay, acknowledged.
+    let mut data = tcp(
+        SESSION,
+        SPORT,
+        REMOTE,
+        DPORT,
+        Seg {
+            ack: true,
+            seq: 1001,
+            ack_no: isn.wrapping_add(1),
+            ..Seg::default()
+        },
+        b"hello",
+    );
+    engine.handle_packet(t(3), &mut data);
+    assert_eq!(received(&mut engine, id), b"hello");
+    engine.poll_vnic(t(4), id);
+    engine.poll_timers(t(50));
+    engine.outbox.clear();
+    assert!(engine.next_deadline().is_some(), "no timer for keep-alives");
+    // The session goes silent: time passes, only timers run.
+    let mut probes = 0;
+    for ms in (100..10_000).step_by(100) {
+        engine.poll_timers(t(ms));
+        probes += engine.outbox.len();
+        engine.outbox.clear();
+    }
+    assert!(probes >= 2, "{probes} keep-alive probes");
+    assert_eq!(engine.vnics(), 0, "the silent connection is still there");
+}

@@ -32,7 +32,9 @@ pub struct VnicConfig {
     pub max_burst: usize,
     /// Keep-alive towards the session (None: off).
     pub keep_alive: Option<std::time::Duration>,
-    /// A connection silent this long is aborted.
+    /// A connection whose session stops answering (keep-alives,
+    /// retransmissions) for this long is aborted and its VNIC reclaimed; a
+    /// connection that is merely quiet is left alone.
     pub idle_timeout: std::time::Duration,
 }
 
@@ -45,7 +47,7 @@ impl Default for VnicConfig {
             mtu: 1500 - crate::wire::label::LABEL_OPTION_SPACE,
             max_burst: 64,
             keep_alive: Some(std::time::Duration::from_secs(60)),
-            idle_timeout: std::time::Duration::from_secs(2 * 3600),
+            idle_timeout: std::time::Duration::from_secs(300),
         }
     }
 }
