@@ -19,6 +19,7 @@
 
 pub mod dataplane;
 pub mod lab;
+pub mod migrate;
 pub mod netns;
 pub mod status;
 pub mod topology;

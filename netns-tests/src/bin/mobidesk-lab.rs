@@ -105,8 +105,12 @@ enum SessionAction {
         to: String,
         /// Also route its virtual address on the proxy box through the new
         /// server with a kernel host route (the stand-in for the dataplane).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dataplane")]
         route: bool,
+        /// The lab runs the dataplanes (scripts/demo starts them): move the
+        /// session's connection labels with it and tell the proxy box.
+        #[arg(long)]
+        dataplane: bool,
     },
     /// Remove a session namespace and everything in it.
     Remove { name: String },
@@ -230,8 +234,17 @@ fn run_lab(command: Command) -> Result<()> {
                         s.name, s.server, s.virtual_addr, s.netns
                     );
                 }
-                SessionAction::Move { name, to, route } => {
-                    let s = lab.move_session(&name, &to)?;
+                SessionAction::Move {
+                    name,
+                    to,
+                    route,
+                    dataplane,
+                } => {
+                    let s = if dataplane {
+                        mobidesk_lab::migrate::migrate_session(&lab, &name, &to)?
+                    } else {
+                        lab.move_session(&name, &to)?
+                    };
                     if route {
                         lab.route_on_proxy(&s)?;
                     }
