@@ -136,6 +136,16 @@ pub struct ServerStats {
     pub counters: ServerCounters,
 }
 
+impl ServerStats {
+    pub fn of(engine: &ServerEngine) -> Self {
+        ServerStats {
+            connections: engine.connections(),
+            labelled_sessions: engine.labelled_sessions(),
+            counters: engine.counters.clone(),
+        }
+    }
+}
+
 /// One response line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -213,11 +223,7 @@ pub fn handle_server_line(engine: &mut ServerEngine, line: &str) -> (Response, O
     match request {
         ServerRequest::Stats {} => (
             Response {
-                server_stats: Some(ServerStats {
-                    connections: engine.connections(),
-                    labelled_sessions: engine.labelled_sessions(),
-                    counters: engine.counters.clone(),
-                }),
+                server_stats: Some(ServerStats::of(engine)),
                 ..Response::ok()
             },
             None,

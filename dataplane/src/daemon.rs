@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::control::{self, Response, MAX_REQUEST_LINE};
 use crate::io::steer::{ServerSteering, ServerSteeringConfig, Steering};
 use crate::io::tun::{Tun, TunConfig};
 use crate::io::{run_proxybox, run_server as run_server_loop, Shared};
+use crate::metrics::{AdminServer, Source};
 use crate::proxybox::icmp::MAX_OUTSTANDING_LIMIT;
 use crate::proxybox::{EchoConfig, ProxyConfig, ProxyEngine, UdpConfig};
 use crate::server::ServerEngine;
@@ -34,6 +36,8 @@ pub enum DaemonError {
     Steering(io::Error),
     #[error("control socket {path}: {source}")]
     Control { path: PathBuf, source: io::Error },
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: io::Error },
     #[error("runtime: {0}")]
     Runtime(io::Error),
     #[error("tun device failed: {0}")]
@@ -63,6 +67,10 @@ pub struct ProxyBoxConfig {
     /// Unix socket of the control interface.
     #[serde(default = "defaults::control")]
     pub control: PathBuf,
+    /// Address of the Prometheus endpoint (`/metrics`, `/live`, `/ready`
+    /// over HTTP); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
     /// How long a relay waits for the real destination to accept.
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -225,6 +233,9 @@ pub struct ServerConfig {
     pub uplink_table: u32,
     #[serde(default = "defaults::server_control")]
     pub control: PathBuf,
+    /// Address of the Prometheus endpoint; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
     /// Connections whose labels are kept; the oldest go beyond.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -242,6 +253,7 @@ impl ServerConfig {
             session_table: defaults::session_table(),
             uplink_table: defaults::uplink_table(),
             control,
+            metrics: None,
             max_connections: defaults::max_connections(),
         }
     }
@@ -285,8 +297,30 @@ impl ServerConfig {
         if self.max_connections == 0 {
             return bad("max_connections: at least 1".into());
         }
-        Ok(())
+        validate_metrics(self.metrics)
     }
+}
+
+/// The metrics endpoint needs a fixed port: Prometheus is told where to
+/// scrape.
+fn validate_metrics(addr: Option<SocketAddr>) -> Result<(), DaemonError> {
+    match addr {
+        Some(a) if a.port() == 0 => Err(DaemonError::Config(format!(
+            "metrics {a}: a fixed port, like \"127.0.0.1:9464\""
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Starts the metrics endpoint, if configured, on the dataplane's
+/// `LocalSet`; it reads `source` at each scrape.
+async fn start_metrics(addr: Option<SocketAddr>, source: Source) -> Result<(), DaemonError> {
+    let Some(addr) = addr else { return Ok(()) };
+    let server = AdminServer::bind(addr, source)
+        .await
+        .map_err(|source| DaemonError::Metrics { addr, source })?;
+    tokio::task::spawn_local(server.serve());
+    Ok(())
 }
 
 /// The whole configuration file: a `[proxy]` or a `[server]` section.
@@ -323,6 +357,7 @@ impl ProxyBoxConfig {
             steer_from,
             route_table: defaults::route_table(),
             control,
+            metrics: None,
             connect_timeout_ms: defaults::connect_timeout_ms(),
             max_vnics: defaults::max_vnics(),
             max_handshakes_per_session: defaults::max_handshakes(),
@@ -383,7 +418,7 @@ impl ProxyBoxConfig {
                 self.icmp.timeout_secs
             ));
         }
-        Ok(())
+        validate_metrics(self.metrics)
     }
 
     fn engine_config(&self) -> ProxyConfig {
@@ -447,9 +482,12 @@ pub fn run_proxy(
         tokio::task::spawn_local(control.serve(Rc::new(move |line: &str| {
             control::handle_line(&mut handler_engine.borrow_mut(), line)
         })));
+        // Last: a scrape of /ready means everything above is up.
+        start_metrics(config.metrics, Source::Proxy(engine.clone())).await?;
         tracing::info!(
             tun = %config.tun, steer_from = ?config.steer_from, offload = config.offload,
-            control = %config.control.display(), "proxy box dataplane up"
+            control = %config.control.display(), metrics = ?config.metrics,
+            "proxy box dataplane up"
         );
         tokio::select! {
             r = run_proxybox(tun, engine, shared) => r.map_err(DaemonError::Device),
@@ -521,9 +559,11 @@ pub fn run_server(
             handler_kick.notify_one();
             response
         })));
+        start_metrics(config.metrics, Source::Server(engine.clone())).await?;
         tracing::info!(
             uplink = %config.uplink, session_links = %config.session_links,
-            control = %config.control.display(), "server dataplane up"
+            control = %config.control.display(), metrics = ?config.metrics,
+            "server dataplane up"
         );
         tokio::select! {
             r = run_server_loop(session_tun, uplink_tun, engine, steering, kick) => {
@@ -659,14 +699,21 @@ mod tests {
     fn shipped_config_parses_and_spells_out_the_defaults() {
         let text = include_str!("../../configs/dataplane-proxy.toml");
         let file = ConfigFile::from_toml(text).unwrap();
-        let defaults = ProxyBoxConfig::new(
-            vec!["sub1".into(), "sub2".into()],
-            "/run/mobidesk/dataplane.sock".into(),
-        );
+        let metrics = Some(SocketAddr::from(([127, 0, 0, 1], 9464)));
+        let defaults = ProxyBoxConfig {
+            metrics,
+            ..ProxyBoxConfig::new(
+                vec!["sub1".into(), "sub2".into()],
+                "/run/mobidesk/dataplane.sock".into(),
+            )
+        };
         assert_eq!(file.proxy, Some(defaults));
         let text = include_str!("../../configs/dataplane-server.toml");
         let file = ConfigFile::from_toml(text).unwrap();
-        let defaults = ServerConfig::new("eth0", "/run/mobidesk/dataplane-server.sock".into());
+        let defaults = ServerConfig {
+            metrics,
+            ..ServerConfig::new("eth0", "/run/mobidesk/dataplane-server.sock".into())
+        };
         assert_eq!(file.server, Some(defaults));
     }
 
@@ -703,5 +750,33 @@ mod tests {
                 .contains("icmp.timeout_secs")
         );
         assert!(err("[proxy]\nsteer_from = [\"a\"]\n[proxy.udp]\nflows = 1\n").contains("flows"));
+    }
+
+    #[test]
+    fn the_metrics_address_is_optional_and_checked() {
+        let parse = |text: &str| ConfigFile::from_toml(text);
+        let file = parse("[proxy]\nsteer_from = [\"a\"]\n").unwrap();
+        assert_eq!(file.proxy.unwrap().metrics, None, "absent: off");
+        let file = parse("[server]\nuplink = \"eth0\"\nmetrics = \"0.0.0.0:9100\"\n").unwrap();
+        assert_eq!(
+            file.server.unwrap().metrics,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        for (section, key) in [
+            ("proxy", "steer_from = [\"a\"]"),
+            ("server", "uplink = \"eth0\""),
+        ] {
+            for bad in [
+                "\"127.0.0.1\"",
+                "\"localhost:9464\"",
+                "\"127.0.0.1:99999\"",
+                "9464",
+                "\"127.0.0.1:0\"",
+            ] {
+                let text = format!("[{section}]\n{key}\nmetrics = {bad}\n");
+                let e = parse(&text).unwrap_err().to_string();
+                assert!(e.contains("metrics"), "{text}: {e}");
+            }
+        }
     }
 }

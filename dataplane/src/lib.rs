@@ -17,6 +17,7 @@
 pub mod control;
 pub mod daemon;
 pub mod io;
+pub mod metrics;
 pub mod proxybox;
 pub mod rewrite;
 pub mod server;

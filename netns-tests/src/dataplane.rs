@@ -68,6 +68,13 @@ impl Dataplane {
 
     /// The proxy box's dataplane, steering from every server subnet.
     pub fn proxy(lab: &Lab) -> Result<Self> {
+        Self::proxy_with(lab, Self::proxy_config(lab)?)
+    }
+
+    /// The configuration [`Dataplane::proxy`] uses: steering from every
+    /// server subnet, the control socket in the lab's run directory, the
+    /// rest defaults (for callers that change a key or two).
+    pub fn proxy_config(lab: &Lab) -> Result<ProxyBoxConfig> {
         let control = lab.run_dir()?.join("dataplane-proxy.sock");
         let subnets = lab
             .topology()
@@ -76,8 +83,7 @@ impl Dataplane {
             .filter(|n| n.kind == NetworkKind::Server)
             .map(|n| n.name.clone())
             .collect();
-        let config = ProxyBoxConfig::new(subnets, control.clone());
-        Self::proxy_with(lab, config)
+        Ok(ProxyBoxConfig::new(subnets, control))
     }
 
     /// The proxy box's dataplane with a configuration of the caller's.
@@ -102,11 +108,23 @@ impl Dataplane {
 
     /// A session server's dataplane, with or without TUN offloads.
     pub fn server_with(lab: &Lab, server: &str, offload: bool) -> Result<Self> {
+        let mut config = Self::server_config(lab, server)?;
+        config.offload = offload;
+        Self::server_with_config(lab, server, config)
+    }
+
+    /// The configuration [`Dataplane::server`] uses: uplink `eth0`, the
+    /// control socket in the lab's run directory, the rest defaults.
+    pub fn server_config(lab: &Lab, server: &str) -> Result<ServerConfig> {
         let control = lab
             .run_dir()?
             .join(format!("dataplane-server-{server}.sock"));
-        let mut config = ServerConfig::new("eth0", control.clone());
-        config.offload = offload;
+        Ok(ServerConfig::new("eth0", control))
+    }
+
+    /// A session server's dataplane with a configuration of the caller's.
+    pub fn server_with_config(lab: &Lab, server: &str, config: ServerConfig) -> Result<Self> {
+        let control = config.control.clone();
         let (_, ns) = lab.server(server)?;
         Dataplane::start(
             format!("dataplane of server {server}"),

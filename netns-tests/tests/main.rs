@@ -8,6 +8,7 @@
 mod cleanup;
 mod cli;
 mod dataplane;
+mod dataplane_metrics;
 mod dataplane_scale;
 mod dataplane_udp;
 mod routing;
