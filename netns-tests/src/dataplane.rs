@@ -13,7 +13,6 @@ use mobidesk_dataplane::control::{
 use mobidesk_dataplane::daemon::{
     run_proxy, run_server, DaemonError, ProxyBoxConfig, ServerConfig,
 };
-use mobidesk_dataplane::server::SessionState;
 
 use crate::lab::{Lab, Session};
 use crate::netns::Netns;
@@ -271,33 +270,9 @@ impl Dataplanes {
     /// moves, the new server announces it (gratuitous ARP), and, across
     /// subnets, the proxy box learns the new physical address.
     pub fn migrate(&self, lab: &Lab, session: &str, to: &str) -> Result<Session> {
-        let before = lab.session(session)?;
-        let exported = self
-            .server(&before.server)?
-            .request(&ServerRequest::ExportSession {
-                virtual_addr: before.virtual_addr,
-            })?
-            .session
-            .ok_or_else(|| daemon_error("export returned no session"))?;
-        let after = lab.move_session(session, to)?;
-        let crossed = after.physical_addr != before.physical_addr;
-        let state = SessionState {
-            physical: after.physical_addr,
-            labelled: exported.labelled || crossed,
-            ..exported
-        };
-        self.server(to)?.request(&ServerRequest::ImportSession {
-            session: state.clone(),
-            announce: true,
-        })?;
-        if state.labelled {
-            self.proxy.request(&ProxyRequest::SessionMoved {
-                virtual_addr: before.virtual_addr,
-                from: before.physical_addr,
-                to: after.physical_addr,
-            })?;
-        }
-        Ok(after)
+        crate::migrate::migrate_via(lab, session, to, &self.proxy.control, &|s| {
+            Ok(self.server(s)?.control.clone())
+        })
     }
 
     /// Stops them all; the first bad ending is the error.

@@ -39,12 +39,27 @@ fn ask<R: serde::Serialize>(socket: &Path, request: &R) -> Result<Response> {
     }
 }
 
-/// Moves `session` to server `to`, keeping the dataplanes in step.
+/// Moves `session` to server `to`, keeping the dataplanes in step; they
+/// listen where [`proxy_socket`] and [`server_socket`] say.
 pub fn migrate_session(lab: &Lab, session: &str, to: &str) -> Result<Session> {
+    migrate_via(lab, session, to, &proxy_socket(lab)?, &|s| {
+        server_socket(lab, s)
+    })
+}
+
+/// [`migrate_session`] with the control sockets given: the proxy box's,
+/// and a server's by name.
+pub fn migrate_via(
+    lab: &Lab,
+    session: &str,
+    to: &str,
+    proxy: &Path,
+    server_socket: &dyn Fn(&str) -> Result<PathBuf>,
+) -> Result<Session> {
     let before = lab.session(session)?;
     lab.server(to)?;
     let exported = ask(
-        &server_socket(lab, &before.server)?,
+        &server_socket(&before.server)?,
         &ServerRequest::ExportSession {
             virtual_addr: before.virtual_addr,
         },
@@ -56,7 +71,7 @@ pub fn migrate_session(lab: &Lab, session: &str, to: &str) -> Result<Session> {
         Err(e) => {
             // Put the labels back where the session still is.
             let _ = ask(
-                &server_socket(lab, &before.server)?,
+                &server_socket(&before.server)?,
                 &ServerRequest::ImportSession {
                     session: exported,
                     announce: false,
@@ -72,7 +87,7 @@ pub fn migrate_session(lab: &Lab, session: &str, to: &str) -> Result<Session> {
         ..exported
     };
     ask(
-        &server_socket(lab, to)?,
+        &server_socket(to)?,
         &ServerRequest::ImportSession {
             session: state.clone(),
             announce: true,
@@ -80,7 +95,7 @@ pub fn migrate_session(lab: &Lab, session: &str, to: &str) -> Result<Session> {
     )?;
     if state.labelled {
         ask(
-            &proxy_socket(lab)?,
+            proxy,
             &ProxyRequest::SessionMoved {
                 virtual_addr: before.virtual_addr,
                 from: before.physical_addr,
