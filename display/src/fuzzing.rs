@@ -1,0 +1,470 @@
+//! Fuzz oracles, shared by the targets in `display/fuzz/` and the regression
+//! replay in `tests/main.rs` (feature `fuzzing`; not part of the API).
+//!
+//! An oracle panics when a property fails; that panic is the finding. Inputs
+//! that found something go to `tests/data/fuzz_regression/`, which
+//! `cargo test` replays.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use crate::codec::{ApplyError, Framebuffer};
+use crate::protocol::{
+    BitmapRepr, Command, CopyRepr, DecodeError, Encoding, Frame, FrameDecoder, Message, PFillRepr,
+    Payload, RawRepr, Rect, SFillRepr, Sender, VideoData, VideoRepr,
+};
+
+/// Framing and parsing never panic on any bytes, and are consistent:
+///
+/// - `data[0]` as a type byte and the rest as its body: what parses has a
+///   length inside the type's range and survives emit → frame → parse
+///   unchanged, with `buffer_len` equal to the bytes emitted;
+/// - `data` as a stream: cutting it into chunks changes neither the messages
+///   nor the error, and every message that parses round-trips as above.
+pub fn decode_oracle(data: &[u8]) {
+    if let Some((&type_byte, body)) = data.split_first() {
+        if let Ok(message) = Message::parse_u8(type_byte, body) {
+            let range = message.message_type().body_len_range();
+            assert!(range.contains(&body.len()), "{range:?} {}", body.len());
+            assert_eq!(message.body_len(), body.len());
+            check_round_trip(&message);
+        }
+    }
+
+    let whole = decode_stream(data, |_| usize::MAX);
+    let mut seed = data.len() as u32 | 1;
+    let chunked = decode_stream(data, |_| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed % 7) as usize
+    });
+    // The same messages and the same error (not the same count of bytes
+    // consumed: a header refused in one call reports none of its bytes).
+    assert_eq!(
+        (&whole.0, &whole.1),
+        (&chunked.0, &chunked.1),
+        "chunking changed the result"
+    );
+    for frame in &whole.0 {
+        if let Ok(message) = frame.parse() {
+            check_round_trip(&message);
+        }
+    }
+}
+
+type Decoded = (Vec<Frame>, Option<DecodeError>, usize);
+
+/// Feeds `data` through a decoder in chunks of `chunk(i)` bytes.
+fn decode_stream(data: &[u8], mut chunk: impl FnMut(usize) -> usize) -> Decoded {
+    let mut decoder = FrameDecoder::new(Sender::Either);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut i = 0;
+    while at < data.len() {
+        let end = at.saturating_add(chunk(i)).min(data.len());
+        i += 1;
+        let mut input = &data[at..end];
+        loop {
+            match decoder.handle_bytes(input) {
+                Ok(used) => {
+                    assert!(used <= input.len());
+                    at += used;
+                    input = &input[used..];
+                }
+                Err(error) => return (frames, Some(error), at),
+            }
+            let mut got = false;
+            while let Some(frame) = decoder.poll_message() {
+                assert!(frame.msg_type.body_len_range().contains(&frame.body.len()));
+                frames.push(frame);
+                got = true;
+            }
+            if input.is_empty() || !got {
+                break;
+            }
+        }
+    }
+    assert_eq!(decoder.is_idle(), decoder.buffered() == 0);
+    (frames, None, at)
+}
+
+/// Emit, decode and parse again give the same message.
+pub fn check_round_trip(message: &Message<'_>) {
+    let bytes = message.to_vec().expect("a valid message emits");
+    assert_eq!(bytes.len(), message.buffer_len());
+    let mut decoder = FrameDecoder::new(Sender::Either);
+    assert_eq!(decoder.handle_bytes(&bytes), Ok(bytes.len()));
+    let frame = decoder.poll_message().expect("one whole message");
+    assert!(decoder.is_idle());
+    let again = frame.parse().expect("emitted bytes parse");
+    assert_eq!(&again, message);
+}
+
+/// Random commands on a small framebuffer never panic and give what a naive
+/// per-pixel model gives ([`Model`]); a refused command changes nothing.
+/// Valid commands also round-trip through the wire.
+pub fn apply_oracle(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let width = 1 + u16::from(u.byte() % 24);
+    let height = 1 + u16::from(u.byte() % 24);
+    let start: Vec<u32> = (0..u32::from(width) * u32::from(height))
+        .map(|i| i.wrapping_mul(0x9e37_79b9) >> 8)
+        .collect();
+    let mut fb = Framebuffer::from_pixels(width, height, start.clone()).unwrap();
+    let mut model = Model {
+        width: usize::from(width),
+        height: usize::from(height),
+        pixels: start,
+    };
+    for _ in 0..32 {
+        if u.is_empty() {
+            break;
+        }
+        let command = random_command(&mut u, width, height);
+        let message = Message::Command(command.clone());
+        if message.to_vec().is_ok() {
+            check_round_trip(&message);
+        }
+        let before = fb.clone();
+        let got = fb.apply(&command);
+        match &command {
+            Command::Video(video) => check_video(&before, &fb, video, &got),
+            _ => {
+                let want = model.apply(&command);
+                assert_eq!(got.is_ok(), want, "{command:?}: {got:?}");
+                if got.is_err() {
+                    assert_eq!(fb, before, "a refused command changed pixels");
+                }
+                assert_eq!(fb.pixels(), &model.pixels[..], "{command:?}");
+            }
+        }
+        model.pixels = fb.pixels().to_vec();
+    }
+}
+
+/// VIDEO: only `dst` may change, and only when the command was accepted.
+fn check_video(
+    before: &Framebuffer,
+    after: &Framebuffer,
+    video: &VideoRepr<'_>,
+    got: &Result<(), ApplyError>,
+) {
+    if got.is_err() {
+        assert_eq!(after, before);
+        return;
+    }
+    for y in 0..before.height() {
+        for x in 0..before.width() {
+            let inside = x >= video.dst.x
+                && usize::from(x) < video.dst.right()
+                && y >= video.dst.y
+                && usize::from(y) < video.dst.bottom();
+            if !inside {
+                assert_eq!(after.pixel(x, y), before.pixel(x, y), "{x},{y} outside dst");
+            }
+        }
+    }
+}
+
+/// The naive reference for RAW, COPY, SFILL, BITMAP and PFILL: one pixel at a
+/// time, straight from PROTOCOL.md §5, with its own checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u32>,
+}
+
+impl Model {
+    fn fits(&self, rect: Rect) -> bool {
+        rect.w > 0
+            && rect.h > 0
+            && usize::from(rect.x) + usize::from(rect.w) <= self.width
+            && usize::from(rect.y) + usize::from(rect.h) <= self.height
+    }
+
+    fn decode(payload: &Payload<'_>, len: usize) -> Option<Vec<u8>> {
+        match payload.encoding {
+            Encoding::Plain => (payload.data.len() == len).then(|| payload.data.to_vec()),
+            Encoding::Lz4 => {
+                let mut out = vec![0; len];
+                match lz4_flex::block::decompress_into(&payload.data, &mut out) {
+                    Ok(n) if n == len => Some(out),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, x: usize, y: usize, pixel: u32) {
+        self.pixels[y * self.width + x] = pixel;
+    }
+
+    /// Applies `command` (true), or refuses it (false) and changes nothing.
+    /// Not for VIDEO.
+    pub fn apply(&mut self, command: &Command<'_>) -> bool {
+        match command {
+            Command::Raw(raw) => {
+                let r = raw.rect;
+                if !self.fits(r) {
+                    return false;
+                }
+                let Some(data) = Self::decode(&raw.data, r.area() * 4) else {
+                    return false;
+                };
+                for (i, px) in data.chunks(4).enumerate() {
+                    let (col, row) = (i % usize::from(r.w), i / usize::from(r.w));
+                    let p = u32::from_le_bytes([px[0], px[1], px[2], px[3]]);
+                    self.set(usize::from(r.x) + col, usize::from(r.y) + row, p);
+                }
+            }
+            Command::Copy(c) => {
+                if !self.fits(c.src()) || !self.fits(c.dst()) {
+                    return false;
+                }
+                let old = self.pixels.clone();
+                for row in 0..usize::from(c.h) {
+                    for col in 0..usize::from(c.w) {
+                        let s =
+                            (usize::from(c.src_y) + row) * self.width + usize::from(c.src_x) + col;
+                        self.set(
+                            usize::from(c.dst_x) + col,
+                            usize::from(c.dst_y) + row,
+                            old[s],
+                        );
+                    }
+                }
+            }
+            Command::SFill(fill) => {
+                if fill.rects.is_empty() || !fill.rects.iter().all(|&r| self.fits(r)) {
+                    return false;
+                }
+                for r in &fill.rects {
+                    for y in r.y..r.y + r.h {
+                        for x in r.x..r.x + r.w {
+                            self.set(usize::from(x), usize::from(y), fill.colour);
+                        }
+                    }
+                }
+            }
+            Command::Bitmap(b) => {
+                let r = b.rect;
+                if !self.fits(r) {
+                    return false;
+                }
+                let stride = usize::from(r.w).div_ceil(8);
+                let Some(bits) = Self::decode(&b.bits, stride * usize::from(r.h)) else {
+                    return false;
+                };
+                for row in 0..usize::from(r.h) {
+                    for col in 0..usize::from(r.w) {
+                        let bit = (bits[row * stride + col / 8] >> (7 - col % 8)) & 1;
+                        let (x, y) = (usize::from(r.x) + col, usize::from(r.y) + row);
+                        match (bit, b.bg) {
+                            (1, _) => self.set(x, y, b.fg),
+                            (_, Some(bg)) => self.set(x, y, bg),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Command::PFill(p) => {
+                let (tw, th) = (i64::from(p.tile_w), i64::from(p.tile_h));
+                if tw == 0
+                    || th == 0
+                    || p.origin_x >= p.tile_w
+                    || p.origin_y >= p.tile_h
+                    || p.rects.is_empty()
+                    || !p.rects.iter().all(|&r| self.fits(r))
+                {
+                    return false;
+                }
+                let Some(tile) = Self::decode(&p.tile, usize::try_from(tw * th * 4).unwrap())
+                else {
+                    return false;
+                };
+                for r in &p.rects {
+                    for y in i64::from(r.y)..i64::from(r.y) + i64::from(r.h) {
+                        for x in i64::from(r.x)..i64::from(r.x) + i64::from(r.w) {
+                            let tx = (x - i64::from(p.origin_x)).rem_euclid(tw);
+                            let ty = (y - i64::from(p.origin_y)).rem_euclid(th);
+                            let i = usize::try_from((ty * tw + tx) * 4).unwrap();
+                            let px = u32::from_le_bytes(tile[i..i + 4].try_into().unwrap());
+                            self.set(usize::try_from(x).unwrap(), usize::try_from(y).unwrap(), px);
+                        }
+                    }
+                }
+            }
+            Command::Video(_) => return false,
+        }
+        true
+    }
+}
+
+/// Takes values from the fuzz input; zeros once it runs out.
+pub struct Unstructured<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Unstructured<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Unstructured { data }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    pub fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+
+    /// `len` bytes: from the input while it lasts, then a pattern.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        let take = len.min(self.data.len());
+        let (head, rest) = self.data.split_at(take);
+        self.data = rest;
+        let mut out = head.to_vec();
+        out.extend((take..len).map(|i| (i as u8).wrapping_mul(31)));
+        out
+    }
+}
+
+/// A coordinate or size around a framebuffer dimension (sometimes past it).
+fn coord(u: &mut Unstructured<'_>, dim: u16) -> u16 {
+    u16::from(u.byte()) % (dim + 3)
+}
+
+fn random_rect(u: &mut Unstructured<'_>, width: u16, height: u16) -> Rect {
+    Rect::new(
+        coord(u, width),
+        coord(u, height),
+        coord(u, width),
+        coord(u, height),
+    )
+}
+
+/// A payload for `decoded` bytes: usually right, sometimes broken.
+fn random_payload(u: &mut Unstructured<'_>, len: usize) -> Payload<'static> {
+    let decoded = u.bytes(len);
+    match u.byte() % 8 {
+        0..=2 => Payload::plain(decoded),
+        3..=5 => Payload::new(Encoding::Lz4, lz4_flex::block::compress(&decoded)),
+        6 => {
+            let wrong = usize::from(u.byte() % 16);
+            Payload::plain(u.bytes(wrong))
+        }
+        _ => {
+            let extra = usize::from(u.byte() % 3);
+            let mut block = lz4_flex::block::compress(&u.bytes(len + extra));
+            if let Some(b) = block.get_mut(usize::from(u.byte())) {
+                *b ^= u.byte();
+            }
+            Payload::new(Encoding::Lz4, block)
+        }
+    }
+}
+
+fn random_command(u: &mut Unstructured<'_>, width: u16, height: u16) -> Command<'static> {
+    match u.byte() % 6 {
+        0 => {
+            let rect = random_rect(u, width, height);
+            let data = random_payload(u, rect.area() * 4);
+            Command::Raw(RawRepr { rect, data })
+        }
+        1 => Command::Copy(CopyRepr {
+            src_x: coord(u, width),
+            src_y: coord(u, height),
+            dst_x: coord(u, width),
+            dst_y: coord(u, height),
+            w: coord(u, width),
+            h: coord(u, height),
+        }),
+        2 => {
+            let count = usize::from(u.byte() % 4);
+            Command::SFill(SFillRepr {
+                colour: u.u32(),
+                rects: (0..count).map(|_| random_rect(u, width, height)).collect(),
+            })
+        }
+        3 => {
+            let rect = random_rect(u, width, height);
+            let len = usize::from(rect.w).div_ceil(8) * usize::from(rect.h);
+            Command::Bitmap(BitmapRepr {
+                rect,
+                fg: u.u32(),
+                bg: (u.byte() % 2 == 0).then(|| u.u32()),
+                bits: random_payload(u, len),
+            })
+        }
+        4 => {
+            let tile_w = u16::from(u.byte() % 6);
+            let tile_h = u16::from(u.byte() % 6);
+            let origin_x = u16::from(u.byte() % 7);
+            let origin_y = u16::from(u.byte() % 7);
+            let count = usize::from(u.byte() % 4);
+            let rects = (0..count).map(|_| random_rect(u, width, height)).collect();
+            let tile = random_payload(u, usize::from(tile_w) * usize::from(tile_h) * 4);
+            Command::PFill(PFillRepr {
+                tile_w,
+                tile_h,
+                origin_x,
+                origin_y,
+                rects,
+                tile,
+            })
+        }
+        _ => {
+            let dst = random_rect(u, width, height);
+            let src_w = u16::from(u.byte() % 9);
+            let src_h = u16::from(u.byte() % 9);
+            let (cw, ch) = (
+                usize::from(src_w).div_ceil(2),
+                usize::from(src_h).div_ceil(2),
+            );
+            let lz4 = u.byte() % 2 == 0;
+            let mut plane = |len: usize| {
+                let p = random_payload(u, len);
+                if lz4 {
+                    lz4_flex::block::compress(&p.data)
+                } else {
+                    p.data.into_owned()
+                }
+            };
+            let y = plane(usize::from(src_w) * usize::from(src_h));
+            let uu = plane(cw * ch);
+            let v = plane(cw * ch);
+            let data = if u.byte() % 16 == 0 {
+                VideoData::Codec {
+                    codec: 0x80 | u.byte(),
+                    data: y.into(),
+                }
+            } else {
+                VideoData::I420 {
+                    encoding: if lz4 { Encoding::Lz4 } else { Encoding::Plain },
+                    y: y.into(),
+                    u: uu.into(),
+                    v: v.into(),
+                }
+            };
+            Command::Video(VideoRepr {
+                stream_id: u.u32(),
+                frame: u.u32(),
+                dst,
+                src_w,
+                src_h,
+                data,
+            })
+        }
+    }
+}
