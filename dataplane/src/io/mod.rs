@@ -10,7 +10,6 @@ pub mod tun;
 mod udp;
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -19,16 +18,14 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-pub use stream::VnicStream;
-
 use crate::proxybox::{Event, ProxyEngine, VnicId};
 use crate::vnic::{smol_now, HEADROOM};
 
 /// What the device loop and the relays share besides the engine.
 pub struct Shared {
     start: std::time::Instant,
-    /// VNICs a relay read from or wrote to: the device loop polls them.
-    dirty: RefCell<BTreeSet<VnicId>>,
+    /// Wakes the device loop: VNICs to poll ([`ProxyEngine::schedule`]) or
+    /// replies to flush.
     kick: Notify,
     /// One datagram as the UDP and ICMP relays receive it; borrowed only
     /// between a socket read and the engine call that copies it out.
@@ -40,7 +37,6 @@ impl Shared {
     pub fn new(connect_timeout: Duration) -> Rc<Shared> {
         Rc::new(Shared {
             start: std::time::Instant::now(),
-            dirty: RefCell::new(BTreeSet::new()),
             kick: Notify::new(),
             recv_buf: RefCell::new(vec![0; 65536]),
             connect_timeout,
@@ -52,9 +48,9 @@ impl Shared {
         smol_now(self.start.elapsed())
     }
 
-    /// Asks the device loop to poll this VNIC and flush what it sends.
-    pub fn touch(&self, id: VnicId) {
-        self.dirty.borrow_mut().insert(id);
+    /// Wakes the device loop: it polls the VNICs scheduled in the engine
+    /// and flushes what they send.
+    pub fn kick(&self) {
         self.kick.notify_one();
     }
 
@@ -88,19 +84,16 @@ pub async fn run_proxybox(
                 let now = shared.now();
                 let mut engine = engine.borrow_mut();
                 for packet in rx.packets_mut() {
-                    engine.handle_packet(now, packet);
+                    engine.ingest(now, packet);
                 }
             }
             () = sleep => engine.borrow_mut().poll_timers(shared.now()),
             () = shared.kick.notified() => {}
         }
         let mut outbox = {
-            let dirty = std::mem::take(&mut *shared.dirty.borrow_mut());
             let mut eng = engine.borrow_mut();
-            let now = shared.now();
-            for id in dirty {
-                eng.poll_vnic(now, id);
-            }
+            // The VNICs that took packets, and those whose relay moved data.
+            eng.flush(shared.now());
             for event in eng.take_events() {
                 match event {
                     Event::Connect { id, tuple } => {
@@ -134,7 +127,7 @@ pub async fn run_proxybox(
 }
 
 /// Connects to the real destination, completes the session's handshake,
-/// and copies bytes both ways until both sides closed.
+/// and relays bytes both ways until both sides closed.
 async fn relay(
     engine: Rc<RefCell<ProxyEngine>>,
     shared: Rc<Shared>,
@@ -147,27 +140,26 @@ async fn relay(
             Ok(Err(e)) => {
                 tracing::debug!(%remote, error = %e, "outside connect failed");
                 engine.borrow_mut().refuse(id);
-                shared.touch(id);
+                shared.kick();
                 return;
             }
             Err(_) => {
                 tracing::debug!(%remote, "outside connect timed out");
                 engine.borrow_mut().refuse(id);
-                shared.touch(id);
+                shared.kick();
                 return;
             }
         };
     let _ = outside.set_nodelay(true);
-    let mut outside = outside;
     engine.borrow_mut().accept(id);
-    shared.touch(id);
-    let mut session = VnicStream::new(engine, shared, id);
-    if session.established().await.is_err() {
+    shared.kick();
+    let splice = stream::Splice::new(engine, shared, id, outside);
+    if splice.established().await.is_err() {
         return;
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut session, &mut outside).await {
+    if let Err(e) = splice.run().await {
         tracing::debug!(%remote, error = %e, "relay ended with an error");
-        session.abort();
+        splice.abort();
     }
 }
 

@@ -1,37 +1,56 @@
-//! A VNIC's connection as an async byte stream for the L7 relay.
+//! The L7 relay of one VNIC connection: bytes between the VNIC's socket and
+//! the kernel socket to the real destination, without a buffer of its own.
 //!
-//! Back-pressure is the socket's own: a read takes only what the session
-//! sent into the VNIC's receive buffer (the window closes when it is full),
-//! a write puts only what fits in the send buffer, else it waits.
+//! Bytes from the session go from the socket's receive ring straight into
+//! `write(2)` on the kernel socket; bytes for the session go from `read(2)`
+//! straight into the socket's send ring. Each system call moves as much as
+//! the ring holds (or has room for) at once, and a connection costs no
+//! memory beyond its two rings.
+//!
+//! Back-pressure is the sockets' own: the relay takes from the receive ring
+//! only what the kernel socket accepts (the VNIC's window closes when the
+//! ring is full), and reads from the kernel socket only what fits in the
+//! send ring.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::pin::Pin;
+use std::net::Shutdown;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use smoltcp::socket::tcp::State;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::Shared;
 use crate::proxybox::{ProxyEngine, VnicId};
 
-/// The relay's end of one VNIC connection.
-pub struct VnicStream {
+/// The relay's ends of one VNIC connection.
+pub(super) struct Splice {
     engine: Rc<RefCell<ProxyEngine>>,
     shared: Rc<Shared>,
     id: VnicId,
+    outside: TcpStream,
 }
 
-impl VnicStream {
-    pub(crate) fn new(engine: Rc<RefCell<ProxyEngine>>, shared: Rc<Shared>, id: VnicId) -> Self {
-        VnicStream { engine, shared, id }
+impl Splice {
+    pub(super) fn new(
+        engine: Rc<RefCell<ProxyEngine>>,
+        shared: Rc<Shared>,
+        id: VnicId,
+        outside: TcpStream,
+    ) -> Self {
+        Splice {
+            engine,
+            shared,
+            id,
+            outside,
+        }
     }
 
     /// Waits until the session's handshake completed; an error if the
     /// connection ended first.
-    pub async fn established(&mut self) -> io::Result<()> {
+    pub(super) async fn established(&self) -> io::Result<()> {
         poll_fn(|cx| {
             let mut engine = self.engine.borrow_mut();
             let Some(socket) = engine.socket_mut(self.id) else {
@@ -49,100 +68,144 @@ impl VnicStream {
         .await
     }
 
+    /// Relays both ways until both sides closed (each side's close is passed
+    /// on to the other); an error ends both at once.
+    pub(super) async fn run(&self) -> io::Result<()> {
+        tokio::try_join!(self.to_outside(), self.to_session()).map(drop)
+    }
+
     /// Resets the session's connection (the outside side failed).
-    pub fn abort(&mut self) {
-        if let Some(socket) = self.engine.borrow_mut().socket_mut(self.id) {
+    pub(super) fn abort(&self) {
+        let mut engine = self.engine.borrow_mut();
+        if let Some(socket) = engine.socket_mut(self.id) {
             socket.abort();
         }
-        self.shared.touch(self.id);
+        engine.schedule(self.id);
+        self.shared.kick();
+    }
+
+    /// Session -> outside, until the session closed its half; then the
+    /// outside's half is closed too.
+    async fn to_outside(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_to_outside(cx)).await?;
+        match socket2::SockRef::from(&self.outside).shutdown(Shutdown::Write) {
+            // The outside may have closed the connection already.
+            Err(e) if e.kind() != io::ErrorKind::NotConnected => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn poll_to_outside(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut engine = self.engine.borrow_mut();
+        let mut moved = false;
+        let result = loop {
+            let Some(socket) = engine.socket_mut(self.id) else {
+                // Reclaimed: everything it received has been read already.
+                break Poll::Ready(Ok(()));
+            };
+            if !socket.can_recv() {
+                break match socket.state() {
+                    State::Listen
+                    | State::SynReceived
+                    | State::Established
+                    | State::FinWait1
+                    | State::FinWait2 => {
+                        socket.register_recv_waker(cx.waker());
+                        Poll::Pending
+                    }
+                    // The session closed its half (or the connection ended).
+                    _ => Poll::Ready(Ok(())),
+                };
+            }
+            match self.outside.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+            // Straight from the receive ring (its first contiguous part;
+            // the loop takes the rest).
+            let written = socket.recv(|data| match self.outside.try_write(data) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match written {
+                Ok(Ok(_)) => moved = true,
+                // Not writable after all: poll_write_ready waits for it.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(Err(e)) => break Poll::Ready(Err(e)),
+                Err(_) => break Poll::Ready(Err(gone())),
+            }
+        };
+        if moved {
+            // The window opened: the VNIC may have to say so.
+            engine.schedule(self.id);
+            self.shared.kick();
+        }
+        result
+    }
+
+    /// Outside -> session, until the outside closed its half; then the
+    /// session's half is closed too.
+    async fn to_session(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_to_session(cx)).await
+    }
+
+    fn poll_to_session(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut engine = self.engine.borrow_mut();
+        let mut moved = false;
+        let result = loop {
+            let Some(socket) = engine.socket_mut(self.id) else {
+                break Poll::Ready(Err(gone()));
+            };
+            if !socket.may_send() {
+                break match socket.state() {
+                    State::Listen | State::SynReceived => {
+                        socket.register_send_waker(cx.waker());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "session closed the connection",
+                    ))),
+                };
+            }
+            if !socket.can_send() {
+                socket.register_send_waker(cx.waker());
+                break Poll::Pending;
+            }
+            match self.outside.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
+            }
+            // Straight into the send ring's first contiguous free part.
+            let read = socket.send(|room| match self.outside.try_read(room) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match read {
+                Ok(Ok(0)) => {
+                    // The outside closed its half.
+                    socket.close();
+                    moved = true;
+                    break Poll::Ready(Ok(()));
+                }
+                Ok(Ok(_)) => moved = true,
+                // Not readable after all: poll_read_ready waits for it.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(Err(e)) => break Poll::Ready(Err(e)),
+                Err(_) => break Poll::Ready(Err(gone())),
+            }
+        };
+        if moved {
+            // Data (or a FIN) to send: the VNIC sends it at its next poll.
+            engine.schedule(self.id);
+            self.shared.kick();
+        }
+        result
     }
 }
 
 fn gone() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionReset, "vnic connection gone")
-}
-
-impl AsyncRead for VnicStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let mut engine = this.engine.borrow_mut();
-        let Some(socket) = engine.socket_mut(this.id) else {
-            // Reclaimed: everything it received has been read already.
-            return Poll::Ready(Ok(()));
-        };
-        if socket.can_recv() {
-            let n = socket
-                .recv_slice(buf.initialize_unfilled())
-                .map_err(|_| gone())?;
-            buf.advance(n);
-            drop(engine);
-            // The window opened: the VNIC may have to say so.
-            this.shared.touch(this.id);
-            return Poll::Ready(Ok(()));
-        }
-        match socket.state() {
-            State::Listen | State::SynReceived | State::Established => {
-                socket.register_recv_waker(cx.waker());
-                Poll::Pending
-            }
-            State::FinWait1 | State::FinWait2 => {
-                socket.register_recv_waker(cx.waker());
-                Poll::Pending
-            }
-            // The session closed its half (or the connection ended).
-            _ => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-impl AsyncWrite for VnicStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let mut engine = this.engine.borrow_mut();
-        let Some(socket) = engine.socket_mut(this.id) else {
-            return Poll::Ready(Err(gone()));
-        };
-        if !socket.may_send() {
-            return match socket.state() {
-                State::Listen | State::SynReceived => {
-                    socket.register_send_waker(cx.waker());
-                    Poll::Pending
-                }
-                _ => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "session closed the connection",
-                ))),
-            };
-        }
-        if !socket.can_send() {
-            socket.register_send_waker(cx.waker());
-            return Poll::Pending;
-        }
-        let n = socket.send_slice(data).map_err(|_| gone())?;
-        drop(engine);
-        this.shared.touch(this.id);
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Data handed to the socket is on its way; TCP retransmits it.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(socket) = this.engine.borrow_mut().socket_mut(this.id) {
-            socket.close();
-        }
-        this.shared.touch(this.id);
-        Poll::Ready(Ok(()))
-    }
 }

@@ -138,6 +138,8 @@ struct Entry {
     accepted: bool,
     /// The deadline this VNIC is filed under in the timer set.
     deadline: Option<Instant>,
+    /// Took packets since its last poll: [`ProxyEngine::flush`] polls it.
+    pending: bool,
 }
 
 impl Entry {
@@ -167,6 +169,9 @@ pub struct ProxyEngine {
     /// Sessions that migrated across subnets: physical -> virtual address.
     migrated: HashMap<Ipv4Addr, Ipv4Addr>,
     timers: BTreeSet<(Instant, VnicId)>,
+    /// VNICs that took packets since their last poll (each once; at most
+    /// one per VNIC).
+    pending: Vec<VnicId>,
     events: Vec<Event>,
     rng: u64,
     udp: udp::UdpRelay,
@@ -193,6 +198,7 @@ impl ProxyEngine {
             handshakes: HashMap::new(),
             migrated: HashMap::new(),
             timers: BTreeSet::new(),
+            pending: Vec::new(),
             events: Vec::new(),
             rng: seed | 1,
             outbox: Outbox::new(),
@@ -224,9 +230,19 @@ impl ProxyEngine {
     }
 
     /// One packet from the TUN device (a session's packet, as routed to the
-    /// proxy box). `packet` may be changed in place (label stripped,
-    /// addresses rewritten).
+    /// proxy box), run at once: what it calls for is in the outbox on
+    /// return. `packet` may be changed in place (label stripped, addresses
+    /// rewritten).
     pub fn handle_packet(&mut self, now: Instant, packet: &mut [u8]) {
+        self.ingest(now, packet);
+        self.flush(now);
+    }
+
+    /// Like [`ProxyEngine::handle_packet`], but a VNIC that takes the packet
+    /// answers only at the next [`ProxyEngine::flush`]: after a batch of
+    /// packets, each VNIC sends one ACK (and one window update) for all of
+    /// its packets in the batch instead of one per packet or two.
+    pub fn ingest(&mut self, now: Instant, packet: &mut [u8]) {
         self.counters.packets_in += 1;
         self.counters.bytes_in += packet.len() as u64;
         let info = match parse_ipv4(packet) {
@@ -366,6 +382,7 @@ impl ProxyEngine {
             handshaking: true,
             accepted: false,
             deadline: None,
+            pending: false,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -435,8 +452,53 @@ impl ProxyEngine {
         };
         let egress = entry.egress();
         let before = self.outbox.len();
-        entry.vnic.receive(now, packet, &mut self.outbox, egress);
-        self.after_poll(now, id, before);
+        entry.vnic.ingest(now, packet, &mut self.outbox, egress);
+        let physical = entry.physical.is_some();
+        self.count_sent(before, physical);
+        self.schedule(id);
+    }
+
+    /// Has the VNIC polled at the next [`ProxyEngine::flush`] (its relay
+    /// moved data: it has segments or a window update to send).
+    pub fn schedule(&mut self, id: VnicId) {
+        if let Some(e) = self.entry_mut(id) {
+            if !e.pending {
+                e.pending = true;
+                self.pending.push(id);
+            }
+        }
+    }
+
+    /// Polls every VNIC that took packets or was scheduled since its last
+    /// poll: they send what that called for.
+    pub fn flush(&mut self, now: Instant) {
+        let mut pending = std::mem::take(&mut self.pending);
+        for id in pending.drain(..) {
+            // Polled meanwhile (e.g. after its relay wrote): nothing to do.
+            if self.entry(id).is_some_and(|e| e.pending) {
+                self.poll_vnic(now, id);
+            }
+        }
+        // Keep the allocation (it holds at most one id per VNIC).
+        if self.pending.is_empty() {
+            self.pending = pending;
+        }
+    }
+
+    /// Counts what a VNIC put in the outbox since it held `before` packets.
+    fn count_sent(&mut self, before: usize, physical: bool) -> u64 {
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        for p in self.outbox.packets().skip(before) {
+            sent += 1;
+            bytes += p.len() as u64;
+        }
+        self.counters.packets_out += sent;
+        self.counters.bytes_out += bytes;
+        if physical {
+            self.counters.rewrites += sent;
+            self.counters.labelled_packets += sent;
+        }
+        sent
     }
 
     /// Runs a VNIC after its relay read or wrote (or its timer is due).
@@ -449,6 +511,7 @@ impl ProxyEngine {
         else {
             return;
         };
+        entry.pending = false;
         let egress = entry.egress();
         let before = self.outbox.len();
         entry.vnic.poll(now, &mut self.outbox, egress);
@@ -485,13 +548,8 @@ impl ProxyEngine {
     }
 
     fn after_poll(&mut self, now: Instant, id: VnicId, outbox_before: usize) {
-        let (mut sent, mut bytes) = (0u64, 0u64);
-        for p in self.outbox.packets().skip(outbox_before) {
-            sent += 1;
-            bytes += p.len() as u64;
-        }
-        self.counters.packets_out += sent;
-        self.counters.bytes_out += bytes;
+        let physical = self.entry(id).is_some_and(|e| e.physical.is_some());
+        let sent = self.count_sent(outbox_before, physical);
         let Some(entry) = self
             .slots
             .get_mut(id.index)
@@ -500,10 +558,6 @@ impl ProxyEngine {
         else {
             return;
         };
-        if entry.physical.is_some() {
-            self.counters.rewrites += sent;
-            self.counters.labelled_packets += sent;
-        }
         let handshake_over = entry.handshaking
             && !matches!(
                 entry.vnic.state(),
@@ -579,23 +633,25 @@ impl ProxyEngine {
     }
 
     /// The real destination accepted: let the session's handshake complete
-    /// (sent at the VNIC's next poll).
+    /// (sent at the next [`ProxyEngine::flush`]).
     pub fn accept(&mut self, id: VnicId) {
         if let Some(e) = self.entry_mut(id) {
             e.accepted = true;
             e.vnic.accept();
         }
+        self.schedule(id);
     }
 
     /// The real destination refused or did not answer: reset the session's
-    /// connection (the reset goes out, and the VNIC is reclaimed, at its
-    /// next poll).
+    /// connection (the reset goes out, and the VNIC is reclaimed, at the
+    /// next [`ProxyEngine::flush`]).
     pub fn refuse(&mut self, id: VnicId) {
         if let Some(e) = self.entry_mut(id) {
             e.accepted = true;
             e.vnic.accept();
             e.vnic.socket_mut().abort();
         }
+        self.schedule(id);
     }
 
     /// The VNIC's socket, for the relay's byte stream.

@@ -150,6 +150,17 @@ impl Vnic {
         self.iface.poll(now, &mut dev, &mut self.sockets);
     }
 
+    /// Hands one packet from the session to the VNIC's socket without
+    /// sending what that calls for (ACKs, window updates, data): a
+    /// [`Vnic::poll`] after a batch of packets sends it once for the whole
+    /// batch. Only immediate replies (a reset, a duplicate ACK for an
+    /// out-of-order segment) go to `outbox` at once.
+    pub fn ingest(&mut self, now: Instant, packet: &[u8], outbox: &mut Outbox, egress: Egress) {
+        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.mtu, self.max_burst);
+        self.iface
+            .poll_ingress_single(now, &mut dev, &mut self.sockets);
+    }
+
     /// Runs timers and sends what the socket has queued (after the relay
     /// wrote or read, or when [`Vnic::poll_at`] is due).
     pub fn poll(&mut self, now: Instant, outbox: &mut Outbox, egress: Egress) {
