@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::proxybox::{Event, ProxyEngine, VnicId};
-use crate::vnic::{smol_now, HEADROOM};
+use crate::vnic::smol_now;
 
 /// What the device loop and the relays share besides the engine.
 pub struct Shared {
@@ -68,7 +68,7 @@ pub async fn run_proxybox(
     shared: Rc<Shared>,
 ) -> io::Result<()> {
     let mut rx = tun::RxBatch::new(device.mtu(), 0);
-    let mut gro = device.gro_table();
+    engine.borrow_mut().set_offload(device.offload());
     tokio::task::spawn_local(icmp::relay(engine.clone(), shared.clone()));
     loop {
         let deadline = engine.borrow().next_deadline();
@@ -118,7 +118,7 @@ pub async fn run_proxybox(
             // meanwhile).
             std::mem::take(&mut eng.outbox)
         };
-        if let Err(e) = device.send(&mut gro, outbox.packets_mut(), HEADROOM).await {
+        if let Err(e) = device.send(&outbox).await {
             tracing::warn!(error = %e, "tun write failed");
         }
         outbox.clear();
@@ -176,7 +176,6 @@ pub async fn run_server(
     use crate::server::{ServerEngine, Side, SteerChange};
     let mut rx_session = tun::RxBatch::new(session_tun.mtu(), ServerEngine::HEADROOM);
     let mut rx_uplink = tun::RxBatch::new(uplink_tun.mtu(), ServerEngine::HEADROOM);
-    let mut gro = uplink_tun.gro_table();
     loop {
         tokio::select! {
             r = session_tun.recv(&mut rx_session) => {
@@ -215,10 +214,7 @@ pub async fn run_server(
             }
         }
         if !outbox.is_empty() {
-            if let Err(e) = uplink_tun
-                .send(&mut gro, outbox.packets_mut(), HEADROOM)
-                .await
-            {
+            if let Err(e) = uplink_tun.send(&outbox).await {
                 tracing::warn!(error = %e, "tun write failed");
             }
             outbox.clear();

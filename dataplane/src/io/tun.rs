@@ -1,10 +1,15 @@
 //! The TUN device: batched reads and writes, with the Linux offloads
 //! (`IFF_VNET_HDR`: the kernel hands over GSO super-packets, which tun-rs
-//! splits, and takes coalesced TCP segments back) when enabled.
+//! splits, and takes large TCP segments back to cut itself) when enabled.
 
 use std::io;
 
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use crate::vnic::{Outbox, HEADROOM};
+
+// The outbox's headroom is where the virtio-net header goes.
+const _: () = assert!(HEADROOM == VIRTIO_NET_HDR_LEN);
 
 /// How to open the TUN device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +24,7 @@ pub struct TunConfig {
 pub struct Tun {
     device: AsyncDevice,
     mtu: usize,
+    offload: bool,
 }
 
 /// Packets of one batched read, each at `offset` in its buffer (room to
@@ -77,6 +83,7 @@ impl Tun {
         Ok(Tun {
             device,
             mtu: usize::from(config.mtu),
+            offload: config.offload,
         })
     }
 
@@ -84,8 +91,9 @@ impl Tun {
         self.mtu
     }
 
-    pub fn gro_table(&self) -> GROTable {
-        GROTable::new()
+    /// Whether packets go with a virtio-net header (the offloads are on).
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
     /// Waits for packets, then takes what else is queued, up to one batch.
@@ -124,15 +132,26 @@ impl Tun {
         Ok(())
     }
 
-    /// Writes packets, each at `offset` in its buffer with `offset` >= 10
-    /// spare bytes in front (for the virtio-net header).
-    pub async fn send(
-        &self,
-        gro: &mut GROTable,
-        packets: &mut [Vec<u8>],
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.device.send_multiple(gro, packets, offset).await
+    /// Writes the outbox's packets, one write each. With offloads on, each
+    /// goes with the virtio-net header its producer left in its headroom
+    /// (zero: a complete packet; or a large TCP segment for the kernel to
+    /// cut and checksum). Every packet is tried; the first error is
+    /// returned.
+    pub async fn send(&self, outbox: &Outbox) -> io::Result<()> {
+        let mut result = Ok(());
+        for frame in outbox.frames() {
+            let bytes = if self.offload {
+                frame
+            } else {
+                &frame[HEADROOM..]
+            };
+            if let Err(e) = self.device.send(bytes).await {
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        result
     }
 }
 

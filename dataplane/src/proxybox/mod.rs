@@ -181,6 +181,8 @@ pub struct ProxyEngine {
     /// Packets waiting for the TUN device.
     pub outbox: Outbox,
     pub counters: Counters,
+    /// The TUN device takes virtio-net headers (see [`ProxyEngine::set_offload`]).
+    offload: bool,
 }
 
 impl ProxyEngine {
@@ -203,7 +205,17 @@ impl ProxyEngine {
             rng: seed | 1,
             outbox: Outbox::new(),
             counters: Counters::default(),
+            offload: false,
         }
+    }
+
+    /// Whether the TUN device takes virtio-net headers (its offloads are
+    /// on). VNICs made from now on then emit TCP segments of up to 64 KiB
+    /// for the kernel to cut, with a virtio-net header in each packet's
+    /// headroom, and leave TCP checksums to the kernel. Off by default: every
+    /// packet complete, the headroom zero.
+    pub fn set_offload(&mut self, on: bool) {
+        self.offload = on;
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -369,7 +381,7 @@ impl ProxyEngine {
         physical: Option<Ipv4Addr>,
     ) -> VnicId {
         let seed = self.next_random();
-        let vnic = Vnic::listen(tuple, &self.config.vnic, seed, now);
+        let vnic = Vnic::listen_on(tuple, &self.config.vnic, self.offload, seed, now);
         let proxy_label = self.fresh_label();
         let generation = self.next_generation;
         self.next_generation += 1;

@@ -7,6 +7,7 @@ use etherparse::{IpNumber, Ipv4Header, TcpHeader};
 use smoltcp::time::Instant;
 
 use super::*;
+use crate::vnic::HEADROOM;
 use crate::wire::label::{find_label, push_label};
 
 const SESSION: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 100);
@@ -70,7 +71,37 @@ struct Connected {
 /// A connection set up with label offers on both sides, the session's
 /// handshake completed.
 fn connected() -> Connected {
+    connected_with(false)
+}
+
+/// The packets in the outbox as the TUN device hands them on: with offload,
+/// a packet marked for it gets its checksum finished the way the kernel
+/// finishes it (the packet is not cut into segments here).
+fn sent(engine: &mut ProxyEngine) -> Vec<(tun_rs::VirtioNetHdr, Vec<u8>)> {
+    let out = engine
+        .outbox
+        .frames()
+        .map(|f| {
+            let header = tun_rs::VirtioNetHdr::decode(&f[..HEADROOM]).unwrap();
+            let mut packet = f[HEADROOM..].to_vec();
+            if header.flags & 1 != 0 {
+                let start = usize::from(header.csum_start);
+                let field = start + usize::from(header.csum_offset);
+                let sum = crate::wire::checksum::add(0, &packet[start..]);
+                let value = !crate::wire::checksum::fold(sum);
+                packet[field..field + 2].copy_from_slice(&value.to_be_bytes());
+            }
+            (header, packet)
+        })
+        .collect();
+    engine.outbox.clear();
+    out
+}
+
+/// As [`connected`], with the TUN offloads on (or off).
+fn connected_with(offload: bool) -> Connected {
     let mut engine = ProxyEngine::new(ProxyConfig::default(), 7);
+    engine.set_offload(offload);
     let server_label = Label::new(0x5e5e_0001).unwrap();
     let mut syn = labelled(
         tcp(
@@ -101,8 +132,7 @@ fn connected() -> Connected {
 
     engine.accept(id);
     engine.poll_vnic(t(1), id);
-    let synack: Vec<u8> = engine.outbox.packets().next().unwrap().to_vec();
-    engine.outbox.clear();
+    let synack = sent(&mut engine).swap_remove(0).1;
     let info = parse_ipv4(&synack).unwrap();
     assert_eq!((info.src_addr, info.dst_addr), (REMOTE, SESSION));
     let proxy_label = info
@@ -492,4 +522,59 @@ fn a_session_that_stops_answering_is_probed_then_dropped() {
     }
     assert!(probes >= 2, "{probes} keep-alive probes");
     assert_eq!(engine.vnics(), 0, "the silent connection is still there");
+}
+
+/// The relay writes more than one MSS: with offload the VNIC sends it as one
+/// large segment, marked for the kernel to cut at the MSS and to finish the
+/// checksum; once finished, the checksum is right (etherparse's). Also for a
+/// moved session: labelled and rewritten first, then marked.
+#[test]
+fn with_offload_large_segments_leave_whole_for_the_kernel_to_cut() {
+    for moved in [false, true] {
+        let mut c = connected_with(true);
+        if moved {
+            c.engine.session_moved(SESSION, SESSION, PHYSICAL);
+        }
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        let n = c
+            .engine
+            .socket_mut(c.id)
+            .unwrap()
+            .send_slice(&data)
+            .unwrap();
+        assert_eq!(n, data.len());
+        c.engine.poll_vnic(t(10), c.id);
+        let out = sent(&mut c.engine);
+        let (header, packet) = out.iter().find(|(_, p)| p.len() > 1500).unwrap_or_else(|| {
+            panic!(
+                "no large segment: {:?}",
+                out.iter().map(|(_, p)| p.len()).collect::<Vec<_>>()
+            )
+        });
+        let info = parse_ipv4(packet).expect("a valid packet once the checksum is finished");
+        let ihl = info.ip_header_len;
+        assert_eq!(ihl, if moved { 28 } else { 20 }, "label option");
+        assert_eq!(info.dst_addr, if moved { PHYSICAL } else { SESSION });
+        assert_eq!(header.flags, 1, "checksum left to the kernel");
+        assert_eq!(header.gso_type, 1, "TCPv4 segmentation");
+        // The VNIC's MTU (1492) less 40 bytes of headers; the session's MSS
+        // (1460) is larger.
+        assert_eq!(header.gso_size, 1452);
+        assert_eq!(usize::from(header.csum_start), ihl);
+        assert_eq!(header.csum_offset, 16);
+        assert_eq!(usize::from(header.hdr_len), ihl + 20);
+        let (tcp_header, payload) = TcpHeader::from_slice(&packet[ihl..]).unwrap();
+        assert_eq!(
+            tcp_header.checksum,
+            tcp_header
+                .calc_checksum_ipv4_raw(
+                    packet[12..16].try_into().unwrap(),
+                    packet[16..20].try_into().unwrap(),
+                    payload
+                )
+                .unwrap()
+        );
+        assert_eq!(payload, &data[..payload.len()]);
+        assert!(payload.len() > 1452 && packet.len() <= crate::vnic::MAX_OFFLOAD_PACKET);
+    }
 }

@@ -2,16 +2,38 @@
 //! to a burst) out into the shared [`Outbox`], each rewritten on the way.
 
 use std::net::Ipv4Addr;
+use std::num::{NonZeroU16, NonZeroUsize};
 
-use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium, PacketMeta};
 use smoltcp::time::Instant;
 
 use crate::rewrite::{rewrite_address, Endpoint};
 use crate::wire::label::{insert_label, Label, LABEL_OPTION_SPACE};
+use crate::wire::{checksum, protocol};
 
 /// Bytes kept free in front of every outgoing packet, for the virtio-net
-/// header the TUN device wants when offloads are on.
+/// header the TUN device wants when offloads are on. A producer leaves it
+/// zero (a complete packet, nothing for the kernel to do) or writes a header
+/// there (see [`VnicDevice`] with offload).
 pub const HEADROOM: usize = 10;
+
+/// The largest IPv4 packet a VNIC emits with segmentation offload. A GSO
+/// packet whose frame (with a label and link headers) reaches a device's
+/// `gso_max_size` (64 KiB by default) is cut up in software on the way, at
+/// every hop; 1 KiB of room keeps it whole to the session.
+pub const MAX_OFFLOAD_PACKET: usize = 64 * 1024 - 1024;
+
+/// How many bytes at the front of a reused outbox buffer are zeroed: the
+/// headroom, a label's room, and the largest IPv4 and TCP headers (smoltcp
+/// leaves the padding after a TCP option list's end as it finds it).
+const ZEROED_PREFIX: usize = HEADROOM + LABEL_OPTION_SPACE + 60 + 60;
+
+/// Buffers an [`Outbox`] keeps for reuse after it is cleared.
+pub(crate) const RETAINED_BUFFERS: usize = 64;
+
+/// virtio-net header fields (`include/uapi/linux/virtio_net.h`).
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 
 /// What happens to a packet a VNIC emits before it leaves for the session.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,15 +64,22 @@ impl Outbox {
     }
 
     /// A buffer for a packet of `len` bytes (plus headroom and room for a
-    /// label), reused from an earlier flush when possible.
+    /// label), reused from an earlier flush when possible. Its headroom and
+    /// its first bytes (where headers and a label's room go) are zero; the
+    /// rest holds whatever was there before and must be written in full by
+    /// the producer (a packet's payload always is).
     pub fn push(&mut self, len: usize) -> &mut Vec<u8> {
         if self.len == self.bufs.len() {
             self.bufs.push(Vec::with_capacity(HEADROOM + len));
         }
         let buf = &mut self.bufs[self.len];
         self.len += 1;
-        buf.clear();
-        buf.resize(HEADROOM + len, 0);
+        let n = HEADROOM + len;
+        // Not a full clear: a 64 KiB segment is mostly payload that the
+        // producer copies in anyway.
+        let stale = buf.len().min(n);
+        buf.resize(n, 0);
+        buf[..stale.min(ZEROED_PREFIX)].fill(0);
         buf
     }
 
@@ -72,14 +101,21 @@ impl Outbox {
         &mut self.bufs[..self.len]
     }
 
+    /// The queued packets, each with its headroom in front.
+    pub fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs[..self.len].iter().map(Vec::as_slice)
+    }
+
     /// The queued packets without headroom.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
         self.bufs[..self.len].iter().map(|b| &b[HEADROOM..])
     }
 
-    /// Empties the outbox, keeping the buffers for reuse.
+    /// Empties the outbox, keeping (up to [`RETAINED_BUFFERS`] of) the
+    /// buffers for reuse: with offloads, a buffer may have grown to 64 KiB.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.bufs.truncate(RETAINED_BUFFERS);
     }
 
     /// Adds a finished packet (no headroom) from elsewhere, e.g. a UDP reply.
@@ -89,13 +125,24 @@ impl Outbox {
     }
 }
 
+/// The VNIC's view of the TUN device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Link {
+    pub(crate) mtu: usize,
+    pub(crate) max_burst: usize,
+    /// The TUN device takes virtio-net headers: TCP segments leave with
+    /// their checksum for the kernel to finish and may be up to
+    /// [`MAX_OFFLOAD_PACKET`] long (the kernel cuts them into MSS-sized
+    /// segments, or passes them on whole to a stack that takes them so).
+    pub(crate) offload: bool,
+}
+
 pub(crate) struct VnicDevice<'a> {
     rx: Option<&'a [u8]>,
     outbox: Option<&'a mut Outbox>,
     egress: Egress,
-    mtu: usize,
+    link: Link,
     burst_left: usize,
-    max_burst: usize,
 }
 
 impl<'a> VnicDevice<'a> {
@@ -103,28 +150,25 @@ impl<'a> VnicDevice<'a> {
         rx: Option<&'a [u8]>,
         outbox: &'a mut Outbox,
         egress: Egress,
-        mtu: usize,
-        max_burst: usize,
+        link: Link,
     ) -> Self {
         VnicDevice {
             rx,
             outbox: Some(outbox),
             egress,
-            mtu,
-            burst_left: max_burst,
-            max_burst,
+            link,
+            burst_left: link.max_burst,
         }
     }
 
     /// A device that only reports capabilities (for `Interface::new`).
-    pub(crate) fn probe(mtu: usize, max_burst: usize) -> VnicDevice<'static> {
+    pub(crate) fn probe(link: Link) -> VnicDevice<'static> {
         VnicDevice {
             rx: None,
             outbox: None,
             egress: Egress::default(),
-            mtu,
+            link,
             burst_left: 0,
-            max_burst,
         }
     }
 }
@@ -147,6 +191,8 @@ impl phy::Device for VnicDevice<'_> {
             TxToken {
                 outbox,
                 egress: self.egress,
+                offload: self.link.offload,
+                segment: None,
             },
         ))
     }
@@ -160,20 +206,29 @@ impl phy::Device for VnicDevice<'_> {
         Some(TxToken {
             outbox,
             egress: self.egress,
+            offload: self.link.offload,
+            segment: None,
         })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = self.mtu;
-        caps.max_burst_size = Some(self.max_burst);
+        caps.max_transmission_unit = self.link.mtu;
+        caps.max_burst_size = Some(self.link.max_burst);
         // The classifier has verified every checksum of what comes in.
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Tx;
         checksum.tcp = Checksum::Tx;
         checksum.udp = Checksum::Tx;
         checksum.icmpv4 = Checksum::Tx;
+        if self.link.offload {
+            // TCP segments up to 64 KiB, their checksums finished by the
+            // kernel (smoltcp leaves the field 0; the TxToken writes the
+            // pseudo-header sum and the virtio-net header).
+            checksum.tcp = Checksum::None;
+            caps.segmentation.tcpv4 = NonZeroUsize::new(MAX_OFFLOAD_PACKET);
+        }
         caps.checksum = checksum;
         caps
     }
@@ -195,9 +250,16 @@ impl phy::RxToken for RxToken<'_> {
 pub(crate) struct TxToken<'a> {
     outbox: &'a mut Outbox,
     egress: Egress,
+    offload: bool,
+    /// The segment size smoltcp asks the device to cut this packet into.
+    segment: Option<NonZeroU16>,
 }
 
 impl phy::TxToken for TxToken<'_> {
+    fn set_meta(&mut self, meta: PacketMeta) {
+        self.segment = meta.segmentation_offload_size;
+    }
+
     fn consume<R, F>(self, len: usize, f: F) -> R
     where
         F: FnOnce(&mut [u8]) -> R,
@@ -222,10 +284,60 @@ impl phy::TxToken for TxToken<'_> {
             Err(()) => {
                 self.outbox.pop();
                 self.outbox.rewrite_failures += 1;
+                return r;
             }
+        }
+        if self.offload {
+            let (header, packet) = buf.split_at_mut(HEADROOM);
+            offload_header(header, packet, self.segment);
         }
         r
     }
+}
+
+/// For a TUN device with virtio-net headers: writes the header for the
+/// finished IPv4 `packet` into `header` (zero for a complete packet). A TCP
+/// segment (whose checksum smoltcp left out) gets the pseudo-header sum in
+/// its checksum field and is marked for the kernel to finish the checksum;
+/// one with more than `segment` bytes of payload is also marked for
+/// segmentation into `segment`-sized pieces.
+pub(crate) fn offload_header(header: &mut [u8], packet: &mut [u8], segment: Option<NonZeroU16>) {
+    header.fill(0);
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    if packet.get(9) != Some(&protocol::TCP) || ihl < 20 || packet.len() < ihl + 20 {
+        return;
+    }
+    let tcp_header = usize::from(packet[ihl + 12] >> 4) * 4;
+    let tcp_len = packet.len() - ihl;
+    let (Ok(tcp_len16), Ok(ihl16), Ok(headers)) = (
+        u16::try_from(tcp_len),
+        u16::try_from(ihl),
+        u16::try_from(ihl + tcp_header),
+    ) else {
+        return;
+    };
+    if tcp_header < 20 || tcp_header > tcp_len {
+        return;
+    }
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    // The field holds the (uncomplemented) pseudo-header sum over the whole
+    // segment's length, as the kernel's own TSO leaves it.
+    let partial = checksum::fold(checksum::pseudo_header(src, dst, protocol::TCP, tcp_len16));
+    packet[ihl + 16..ihl + 18].copy_from_slice(&partial.to_be_bytes());
+    let payload = tcp_len - tcp_header;
+    let (gso_type, gso_size) = match segment {
+        Some(size) if payload > usize::from(size.get()) => (VIRTIO_NET_HDR_GSO_TCPV4, size.get()),
+        _ => (0, 0),
+    };
+    // struct virtio_net_hdr, in the host's byte order (a TUN device without
+    // TUNSETVNETLE/BE on a little-endian host).
+    header[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    header[1] = gso_type;
+    header[2..4].copy_from_slice(&headers.to_ne_bytes());
+    header[4..6].copy_from_slice(&gso_size.to_ne_bytes());
+    header[6..8].copy_from_slice(&ihl16.to_ne_bytes());
+    header[8..10].copy_from_slice(&16u16.to_ne_bytes());
 }
 
 /// Whether the IPv4 packet is a TCP segment with SYN set.

@@ -16,8 +16,8 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
 
-use device::VnicDevice;
-pub use device::{Egress, Outbox, HEADROOM};
+pub use device::{Egress, Outbox, HEADROOM, MAX_OFFLOAD_PACKET};
+use device::{Link, VnicDevice};
 
 /// Tuning of every VNIC; see `configs/` for the defaults' reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +67,7 @@ pub struct Vnic {
     sockets: SocketSet<'static>,
     handle: SocketHandle,
     tuple: FourTuple,
-    mtu: usize,
-    max_burst: usize,
+    link: Link,
 }
 
 impl std::fmt::Debug for Vnic {
@@ -90,7 +89,27 @@ impl Vnic {
     /// to [`Vnic::receive`]. The handshake is held (no SYN-ACK) until
     /// [`Vnic::accept`]: the proxy first connects to the real destination.
     pub fn listen(tuple: FourTuple, config: &VnicConfig, seed: u64, now: Instant) -> Vnic {
-        let mut probe = VnicDevice::probe(config.mtu, config.max_burst);
+        Vnic::listen_on(tuple, config, false, seed, now)
+    }
+
+    /// Like [`Vnic::listen`], for a TUN device that takes virtio-net headers
+    /// when `offload` is set: every packet the VNIC emits then carries one in
+    /// its [`HEADROOM`], and TCP segments may be up to
+    /// [`MAX_OFFLOAD_PACKET`] long (segmentation and checksums are left to
+    /// the kernel).
+    pub fn listen_on(
+        tuple: FourTuple,
+        config: &VnicConfig,
+        offload: bool,
+        seed: u64,
+        now: Instant,
+    ) -> Vnic {
+        let link = Link {
+            mtu: config.mtu,
+            max_burst: config.max_burst,
+            offload,
+        };
+        let mut probe = VnicDevice::probe(link);
         let mut iface_config = Config::new(HardwareAddress::Ip);
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut probe, now);
@@ -128,8 +147,7 @@ impl Vnic {
             sockets,
             handle,
             tuple,
-            mtu: config.mtu,
-            max_burst: config.max_burst,
+            link,
         }
     }
 
@@ -146,7 +164,7 @@ impl Vnic {
     /// addresses: virtual, unlabelled) to the VNIC and runs it; what the VNIC
     /// sends goes to `outbox` through `egress`.
     pub fn receive(&mut self, now: Instant, packet: &[u8], outbox: &mut Outbox, egress: Egress) {
-        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.mtu, self.max_burst);
+        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.link);
         self.iface.poll(now, &mut dev, &mut self.sockets);
     }
 
@@ -156,7 +174,7 @@ impl Vnic {
     /// batch. Only immediate replies (a reset, a duplicate ACK for an
     /// out-of-order segment) go to `outbox` at once.
     pub fn ingest(&mut self, now: Instant, packet: &[u8], outbox: &mut Outbox, egress: Egress) {
-        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.mtu, self.max_burst);
+        let mut dev = VnicDevice::new(Some(packet), outbox, egress, self.link);
         self.iface
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
     }
@@ -164,7 +182,7 @@ impl Vnic {
     /// Runs timers and sends what the socket has queued (after the relay
     /// wrote or read, or when [`Vnic::poll_at`] is due).
     pub fn poll(&mut self, now: Instant, outbox: &mut Outbox, egress: Egress) {
-        let mut dev = VnicDevice::new(None, outbox, egress, self.mtu, self.max_burst);
+        let mut dev = VnicDevice::new(None, outbox, egress, self.link);
         self.iface.poll(now, &mut dev, &mut self.sockets);
     }
 
