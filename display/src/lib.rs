@@ -7,14 +7,23 @@
 //!   [`codec::Framebuffer`] that applies RAW, COPY, SFILL, BITMAP, PFILL and
 //!   VIDEO, and the YUV 4:2:0 conversion and scaling of VIDEO.
 //!
-//! Both build without any feature and without I/O, for native and
-//! WebAssembly clients alike. The display server itself (X11, tokio) will
-//! come behind a `server` feature.
+//! - [`encode`]: what the server does to pixels — a damaged area of the
+//!   screen into SFILL and RAW commands, and the bounded damage [`encode::Region`]
+//!   of a client.
+//! - `server` (feature `server`): the display server — an X client of the
+//!   session's Xvfb (x11rb) and server push over TCP (tokio).
+//!
+//! `protocol`, `codec` and `encode` build without any feature and without
+//! I/O, for native and WebAssembly clients alike.
 
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod encode;
 pub mod protocol;
+
+#[cfg(feature = "server")]
+pub mod server;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -1,0 +1,83 @@
+//! `mobidesk-client`: a MobiDesk viewer. So far only `--headless`.
+//!
+//! ```text
+//! mobidesk-client --headless --connect 127.0.0.1:5905 --png out.png --stats stats.json
+//! ```
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use mobidesk_client::{write_png, Connection, ViewerConfig};
+
+/// Connects to a display server and keeps its framebuffer in memory.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Without a window: decode into memory (the only mode so far).
+    #[arg(long)]
+    headless: bool,
+    /// The display server.
+    #[arg(long)]
+    connect: SocketAddr,
+    /// Write the framebuffer here as PNG when done.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Write statistics here as JSON when done.
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// Run this long; without it, stop once the full state is complete and
+    /// the stream has been idle for `--idle-ms`.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// How long the stream must be quiet to count as idle.
+    #[arg(long, default_value_t = 500)]
+    idle_ms: u64,
+    /// Give up waiting for idle after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if !args.headless {
+        bail!("only --headless exists so far");
+    }
+    let mut connection = Connection::connect(args.connect, &ViewerConfig::default())
+        .with_context(|| format!("connecting to {}", args.connect))?;
+    match args.seconds {
+        Some(s) => connection
+            .run_for(Duration::try_from_secs_f64(s).context("--seconds")?)
+            .context("receiving")?,
+        None => connection
+            .run_until_idle(
+                Duration::from_millis(args.idle_ms),
+                Duration::try_from_secs_f64(args.timeout).context("--timeout")?,
+            )
+            .context("receiving")?,
+    }
+    if let Some(path) = &args.png {
+        let fb = connection
+            .framebuffer()
+            .context("no framebuffer received")?;
+        let file = File::create(path).with_context(|| format!("{}", path.display()))?;
+        write_png(fb, BufWriter::new(file)).with_context(|| format!("{}", path.display()))?;
+    }
+    let stats = connection.viewer().stats().to_json();
+    match &args.stats {
+        Some(path) => std::fs::write(path, stats).with_context(|| format!("{}", path.display()))?,
+        None => println!("{stats}"),
+    }
+    Ok(())
+}

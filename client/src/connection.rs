@@ -1,0 +1,178 @@
+//! A blocking TCP transport around a [`Viewer`].
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use mobidesk_display::codec::Framebuffer;
+use mobidesk_display::protocol::{CloseCode, Message};
+
+use super::viewer::{Viewer, ViewerConfig, ViewerError};
+
+/// Why a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// A socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The protocol failed (or the server closed).
+    #[error(transparent)]
+    Viewer(#[from] ViewerError),
+    /// The server ended the transport without a `Close`.
+    #[error("the server closed the connection without a Close")]
+    Eof,
+    /// Nothing settled in time.
+    #[error("not idle after {0:?}")]
+    Timeout(Duration),
+}
+
+impl ConnectionError {
+    fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| ConnectionError::Io { what, source }
+    }
+}
+
+/// A viewer connected to a display server.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    viewer: Viewer,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects and sends the hello.
+    pub fn connect(addr: SocketAddr, config: &ViewerConfig) -> Result<Self, ConnectionError> {
+        let stream = TcpStream::connect(addr).map_err(ConnectionError::io("connect"))?;
+        stream
+            .set_nodelay(true)
+            .map_err(ConnectionError::io("nodelay"))?;
+        let mut connection = Connection {
+            stream,
+            viewer: Viewer::new(config),
+            buf: vec![0; 256 * 1024],
+        };
+        connection.flush()?;
+        Ok(connection)
+    }
+
+    /// The protocol state, framebuffer and statistics.
+    pub fn viewer(&self) -> &Viewer {
+        &self.viewer
+    }
+
+    /// The framebuffer, once sized.
+    pub fn framebuffer(&self) -> Option<&Framebuffer> {
+        self.viewer.framebuffer()
+    }
+
+    /// Sends a message (input, `ViewportRequest`, `Ping`).
+    pub fn send(&mut self, message: &Message<'_>) -> Result<(), ConnectionError> {
+        self.viewer.send(message)?;
+        self.flush()
+    }
+
+    /// Sends bytes as they are (tests of the server's error handling).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        self.stream
+            .write_all(bytes)
+            .map_err(ConnectionError::io("write"))
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectionError> {
+        let out = self.viewer.take_transmit();
+        if !out.is_empty() {
+            self.stream
+                .write_all(&out)
+                .map_err(ConnectionError::io("write"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads for at most `timeout`; returns whether anything arrived.
+    pub fn poll(&mut self, timeout: Duration) -> Result<bool, ConnectionError> {
+        let timeout = timeout.max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(ConnectionError::io("set_read_timeout"))?;
+        match self.stream.read(&mut self.buf) {
+            Ok(0) => Err(ConnectionError::Eof),
+            Ok(n) => {
+                let result = self
+                    .viewer
+                    .handle_bytes(self.buf.get(..n).unwrap_or_default());
+                // Pongs, or the Close of an error.
+                let flushed = self.flush();
+                result?;
+                flushed?;
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(false),
+            Err(e) => Err(ConnectionError::Io {
+                what: "read",
+                source: e,
+            }),
+        }
+    }
+
+    /// Reads until a full state is complete and nothing arrived for `idle`;
+    /// fails after `max`.
+    pub fn run_until_idle(&mut self, idle: Duration, max: Duration) -> Result<(), ConnectionError> {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        loop {
+            if self.viewer.is_state_complete() && last.elapsed() >= idle {
+                return Ok(());
+            }
+            if start.elapsed() >= max {
+                return Err(ConnectionError::Timeout(max));
+            }
+            let wait = idle
+                .saturating_sub(last.elapsed())
+                .max(Duration::from_millis(10));
+            if self.poll(wait)? {
+                last = Instant::now();
+            }
+        }
+    }
+
+    /// Reads for `duration` (or until the server closes).
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), ConnectionError> {
+        let start = Instant::now();
+        while let Some(left) = duration.checked_sub(start.elapsed()) {
+            self.poll(left)?;
+        }
+        Ok(())
+    }
+
+    /// Reads until the server closes; returns its `Close` (or `None` for a
+    /// transport closed without one). Fails after `max`.
+    pub fn wait_for_close(
+        &mut self,
+        max: Duration,
+    ) -> Result<Option<(CloseCode, String)>, ConnectionError> {
+        let start = Instant::now();
+        while start.elapsed() < max {
+            match self.poll(Duration::from_millis(100)) {
+                Ok(_) => {}
+                Err(ConnectionError::Viewer(ViewerError::Closed { code, reason })) => {
+                    return Ok(Some((code, reason)))
+                }
+                Err(ConnectionError::Eof) => return Ok(None),
+                Err(ConnectionError::Io { source, .. })
+                    if source.kind() == ErrorKind::ConnectionReset =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ConnectionError::Timeout(max))
+    }
+}

@@ -1,0 +1,20 @@
+//! MobiDesk-rs viewers (DESIGN.md §3.1). So far the headless viewer: the
+//! shared decoder of `mobidesk-display` applied to a framebuffer in memory,
+//! which can be written as a PNG, with statistics as JSON.
+//!
+//! - [`Viewer`]: the client side of PROTOCOL.md, sans I/O — bytes in
+//!   ([`Viewer::handle_bytes`]), framebuffer, events and statistics out.
+//! - [`Connection`]: a blocking TCP transport around a [`Viewer`] (TLS comes
+//!   with the proxy), with [`Connection::run_until_idle`] for tests and
+//!   benchmarks.
+//! - [`write_png`]: a framebuffer as an RGB PNG.
+
+mod connection;
+mod image;
+mod stats;
+mod viewer;
+
+pub use self::connection::{Connection, ConnectionError};
+pub use self::image::{write_png, PngError};
+pub use self::stats::{Stats, TypeStats};
+pub use self::viewer::{Event, Viewer, ViewerConfig, ViewerError};

@@ -1,0 +1,413 @@
+//! The client side of PROTOCOL.md, sans I/O.
+
+use mobidesk_display::codec::{ApplyError, Framebuffer};
+use mobidesk_display::protocol::{
+    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, DecodeError, Error, FrameDecoder, Message,
+    MessageType, PingRepr, Sender, ServerHelloRepr, HEADER_LEN, MAX_REASON_LEN, SUPPORTED_VERSIONS,
+};
+
+/// What a viewer asks for in its hello.
+#[derive(Debug, Clone)]
+pub struct ViewerConfig {
+    /// Capabilities offered (`CURSOR` by default: the headless viewer keeps
+    /// the shape and position, it does not draw them).
+    pub capabilities: Capabilities,
+    /// The viewport.
+    pub max_width: u16,
+    /// The viewport.
+    pub max_height: u16,
+    /// The hello's token.
+    pub token: Vec<u8>,
+}
+
+impl Default for ViewerConfig {
+    fn default() -> Self {
+        ViewerConfig {
+            capabilities: Capabilities::CURSOR,
+            max_width: mobidesk_display::protocol::MAX_DIMENSION,
+            max_height: mobidesk_display::protocol::MAX_DIMENSION,
+            token: Vec::new(),
+        }
+    }
+}
+
+/// Why the viewer stopped; [`ViewerError::close_code`] is what it sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewerError {
+    /// Framing (PROTOCOL.md §2).
+    #[error("framing: {0}")]
+    Decode(#[from] DecodeError),
+    /// A body that does not parse.
+    #[error("malformed: {0}")]
+    Parse(#[from] Error),
+    /// A command that does not apply.
+    #[error("apply: {0}")]
+    Apply(#[from] ApplyError),
+    /// A valid message at the wrong time.
+    #[error("unexpected: {0}")]
+    Unexpected(String),
+    /// The server closed the connection.
+    #[error("closed by the server: {} ({code:?}): {reason}", code.name())]
+    Closed {
+        /// Its code.
+        code: CloseCode,
+        /// Its reason.
+        reason: String,
+    },
+}
+
+impl ViewerError {
+    /// The code this viewer sent (none when the server closed).
+    pub fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            ViewerError::Decode(e) => Some(e.close_code()),
+            ViewerError::Parse(e) => Some(e.close_code()),
+            ViewerError::Apply(e) => Some(e.close_code()),
+            ViewerError::Unexpected(_) => Some(CloseCode::UnexpectedMessage),
+            ViewerError::Closed { .. } => None,
+        }
+    }
+}
+
+/// What happened in [`Viewer::handle_bytes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The server's hello.
+    Hello(ServerHelloRepr),
+    /// A new framebuffer size (a full state follows).
+    Resized {
+        /// Width.
+        width: u16,
+        /// Height.
+        height: u16,
+    },
+    /// A full state is complete.
+    StateComplete,
+    /// A display command was applied.
+    Update(MessageType),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    Ready,
+    Closed,
+}
+
+/// The viewer's protocol state, framebuffer and statistics.
+#[derive(Debug)]
+pub struct Viewer {
+    decoder: FrameDecoder,
+    state: State,
+    offered: Capabilities,
+    hello: Option<ServerHelloRepr>,
+    framebuffer: Option<Framebuffer>,
+    state_complete: bool,
+    cursor: Option<(u16, u16, u16, u16)>,
+    cursor_position: (u16, u16),
+    stats: super::Stats,
+    transmit: Vec<u8>,
+}
+
+impl Viewer {
+    /// A viewer whose `ClientHello` is queued for transmission.
+    pub fn new(config: &ViewerConfig) -> Self {
+        let mut viewer = Viewer {
+            decoder: FrameDecoder::new(Sender::Server),
+            state: State::AwaitHello,
+            offered: config.capabilities,
+            hello: None,
+            framebuffer: None,
+            state_complete: false,
+            cursor: None,
+            cursor_position: (0, 0),
+            stats: super::Stats::default(),
+            transmit: Vec::new(),
+        };
+        let hello = Message::ClientHello(ClientHelloRepr {
+            capabilities: config.capabilities,
+            max_width: config.max_width,
+            max_height: config.max_height,
+            versions: SUPPORTED_VERSIONS.to_vec(),
+            codecs: Vec::new(),
+            token: config.token.clone().into(),
+        });
+        viewer.queue(&hello);
+        viewer
+    }
+
+    fn queue(&mut self, message: &Message<'_>) {
+        if let Ok(bytes) = message.to_vec() {
+            self.transmit.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Queues a message to the server (input, `ViewportRequest`, `Ping`...).
+    /// Messages a viewer may not send are refused.
+    pub fn send(&mut self, message: &Message<'_>) -> Result<(), ViewerError> {
+        if !message.message_type().may_be_sent_by(Sender::Client) {
+            return Err(ViewerError::Unexpected(format!(
+                "a viewer does not send {}",
+                message.message_type()
+            )));
+        }
+        let bytes = message
+            .to_vec()
+            .map_err(|e| ViewerError::Unexpected(e.to_string()))?;
+        self.transmit.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Bytes to send to the server, taken out.
+    pub fn take_transmit(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.transmit)
+    }
+
+    /// The framebuffer, once the server sent its size.
+    pub fn framebuffer(&self) -> Option<&Framebuffer> {
+        self.framebuffer.as_ref()
+    }
+
+    /// The server's hello.
+    pub fn server_hello(&self) -> Option<&ServerHelloRepr> {
+        self.hello.as_ref()
+    }
+
+    /// Whether the last full state is complete.
+    pub fn is_state_complete(&self) -> bool {
+        self.state_complete
+    }
+
+    /// The cursor: width, height and hotspot (none before a `CursorShape`).
+    pub fn cursor(&self) -> Option<(u16, u16, u16, u16)> {
+        self.cursor
+    }
+
+    /// What was received.
+    pub fn stats(&self) -> &super::Stats {
+        &self.stats
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Feeds bytes from the server. On an error the viewer queues a `Close`
+    /// (unless the server closed) and is closed.
+    pub fn handle_bytes(&mut self, input: &[u8]) -> Result<Vec<Event>, ViewerError> {
+        let mut events = Vec::new();
+        if self.state == State::Closed {
+            return Ok(events);
+        }
+        let result = self.feed(input, &mut events);
+        if let Err(e) = result {
+            if let Some(code) = e.close_code() {
+                let mut reason = e.to_string();
+                reason.truncate(MAX_REASON_LEN);
+                while std::str::from_utf8(reason.as_bytes()).is_err() {
+                    reason.pop();
+                }
+                self.queue(&Message::Close(CloseRepr::new(code, &reason)));
+            }
+            self.state = State::Closed;
+            return Err(e);
+        }
+        Ok(events)
+    }
+
+    fn feed(&mut self, mut input: &[u8], events: &mut Vec<Event>) -> Result<(), ViewerError> {
+        while !input.is_empty() {
+            let used = self.decoder.handle_bytes(input)?;
+            input = input.get(used..).unwrap_or_default();
+            while let Some(frame) = self.decoder.poll_message() {
+                let message = frame.parse()?;
+                self.stats
+                    .count(frame.msg_type.name(), HEADER_LEN + frame.body.len());
+                self.handle_message(message, events)?;
+                if self.state == State::Closed {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_message(
+        &mut self,
+        message: Message<'_>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ViewerError> {
+        if let Message::Close(c) = &message {
+            self.state = State::Closed;
+            return Err(ViewerError::Closed {
+                code: c.code,
+                reason: c.reason.to_string(),
+            });
+        }
+        if self.state == State::AwaitHello {
+            let Message::ServerHello(hello) = message else {
+                return Err(ViewerError::Unexpected(format!(
+                    "{} before ServerHello",
+                    message.message_type()
+                )));
+            };
+            if !SUPPORTED_VERSIONS.contains(&hello.version)
+                || !self.offered.contains(hello.capabilities)
+                || !hello.codecs.is_empty()
+            {
+                return Err(ViewerError::Unexpected(format!(
+                    "ServerHello with version {} and capabilities {:#x} not offered",
+                    hello.version, hello.capabilities.0
+                )));
+            }
+            self.state = State::Ready;
+            self.hello = Some(hello.clone());
+            events.push(Event::Hello(hello));
+            return Ok(());
+        }
+        let caps = self
+            .hello
+            .as_ref()
+            .map(|h| h.capabilities)
+            .unwrap_or_default();
+        match message {
+            Message::Ping(PingRepr { token }) => self.queue(&Message::Pong(PingRepr { token })),
+            Message::Pong(_) | Message::Clipboard(_) => {}
+            Message::FramebufferSize(size) => {
+                self.framebuffer = Some(Framebuffer::for_size(&size)?);
+                self.state_complete = false;
+                events.push(Event::Resized {
+                    width: size.width,
+                    height: size.height,
+                });
+            }
+            Message::StateComplete => {
+                if self.framebuffer.is_none() {
+                    return Err(ViewerError::Unexpected(
+                        "StateComplete before FramebufferSize".into(),
+                    ));
+                }
+                self.state_complete = true;
+                self.stats.full_states += 1;
+                events.push(Event::StateComplete);
+            }
+            Message::Command(command) => {
+                let Some(fb) = self.framebuffer.as_mut() else {
+                    return Err(ViewerError::Unexpected(
+                        "display command before FramebufferSize".into(),
+                    ));
+                };
+                fb.apply(&command)?;
+                self.stats.updates += 1;
+                events.push(Event::Update(command.message_type()));
+            }
+            Message::CursorShape(shape) if caps.contains(Capabilities::CURSOR) => {
+                self.cursor = Some((shape.w, shape.h, shape.hot_x, shape.hot_y));
+            }
+            Message::CursorPosition(p) if caps.contains(Capabilities::CURSOR) => {
+                self.cursor_position = (p.x, p.y);
+            }
+            Message::VideoEnd(_) if caps.contains(Capabilities::VIDEO) => {}
+            other => {
+                return Err(ViewerError::Unexpected(format!(
+                    "{} is not expected now",
+                    other.message_type()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use mobidesk_display::protocol::{Command, FramebufferSizeRepr, Rect, SFillRepr, VERSION_1};
+
+    fn bytes(messages: &[Message<'_>]) -> Vec<u8> {
+        messages.iter().flat_map(|m| m.to_vec().unwrap()).collect()
+    }
+
+    #[test]
+    fn hello_state_and_updates() {
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        let hello = viewer.take_transmit();
+        assert_eq!(hello.first(), Some(&0x01));
+        let stream = bytes(&[
+            Message::ServerHello(ServerHelloRepr {
+                version: VERSION_1,
+                capabilities: Capabilities::CURSOR,
+                view_only: false,
+                codecs: vec![],
+            }),
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 4,
+                height: 2,
+                session_width: 4,
+                session_height: 2,
+            }),
+            Message::Command(Command::SFill(SFillRepr {
+                colour: 0x00ab_cdef,
+                rects: vec![Rect::new(1, 1, 2, 1)],
+            })),
+            Message::StateComplete,
+            Message::Ping(PingRepr { token: 9 }),
+        ]);
+        // Byte by byte: framing must not depend on chunk boundaries.
+        let mut events = Vec::new();
+        for b in &stream {
+            events.extend(viewer.handle_bytes(std::slice::from_ref(b)).unwrap());
+        }
+        assert_eq!(events.len(), 4);
+        assert!(viewer.is_state_complete());
+        let fb = viewer.framebuffer().unwrap();
+        assert_eq!(fb.pixel(1, 1), Some(0x00ab_cdef));
+        assert_eq!(fb.pixel(0, 0), Some(0));
+        assert_eq!(viewer.stats().of("SFill").messages, 1);
+        assert_eq!(viewer.stats().of("SFill").bytes, 5 + 14);
+        assert_eq!(viewer.stats().updates, 1);
+        assert_eq!(viewer.stats().bytes, stream.len() as u64);
+        assert_eq!(
+            viewer.take_transmit(),
+            bytes(&[Message::Pong(PingRepr { token: 9 })])
+        );
+    }
+
+    #[test]
+    fn out_of_bounds_closes_with_its_code() {
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        viewer.take_transmit();
+        let stream = bytes(&[
+            Message::ServerHello(ServerHelloRepr {
+                version: VERSION_1,
+                capabilities: Capabilities::NONE,
+                view_only: true,
+                codecs: vec![],
+            }),
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 4,
+                height: 2,
+                session_width: 4,
+                session_height: 2,
+            }),
+            Message::Command(Command::SFill(SFillRepr {
+                colour: 1,
+                rects: vec![Rect::new(3, 1, 2, 1)],
+            })),
+        ]);
+        let err = viewer.handle_bytes(&stream).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::OutOfBounds));
+        assert!(viewer.is_closed());
+        assert_eq!(viewer.take_transmit().first(), Some(&0x05));
+    }
+
+    #[test]
+    fn command_before_hello_is_unexpected() {
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        let err = viewer
+            .handle_bytes(&bytes(&[Message::StateComplete]))
+            .unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::UnexpectedMessage));
+    }
+}

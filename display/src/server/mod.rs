@@ -1,0 +1,303 @@
+//! The display server (feature `server`): an X client of the session's Xvfb
+//! that pushes the screen to its viewers (DESIGN.md §3.1, PROTOCOL.md).
+//!
+//! - [`x11`]: the X side — DAMAGE (with an XFIXES region, so every change is
+//!   reported exactly once and after it was drawn), the pixels (Xvfb's
+//!   `-fbdir` mapping in [`fbdir`], or `GetImage` into a shadow copy when no
+//!   `-fbdir` is given), the XFIXES cursor image, and XTEST input. Blocking,
+//!   on two threads of its own.
+//! - [`net`]: the viewer side — TCP (TLS comes later), the hellos, the full
+//!   state on connect, then server push. Each viewer has its own damage
+//!   [`Region`](crate::encode::Region) and at most `batch_bytes` of encoded
+//!   commands in flight: while a slow viewer's socket is full, new damage only
+//!   grows its region (bounded, coalesced), and the area is encoded from the
+//!   current screen when the viewer can take it. Stale updates are never
+//!   queued, so memory per viewer is bounded.
+//! - The first viewer is the owner (its input is injected); the others are
+//!   view-only (their input is ignored, PROTOCOL.md §8). When the owner
+//!   leaves, the next viewer to connect becomes the owner.
+
+pub mod fbdir;
+pub mod net;
+pub mod x11;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use crate::encode::{self, PixelView, Region};
+use crate::protocol::{Command, CursorShapeRepr, Rect};
+
+pub use self::net::DisplayServer;
+
+/// Why the display server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Connecting to the X server failed.
+    #[error("cannot connect to X display {display}: {reason}")]
+    Connect {
+        /// The display name.
+        display: String,
+        /// What x11rb said.
+        reason: String,
+    },
+    /// An X request failed or the connection to the X server broke.
+    #[error("x11: {0}")]
+    X11(String),
+    /// The X server lacks something the display server needs.
+    #[error("x11: unsupported: {0}")]
+    Unsupported(String),
+    /// The `-fbdir` framebuffer file is missing or not what Xvfb writes.
+    #[error("fbdir: {0}")]
+    Fbdir(String),
+    /// A socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServerError {
+    fn x11(e: impl std::fmt::Display) -> Self {
+        ServerError::X11(e.to_string())
+    }
+}
+
+/// What the display server is told on its command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The X display, e.g. `:5`.
+    pub display: String,
+    /// Xvfb's `-fbdir` directory: pixels are read from its mapping. Without
+    /// it they are fetched with `GetImage` into a shadow copy.
+    pub fbdir: Option<PathBuf>,
+    /// Where viewers connect.
+    pub listen: SocketAddr,
+    /// Encoded bytes in flight per viewer before the server waits for its
+    /// socket (the bounded per-viewer queue).
+    pub batch_bytes: usize,
+    /// The most damage rectangles kept per viewer before they collapse into
+    /// their bounding box.
+    pub max_region_rects: usize,
+}
+
+impl Config {
+    /// Defaults for `display` and `listen`.
+    pub fn new(display: impl Into<String>, listen: SocketAddr) -> Self {
+        Config {
+            display: display.into(),
+            fbdir: None,
+            listen,
+            batch_bytes: 256 * 1024,
+            max_region_rects: 64,
+        }
+    }
+}
+
+/// Where the server reads the screen's pixels.
+#[derive(Debug)]
+pub(crate) enum Pixels {
+    /// Xvfb's framebuffer file, mapped (no copy).
+    Fbdir(fbdir::FbdirScreen),
+    /// A copy kept up to date with `GetImage` on every damage.
+    Shadow {
+        width: u16,
+        height: u16,
+        data: RwLock<Vec<u8>>,
+    },
+}
+
+impl Pixels {
+    /// The commands that paint `rect` of the screen as it is now.
+    pub(crate) fn encode(&self, rect: Rect) -> Vec<Command<'static>> {
+        match self {
+            Pixels::Fbdir(screen) => match screen.view() {
+                Ok(view) => encode_part(&view, rect),
+                Err(_) => Vec::new(),
+            },
+            Pixels::Shadow {
+                width,
+                height,
+                data,
+            } => {
+                let data = data.read().unwrap_or_else(PoisonError::into_inner);
+                match PixelView::new(&data, usize::from(*width) * 4, *width, *height) {
+                    Ok(view) => encode_part(&view, rect),
+                    Err(_) => Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+fn encode_part(view: &PixelView<'_>, rect: Rect) -> Vec<Command<'static>> {
+    match view.sub(rect) {
+        Some(part) => encode::encode(&part, rect.x, rect.y),
+        None => Vec::new(),
+    }
+}
+
+/// One injected input event, in screen coordinates and X terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inject {
+    Key { keysym: u32, down: bool },
+    Motion { x: u16, y: u16 },
+    Button { button: u8, down: bool },
+}
+
+/// The cursor as the viewers should see it.
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor {
+    pub(crate) shape: CursorShapeRepr<'static>,
+    pub(crate) x: u16,
+    pub(crate) y: u16,
+}
+
+/// What the X side and the viewers share.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) pixels: Pixels,
+    pub(crate) width: u16,
+    pub(crate) height: u16,
+    max_region_rects: usize,
+    clients: Mutex<Vec<(u64, Arc<ClientShared>)>>,
+    owner: Mutex<Option<u64>>,
+    cursor: Mutex<Cursor>,
+    next_id: AtomicU64,
+    pub(crate) input: std::sync::mpsc::Sender<Inject>,
+}
+
+/// One viewer's share of the hub.
+#[derive(Debug)]
+pub(crate) struct ClientShared {
+    pub(crate) dirty: Mutex<Region>,
+    pub(crate) cursor_dirty: AtomicBool,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Hub {
+    pub(crate) fn new(
+        pixels: Pixels,
+        width: u16,
+        height: u16,
+        max_region_rects: usize,
+        input: std::sync::mpsc::Sender<Inject>,
+    ) -> Self {
+        Hub {
+            pixels,
+            width,
+            height,
+            max_region_rects,
+            clients: Mutex::new(Vec::new()),
+            owner: Mutex::new(None),
+            cursor: Mutex::new(Cursor {
+                shape: CursorShapeRepr::hidden(),
+                x: 0,
+                y: 0,
+            }),
+            next_id: AtomicU64::new(1),
+            input,
+        }
+    }
+
+    /// Registers a viewer; returns its id, its share and whether it is the
+    /// owner.
+    pub(crate) fn join(&self) -> (u64, Arc<ClientShared>, bool) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(ClientShared {
+            dirty: Mutex::new(Region::new(self.width, self.height, self.max_region_rects)),
+            cursor_dirty: AtomicBool::new(false),
+            notify: tokio::sync::Notify::new(),
+        });
+        lock(&self.clients).push((id, shared.clone()));
+        let mut owner = lock(&self.owner);
+        let is_owner = owner.is_none();
+        if is_owner {
+            *owner = Some(id);
+        }
+        (id, shared, is_owner)
+    }
+
+    /// Forgets a viewer (and frees the owner seat if it held it).
+    pub(crate) fn leave(&self, id: u64) {
+        lock(&self.clients).retain(|(i, _)| *i != id);
+        let mut owner = lock(&self.owner);
+        if *owner == Some(id) {
+            *owner = None;
+        }
+    }
+
+    pub(crate) fn is_owner(&self, id: u64) -> bool {
+        *lock(&self.owner) == Some(id)
+    }
+
+    pub(crate) fn client_count(&self) -> usize {
+        lock(&self.clients).len()
+    }
+
+    /// Adds damage to every viewer's region and wakes them.
+    pub(crate) fn damage(&self, rects: &[Rect]) {
+        for (_, client) in lock(&self.clients).iter() {
+            {
+                let mut dirty = lock(&client.dirty);
+                for r in rects {
+                    dirty.add(*r);
+                }
+            }
+            client.notify.notify_one();
+        }
+    }
+
+    pub(crate) fn set_cursor(&self, cursor: Cursor) {
+        *lock(&self.cursor) = cursor;
+        for (_, client) in lock(&self.clients).iter() {
+            client.cursor_dirty.store(true, Ordering::Release);
+            client.notify.notify_one();
+        }
+    }
+
+    pub(crate) fn cursor(&self) -> Cursor {
+        lock(&self.cursor).clone()
+    }
+}
+
+/// Connects to the X server, starts the X threads and binds the listener.
+pub async fn start(config: Config) -> Result<DisplayServer, ServerError> {
+    DisplayServer::start(config).await
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn hub_owner_seat_and_damage() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let pixels = Pixels::Shadow {
+            width: 8,
+            height: 8,
+            data: RwLock::new(vec![0; 8 * 8 * 4]),
+        };
+        let hub = Hub::new(pixels, 8, 8, 4, tx);
+        let (a, sa, owner_a) = hub.join();
+        let (b, _sb, owner_b) = hub.join();
+        assert!(owner_a && !owner_b);
+        assert!(hub.is_owner(a) && !hub.is_owner(b));
+        hub.damage(&[Rect::new(0, 0, 2, 2)]);
+        assert_eq!(lock(&sa.dirty).rects(), [Rect::new(0, 0, 2, 2)]);
+        hub.leave(a);
+        assert!(!hub.is_owner(b));
+        let (c, _sc, owner_c) = hub.join();
+        assert!(owner_c && hub.is_owner(c));
+        assert_eq!(hub.client_count(), 2);
+    }
+}

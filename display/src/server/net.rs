@@ -1,0 +1,608 @@
+//! The viewer side: TCP, the hellos, the full state, server push
+//! (PROTOCOL.md §3, §11). TLS comes in a later step.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::x11::XSession;
+use super::{lock, ClientShared, Config, Hub, Inject, ServerError};
+use crate::encode::TILE;
+use crate::protocol::{
+    Buttons, Capabilities, ClientHelloRepr, CloseCode, CloseRepr, CursorPositionRepr, Frame,
+    FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender, ServerHelloRepr,
+    SUPPORTED_VERSIONS,
+};
+
+/// How long a viewer has to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The capabilities this server offers (no VIDEO, no CLIPBOARD yet).
+const SERVER_CAPABILITIES: Capabilities = Capabilities::CURSOR;
+
+/// A running display server: connected to X, listening for viewers.
+pub struct DisplayServer {
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    x_failed: oneshot::Receiver<ServerError>,
+    batch_bytes: usize,
+}
+
+impl std::fmt::Debug for DisplayServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DisplayServer")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DisplayServer {
+    /// Connects to the X display, starts the X threads and binds.
+    pub async fn start(config: Config) -> Result<Self, ServerError> {
+        let x = XSession::connect(&config.display)?;
+        let pixels = x.pixels(config.fbdir.as_deref())?;
+        let injector = x.injector()?;
+        let (input_tx, input_rx) = std::sync::mpsc::channel::<Inject>();
+        let hub = Arc::new(Hub::new(
+            pixels,
+            x.width,
+            x.height,
+            config.max_region_rects,
+            input_tx,
+        ));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Io {
+                    what: "bind",
+                    source,
+                })?;
+        let (failed_tx, x_failed) = oneshot::channel();
+        let event_hub = hub.clone();
+        std::thread::Builder::new()
+            .name("x11-events".into())
+            .spawn(move || {
+                let error = x.run_events(&event_hub);
+                let _ = failed_tx.send(error);
+            })
+            .map_err(|source| ServerError::Io {
+                what: "spawn x11 thread",
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("x11-input".into())
+            .spawn(move || injector.run(input_rx))
+            .map_err(|source| ServerError::Io {
+                what: "spawn input thread",
+                source,
+            })?;
+        info!(display = %config.display, listen = ?listener.local_addr().ok(),
+              width = hub.width, height = hub.height,
+              fbdir = config.fbdir.is_some(), "display server started");
+        Ok(DisplayServer {
+            hub,
+            listener,
+            x_failed,
+            batch_bytes: config.batch_bytes.max(64 * 1024),
+        })
+    }
+
+    /// The address viewers connect to.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener
+            .local_addr()
+            .map_err(|source| ServerError::Io {
+                what: "local_addr",
+                source,
+            })
+    }
+
+    /// Accepts viewers until the X connection fails (the session is gone).
+    pub async fn run(mut self) -> Result<(), ServerError> {
+        loop {
+            tokio::select! {
+                error = &mut self.x_failed => {
+                    return Err(error.unwrap_or_else(|_| ServerError::X11("x11 thread ended".into())));
+                }
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            warn!(error = %e, "accept");
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let hub = self.hub.clone();
+                    let batch = self.batch_bytes;
+                    tokio::spawn(async move { serve(hub, stream, peer, batch).await });
+                }
+            }
+        }
+    }
+}
+
+/// What the reader tells the writer.
+#[derive(Debug)]
+enum Ctrl {
+    Pong(u64),
+    FullState,
+    Close(CloseCode, String),
+    /// The viewer closed or the transport ended: stop without a Close.
+    Stop,
+}
+
+/// Bytes read but not yet consumed, and the decoder.
+struct Incoming {
+    rd: OwnedReadHalf,
+    decoder: FrameDecoder,
+    pending: Vec<u8>,
+    buf: Box<[u8]>,
+}
+
+enum ReadError {
+    Protocol(CloseCode, String),
+    Io(std::io::Error),
+}
+
+impl Incoming {
+    /// The next whole message, or `None` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            if let Some(frame) = self.decoder.poll_message() {
+                return Ok(Some(frame));
+            }
+            if self.pending.is_empty() {
+                let n = self.rd.read(&mut self.buf).await.map_err(ReadError::Io)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.pending
+                    .extend_from_slice(self.buf.get(..n).unwrap_or_default());
+            }
+            let used = self
+                .decoder
+                .handle_bytes(&self.pending)
+                .map_err(|e| ReadError::Protocol(e.close_code(), e.to_string()))?;
+            self.pending.drain(..used.min(self.pending.len()));
+        }
+    }
+}
+
+/// Encoded messages waiting for the socket, flushed at `limit` bytes.
+struct Out {
+    wr: OwnedWriteHalf,
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Out {
+    async fn push(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
+        let start = self.buf.len();
+        self.buf.resize(start + msg.buffer_len(), 0);
+        if let Err(e) = msg.emit(self.buf.get_mut(start..).unwrap_or_default()) {
+            self.buf.truncate(start);
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        if self.buf.len() >= self.limit {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            self.wr.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self, code: CloseCode, reason: &str) {
+        let reason: String = truncate(reason, crate::protocol::MAX_REASON_LEN);
+        let _ = self
+            .push(&Message::Close(CloseRepr::new(code, &reason)))
+            .await;
+        let _ = self.flush().await;
+        let _ = self.wr.shutdown().await;
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, batch: usize) {
+    let (rd, wr) = stream.into_split();
+    let mut incoming = Incoming {
+        rd,
+        decoder: FrameDecoder::new(Sender::Client),
+        pending: Vec::new(),
+        buf: vec![0; 64 * 1024].into_boxed_slice(),
+    };
+    let mut out = Out {
+        wr,
+        buf: Vec::new(),
+        limit: batch,
+    };
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.next()).await {
+        Err(_) => {
+            warn!(%peer, "no hello in time");
+            return out
+                .close(CloseCode::Timeout, "no ClientHello in time")
+                .await;
+        }
+        Ok(Err(ReadError::Io(e))) => return debug!(%peer, error = %e, "read"),
+        Ok(Ok(None)) => return debug!(%peer, "closed before the hello"),
+        Ok(Err(ReadError::Protocol(code, reason))) => {
+            warn!(%peer, code = code.name(), %reason, "closing viewer");
+            return out.close(code, &reason).await;
+        }
+        Ok(Ok(Some(frame))) => frame,
+    };
+    let (capabilities, viewport) = match hello.parse() {
+        Ok(Message::ClientHello(h)) => match negotiate(&h, &hub) {
+            Ok(v) => v,
+            Err((code, reason)) => {
+                warn!(%peer, code = code.name(), %reason, "refusing viewer");
+                return out.close(code, &reason).await;
+            }
+        },
+        Ok(other) => {
+            let reason = format!("{} before ClientHello", other.message_type());
+            warn!(%peer, %reason, "closing viewer");
+            return out.close(CloseCode::UnexpectedMessage, &reason).await;
+        }
+        Err(e) => {
+            warn!(%peer, code = e.close_code().name(), reason = %e, "closing viewer");
+            return out.close(e.close_code(), &e.to_string()).await;
+        }
+    };
+    let (id, shared, owner) = hub.join();
+    info!(%peer, id, owner, viewers = hub.client_count(), "viewer connected");
+    let server_hello = Message::ServerHello(ServerHelloRepr {
+        version: crate::protocol::VERSION_1,
+        capabilities,
+        view_only: !owner,
+        codecs: Vec::new(),
+    });
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_loop(
+        hub.clone(),
+        id,
+        peer,
+        incoming,
+        ctrl_tx,
+        viewport,
+    ));
+    let result = async {
+        out.push(&server_hello).await?;
+        write_loop(&hub, &shared, &mut out, ctrl_rx, capabilities, peer).await
+    }
+    .await;
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "write");
+    }
+    reader.abort();
+    hub.leave(id);
+    info!(%peer, id, "viewer disconnected");
+}
+
+/// The capabilities in force and the viewport, or why the viewer is refused.
+fn negotiate(
+    hello: &ClientHelloRepr<'_>,
+    hub: &Hub,
+) -> Result<(Capabilities, (u16, u16)), (CloseCode, String)> {
+    if hello.choose_version(SUPPORTED_VERSIONS).is_none() {
+        return Err((CloseCode::VersionMismatch, "server speaks 1".into()));
+    }
+    check_viewport(hub, hello.max_width, hello.max_height)?;
+    Ok((
+        hello.capabilities.intersection(SERVER_CAPABILITIES),
+        (hello.max_width, hello.max_height),
+    ))
+}
+
+fn check_viewport(hub: &Hub, max_w: u16, max_h: u16) -> Result<(), (CloseCode, String)> {
+    if hub.width > max_w || hub.height > max_h {
+        // PROTOCOL.md §9 scales the session down; that comes later.
+        return Err((
+            CloseCode::InternalError,
+            format!(
+                "viewport {max_w}x{max_h} is smaller than the {}x{} session: scaling is not implemented yet",
+                hub.width, hub.height
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn read_loop(
+    hub: Arc<Hub>,
+    id: u64,
+    peer: SocketAddr,
+    mut incoming: Incoming,
+    ctrl: mpsc::Sender<Ctrl>,
+    _viewport: (u16, u16),
+) {
+    let mut input = InputState::default();
+    let end = loop {
+        let frame = match incoming.next().await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ctrl::Stop,
+            Err(ReadError::Io(e)) => {
+                debug!(%peer, error = %e, "read");
+                break Ctrl::Stop;
+            }
+            Err(ReadError::Protocol(code, reason)) => break Ctrl::Close(code, reason),
+        };
+        let message = match frame.parse() {
+            Ok(m) => m,
+            Err(e) => break Ctrl::Close(e.close_code(), e.to_string()),
+        };
+        let injected = match message {
+            Message::Ping(PingRepr { token }) => {
+                if ctrl.send(Ctrl::Pong(token)).await.is_err() {
+                    break Ctrl::Stop;
+                }
+                Vec::new()
+            }
+            Message::Pong(_) => Vec::new(),
+            Message::Close(c) => {
+                debug!(%peer, code = c.code.name(), reason = %c.reason, "viewer closed");
+                break Ctrl::Stop;
+            }
+            Message::Key(k) => vec![Inject::Key {
+                keysym: k.keysym,
+                down: k.down,
+            }],
+            Message::Pointer(p) => input.pointer(
+                p.x.min(hub.width.saturating_sub(1)),
+                p.y.min(hub.height.saturating_sub(1)),
+                p.buttons,
+            ),
+            Message::Wheel(w) => input.wheel(w.dx, w.dy),
+            Message::ViewportRequest(v) => match check_viewport(&hub, v.max_width, v.max_height) {
+                Ok(()) => {
+                    if ctrl.send(Ctrl::FullState).await.is_err() {
+                        break Ctrl::Stop;
+                    }
+                    Vec::new()
+                }
+                Err((code, reason)) => break Ctrl::Close(code, reason),
+            },
+            other => {
+                let reason = format!("{} is not expected now", other.message_type());
+                break Ctrl::Close(crate::protocol::CloseCode::UnexpectedMessage, reason);
+            }
+        };
+        if !injected.is_empty() && hub.is_owner(id) {
+            for event in injected {
+                let _ = hub.input.send(event);
+            }
+        }
+    };
+    if let Ctrl::Close(code, reason) = &end {
+        warn!(%peer, id, code = code.name(), %reason, "closing viewer");
+    }
+    // Release what this viewer held, so a departed owner leaves no button down.
+    if hub.is_owner(id) {
+        for event in input.release_all() {
+            let _ = hub.input.send(event);
+        }
+    }
+    let _ = ctrl.send(end).await;
+}
+
+/// Pointer buttons held and wheel remainders of one viewer (PROTOCOL.md §8).
+#[derive(Debug, Default)]
+pub(crate) struct InputState {
+    buttons: u16,
+    wheel_x: i32,
+    wheel_y: i32,
+}
+
+/// X button numbers of the `Buttons` bits, in bit order.
+const X_BUTTONS: [u8; 5] = [1, 2, 3, 8, 9];
+
+impl InputState {
+    pub(crate) fn pointer(&mut self, x: u16, y: u16, buttons: Buttons) -> Vec<Inject> {
+        let mut out = vec![Inject::Motion { x, y }];
+        let changed = self.buttons ^ buttons.0;
+        for (bit, button) in X_BUTTONS.iter().enumerate() {
+            if changed & (1 << bit) != 0 {
+                out.push(Inject::Button {
+                    button: *button,
+                    down: buttons.0 & (1 << bit) != 0,
+                });
+            }
+        }
+        self.buttons = buttons.0;
+        out
+    }
+
+    pub(crate) fn wheel(&mut self, dx: i16, dy: i16) -> Vec<Inject> {
+        let mut out = Vec::new();
+        self.wheel_x += i32::from(dx);
+        self.wheel_y += i32::from(dy);
+        for (acc, neg, pos) in [(&mut self.wheel_y, 4u8, 5u8), (&mut self.wheel_x, 6, 7)] {
+            while acc.abs() >= 120 {
+                let button = if *acc > 0 { pos } else { neg };
+                *acc -= 120 * acc.signum();
+                out.push(Inject::Button { button, down: true });
+                out.push(Inject::Button {
+                    button,
+                    down: false,
+                });
+            }
+        }
+        out
+    }
+
+    pub(crate) fn release_all(&mut self) -> Vec<Inject> {
+        let mut out = Vec::new();
+        for (bit, button) in X_BUTTONS.iter().enumerate() {
+            if self.buttons & (1 << bit) != 0 {
+                out.push(Inject::Button {
+                    button: *button,
+                    down: false,
+                });
+            }
+        }
+        self.buttons = 0;
+        out
+    }
+}
+
+async fn write_loop(
+    hub: &Hub,
+    shared: &ClientShared,
+    out: &mut Out,
+    mut ctrl: mpsc::Receiver<Ctrl>,
+    capabilities: Capabilities,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    let cursor = capabilities.contains(Capabilities::CURSOR);
+    send_full_state(hub, shared, out, cursor).await?;
+    loop {
+        tokio::select! {
+            biased;
+            msg = ctrl.recv() => match msg {
+                Some(Ctrl::Pong(token)) => {
+                    out.push(&Message::Pong(PingRepr { token })).await?;
+                    out.flush().await?;
+                }
+                Some(Ctrl::FullState) => send_full_state(hub, shared, out, cursor).await?,
+                Some(Ctrl::Close(code, reason)) => {
+                    out.close(code, &reason).await;
+                    return Ok(());
+                }
+                Some(Ctrl::Stop) | None => {
+                    debug!(%peer, "reader ended");
+                    return Ok(());
+                }
+            },
+            () = shared.notify.notified() => {
+                if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
+                    out.push(&Message::CursorShape(hub.cursor().shape)).await?;
+                }
+                let rects = lock(&shared.dirty).take();
+                send_rects(hub, out, &rects).await?;
+                out.flush().await?;
+            }
+        }
+    }
+}
+
+/// PROTOCOL.md §3.4: size, cursor, every pixel, StateComplete.
+async fn send_full_state(
+    hub: &Hub,
+    shared: &ClientShared,
+    out: &mut Out,
+    cursor: bool,
+) -> std::io::Result<()> {
+    let full = Rect::new(0, 0, hub.width, hub.height);
+    out.push(&Message::FramebufferSize(FramebufferSizeRepr {
+        width: hub.width,
+        height: hub.height,
+        session_width: hub.width,
+        session_height: hub.height,
+    }))
+    .await?;
+    if cursor {
+        shared.cursor_dirty.store(false, Ordering::Release);
+        let c = hub.cursor();
+        out.push(&Message::CursorShape(c.shape)).await?;
+        out.push(&Message::CursorPosition(CursorPositionRepr {
+            x: c.x,
+            y: c.y,
+        }))
+        .await?;
+    }
+    send_rects(hub, out, &[full]).await?;
+    out.push(&Message::StateComplete).await?;
+    out.flush().await
+}
+
+/// Encodes `rects` from the current screen in bands of [`TILE`] rows; the
+/// batch goes to the socket whenever it reaches its limit.
+async fn send_rects(hub: &Hub, out: &mut Out, rects: &[Rect]) -> std::io::Result<()> {
+    for rect in rects {
+        let bottom = rect.y.saturating_add(rect.h);
+        let mut y = rect.y;
+        while y < bottom {
+            let h = TILE.min(bottom - y);
+            for command in hub.pixels.encode(Rect::new(rect.x, y, rect.w, h)) {
+                out.push(&Message::Command(command)).await?;
+            }
+            y += h;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn pointer_buttons_and_wheel() {
+        let mut s = InputState::default();
+        assert_eq!(
+            s.pointer(3, 4, Buttons(0b1)),
+            [
+                Inject::Motion { x: 3, y: 4 },
+                Inject::Button {
+                    button: 1,
+                    down: true
+                }
+            ]
+        );
+        assert_eq!(
+            s.pointer(3, 4, Buttons(0b100)),
+            [
+                Inject::Motion { x: 3, y: 4 },
+                Inject::Button {
+                    button: 1,
+                    down: false
+                },
+                Inject::Button {
+                    button: 3,
+                    down: true
+                }
+            ]
+        );
+        assert_eq!(
+            s.release_all(),
+            [Inject::Button {
+                button: 3,
+                down: false
+            }]
+        );
+        assert!(s.wheel(0, 60).is_empty());
+        assert_eq!(
+            s.wheel(0, 60),
+            [
+                Inject::Button {
+                    button: 5,
+                    down: true
+                },
+                Inject::Button {
+                    button: 5,
+                    down: false
+                }
+            ]
+        );
+        assert_eq!(s.wheel(-120, 0).len(), 2);
+    }
+}

@@ -1,0 +1,446 @@
+//! The X side of the display server: one connection to the session's Xvfb
+//! (x11rb's pure-Rust `RustConnection`), shared by the event thread (DAMAGE,
+//! cursor) and the input thread (XTEST).
+
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use tracing::{debug, warn};
+use x11rb::connection::{Connection, RequestConnection as _};
+use x11rb::protocol::damage::{self, ConnectionExt as _};
+use x11rb::protocol::xfixes::{self, ConnectionExt as _};
+use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder, Window};
+use x11rb::protocol::xtest::ConnectionExt as _;
+use x11rb::protocol::Event;
+use x11rb::rust_connection::RustConnection;
+
+use super::fbdir::FbdirScreen;
+use super::{Cursor, Hub, Inject, Pixels, ServerError};
+use crate::protocol::{CursorShapeRepr, Payload, Rect, MAX_CURSOR_DIMENSION};
+
+/// The session's X display, connected and set up.
+pub(crate) struct XSession {
+    conn: Arc<RustConnection>,
+    root: Window,
+    pub(crate) width: u16,
+    pub(crate) height: u16,
+    damage: damage::Damage,
+    parts: xfixes::Region,
+}
+
+impl XSession {
+    /// Connects to `display` and checks the extensions and the pixel format.
+    pub(crate) fn connect(display: &str) -> Result<Self, ServerError> {
+        let (conn, screen_num) =
+            RustConnection::connect(Some(display)).map_err(|e| ServerError::Connect {
+                display: display.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let setup = conn.setup();
+        let screen = setup
+            .roots
+            .get(screen_num)
+            .ok_or_else(|| ServerError::Unsupported("no screen".into()))?;
+        let (root, width, height, depth) = (
+            screen.root,
+            screen.width_in_pixels,
+            screen.height_in_pixels,
+            screen.root_depth,
+        );
+        let bpp = setup
+            .pixmap_formats
+            .iter()
+            .find(|f| f.depth == depth)
+            .map(|f| f.bits_per_pixel);
+        if depth != 24 || bpp != Some(32) || setup.image_byte_order != ImageOrder::LSB_FIRST {
+            return Err(ServerError::Unsupported(format!(
+                "root depth {depth}, {bpp:?} bits per pixel: only depth 24 in 32-bit LSB-first pixels (BGRX)"
+            )));
+        }
+        for (name, present) in [
+            ("DAMAGE", damage::X11_EXTENSION_NAME),
+            ("XFIXES", xfixes::X11_EXTENSION_NAME),
+            ("XTEST", x11rb::protocol::xtest::X11_EXTENSION_NAME),
+        ] {
+            let info = conn
+                .extension_information(present)
+                .map_err(ServerError::x11)?;
+            if info.is_none() {
+                return Err(ServerError::Unsupported(format!("no {name} extension")));
+            }
+        }
+        conn.damage_query_version(1, 1)
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        conn.xfixes_query_version(5, 0)
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        conn.xtest_get_version(2, 2)
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        let damage = conn.generate_id().map_err(ServerError::x11)?;
+        conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)
+            .map_err(ServerError::x11)?
+            .check()
+            .map_err(ServerError::x11)?;
+        let parts = conn.generate_id().map_err(ServerError::x11)?;
+        conn.xfixes_create_region(parts, &[])
+            .map_err(ServerError::x11)?;
+        conn.xfixes_select_cursor_input(root, xfixes::CursorNotifyMask::DISPLAY_CURSOR)
+            .map_err(ServerError::x11)?
+            .check()
+            .map_err(ServerError::x11)?;
+        Ok(XSession {
+            conn: Arc::new(conn),
+            root,
+            width,
+            height,
+            damage,
+            parts,
+        })
+    }
+
+    /// Where the pixels come from: the `-fbdir` mapping (checked against the
+    /// X screen's size) or a shadow copy filled now.
+    pub(crate) fn pixels(&self, fbdir: Option<&Path>) -> Result<Pixels, ServerError> {
+        if let Some(dir) = fbdir {
+            let screen = FbdirScreen::open(dir)?;
+            let h = screen.header();
+            if (h.width, h.height) != (u32::from(self.width), u32::from(self.height)) {
+                return Err(ServerError::Fbdir(format!(
+                    "{}x{} in the file, {}x{} on the X screen: is it this display's -fbdir?",
+                    h.width, h.height, self.width, self.height
+                )));
+            }
+            return Ok(Pixels::Fbdir(screen));
+        }
+        let data = vec![0; usize::from(self.width) * usize::from(self.height) * 4];
+        let pixels = Pixels::Shadow {
+            width: self.width,
+            height: self.height,
+            data: RwLock::new(data),
+        };
+        self.refresh_shadow(&pixels, &[Rect::new(0, 0, self.width, self.height)])?;
+        Ok(pixels)
+    }
+
+    /// Copies `rects` of the screen into the shadow copy (no-op for fbdir).
+    fn refresh_shadow(&self, pixels: &Pixels, rects: &[Rect]) -> Result<(), ServerError> {
+        let Pixels::Shadow { width, data, .. } = pixels else {
+            return Ok(());
+        };
+        let stride = usize::from(*width) * 4;
+        for rect in rects {
+            // Bands of 64 rows keep each reply small.
+            let mut y = rect.y;
+            let bottom = rect.y.saturating_add(rect.h);
+            while y < bottom {
+                let h = 64.min(bottom - y);
+                let reply = self
+                    .conn
+                    .get_image(
+                        ImageFormat::Z_PIXMAP,
+                        self.root,
+                        to_i16(rect.x),
+                        to_i16(y),
+                        rect.w,
+                        h,
+                        !0,
+                    )
+                    .map_err(ServerError::x11)?
+                    .reply()
+                    .map_err(ServerError::x11)?;
+                let row = usize::from(rect.w) * 4;
+                let mut shadow = data.write().unwrap_or_else(PoisonError::into_inner);
+                for (i, src) in reply
+                    .data
+                    .chunks_exact(row)
+                    .take(usize::from(h))
+                    .enumerate()
+                {
+                    let at = (usize::from(y) + i) * stride + usize::from(rect.x) * 4;
+                    if let Some(dst) = shadow.get_mut(at..at + row) {
+                        dst.copy_from_slice(src);
+                    }
+                }
+                y += h;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cursor as XFIXES reports it.
+    fn cursor(&self) -> Result<Cursor, ServerError> {
+        let image = self
+            .conn
+            .xfixes_get_cursor_image()
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        Ok(cursor_from_image(
+            image.width,
+            image.height,
+            image.xhot,
+            image.yhot,
+            &image.cursor_image,
+            image.x,
+            image.y,
+        ))
+    }
+
+    /// Runs the event loop: DAMAGE → the hub's regions, cursor changes → the
+    /// hub's cursor. Returns when the X connection fails.
+    pub(crate) fn run_events(&self, hub: &Hub) -> ServerError {
+        match self.cursor() {
+            Ok(c) => hub.set_cursor(c),
+            Err(e) => warn!(error = %e, "cursor image"),
+        }
+        loop {
+            if let Err(e) = self.wait_and_handle(hub) {
+                return e;
+            }
+        }
+    }
+
+    fn wait_and_handle(&self, hub: &Hub) -> Result<(), ServerError> {
+        let mut event = Some(self.conn.wait_for_event().map_err(ServerError::x11)?);
+        let (mut damaged, mut cursor) = (false, false);
+        while let Some(ev) = event {
+            match ev {
+                Event::DamageNotify(_) => damaged = true,
+                Event::XfixesCursorNotify(_) => cursor = true,
+                Event::Error(e) => warn!(error = ?e, "x11 error"),
+                other => debug!(event = ?other, "ignored x11 event"),
+            }
+            event = self.conn.poll_for_event().map_err(ServerError::x11)?;
+        }
+        if damaged {
+            // Move the damage into `parts` and read it back: the round trip
+            // orders every drawing reported here before our pixel reads, and
+            // anything drawn later raises a new DamageNotify.
+            self.conn
+                .damage_subtract(self.damage, x11rb::NONE, self.parts)
+                .map_err(ServerError::x11)?;
+            let reply = self
+                .conn
+                .xfixes_fetch_region(self.parts)
+                .map_err(ServerError::x11)?
+                .reply()
+                .map_err(ServerError::x11)?;
+            let rects: Vec<Rect> = reply
+                .rectangles
+                .iter()
+                .filter_map(|r| clip_rect(r, self.width, self.height))
+                .collect();
+            self.refresh_shadow(&hub.pixels, &rects)?;
+            hub.damage(&rects);
+        }
+        if cursor {
+            hub.set_cursor(self.cursor()?);
+        }
+        Ok(())
+    }
+
+    /// A handle for the input thread.
+    pub(crate) fn injector(&self) -> Result<Injector, ServerError> {
+        Injector::new(self.conn.clone(), self.root)
+    }
+}
+
+fn to_i16(v: u16) -> i16 {
+    i16::try_from(v).unwrap_or(i16::MAX)
+}
+
+fn clip_rect(r: &xproto::Rectangle, width: u16, height: u16) -> Option<Rect> {
+    let x0 = i32::from(r.x).max(0);
+    let y0 = i32::from(r.y).max(0);
+    let x1 = (i32::from(r.x) + i32::from(r.width)).min(i32::from(width));
+    let y1 = (i32::from(r.y) + i32::from(r.height)).min(i32::from(height));
+    if x0 >= x1 || y0 >= y1 {
+        return None;
+    }
+    Some(Rect::new(
+        u16::try_from(x0).ok()?,
+        u16::try_from(y0).ok()?,
+        u16::try_from(x1 - x0).ok()?,
+        u16::try_from(y1 - y0).ok()?,
+    ))
+}
+
+/// An XFIXES cursor image (ARGB `u32`s, premultiplied) as a CURSOR shape;
+/// larger than 256 pixels is cropped around the hotspot's corner.
+pub(crate) fn cursor_from_image(
+    width: u16,
+    height: u16,
+    xhot: u16,
+    yhot: u16,
+    argb: &[u32],
+    x: i16,
+    y: i16,
+) -> Cursor {
+    let (w, h) = (
+        width.min(MAX_CURSOR_DIMENSION),
+        height.min(MAX_CURSOR_DIMENSION),
+    );
+    let position = (
+        u16::try_from(x.max(0)).unwrap_or(0),
+        u16::try_from(y.max(0)).unwrap_or(0),
+    );
+    let shape = if w == 0 || h == 0 || argb.len() < usize::from(width) * usize::from(height) {
+        CursorShapeRepr::hidden()
+    } else {
+        let mut bytes = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
+        for row in argb.chunks_exact(usize::from(width)).take(usize::from(h)) {
+            for p in row.iter().take(usize::from(w)) {
+                bytes.extend_from_slice(&p.to_le_bytes());
+            }
+        }
+        CursorShapeRepr {
+            w,
+            h,
+            hot_x: xhot.min(w - 1),
+            hot_y: yhot.min(h - 1),
+            pixels: Payload::compress(&bytes),
+        }
+    };
+    Cursor {
+        shape,
+        x: position.0,
+        y: position.1,
+    }
+}
+
+/// Injects input through XTEST; keysyms are mapped to keycodes through the
+/// keyboard mapping, adding a mapping on a free keycode when none exists.
+pub(crate) struct Injector {
+    conn: Arc<RustConnection>,
+    root: Window,
+    min_keycode: u8,
+    per_keycode: u8,
+    keysyms: Vec<u32>,
+}
+
+impl Injector {
+    fn new(conn: Arc<RustConnection>, root: Window) -> Result<Self, ServerError> {
+        let (min, max) = (conn.setup().min_keycode, conn.setup().max_keycode);
+        let reply = conn
+            .get_keyboard_mapping(min, max.saturating_sub(min).saturating_add(1))
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        Ok(Injector {
+            conn,
+            root,
+            min_keycode: min,
+            per_keycode: reply.keysyms_per_keycode.max(1),
+            keysyms: reply.keysyms,
+        })
+    }
+
+    fn keycode(&mut self, keysym: u32) -> Option<u8> {
+        let per = usize::from(self.per_keycode);
+        let found = self
+            .keysyms
+            .chunks(per)
+            .position(|syms| syms.contains(&keysym));
+        if let Some(i) = found {
+            return u8::try_from(i).ok()?.checked_add(self.min_keycode);
+        }
+        // A keycode with no symbols at all gets this keysym.
+        let free = self
+            .keysyms
+            .chunks(per)
+            .position(|s| s.iter().all(|&k| k == 0))?;
+        let keycode = u8::try_from(free).ok()?.checked_add(self.min_keycode)?;
+        let syms = vec![keysym; per];
+        let changed = self
+            .conn
+            .change_keyboard_mapping(1, keycode, self.per_keycode, &syms)
+            .ok()
+            .and_then(|c| c.check().ok());
+        changed?;
+        if let Some(slot) = self.keysyms.get_mut(free * per..free * per + per) {
+            slot.copy_from_slice(&syms);
+        }
+        Some(keycode)
+    }
+
+    fn inject(&mut self, event: Inject) -> Result<(), ServerError> {
+        let (kind, detail, x, y) = match event {
+            Inject::Key { keysym, down } => {
+                let Some(keycode) = self.keycode(keysym) else {
+                    debug!(keysym, "no keycode for keysym");
+                    return Ok(());
+                };
+                let kind = if down {
+                    xproto::KEY_PRESS_EVENT
+                } else {
+                    xproto::KEY_RELEASE_EVENT
+                };
+                (kind, keycode, 0, 0)
+            }
+            Inject::Motion { x, y } => (xproto::MOTION_NOTIFY_EVENT, 0, to_i16(x), to_i16(y)),
+            Inject::Button { button, down } => {
+                let kind = if down {
+                    xproto::BUTTON_PRESS_EVENT
+                } else {
+                    xproto::BUTTON_RELEASE_EVENT
+                };
+                (kind, button, 0, 0)
+            }
+        };
+        self.conn
+            .xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, self.root, x, y, 0)
+            .map_err(ServerError::x11)?;
+        self.conn.flush().map_err(ServerError::x11)
+    }
+
+    /// Injects events until every sender is gone or X fails.
+    pub(crate) fn run(mut self, events: Receiver<Inject>) {
+        for event in events {
+            if let Err(e) = self.inject(event) {
+                warn!(error = %e, "input injection failed; input stops");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn cursor_image_is_cropped_and_premultiplied_bytes_kept() {
+        let c = cursor_from_image(2, 1, 5, 0, &[0x80ff_0000, 0x0000_0000], -3, 7);
+        assert_eq!((c.shape.w, c.shape.h, c.shape.hot_x), (2, 1, 1));
+        assert_eq!((c.x, c.y), (0, 7));
+        let big = vec![0xffff_ffffu32; 300 * 2];
+        let c = cursor_from_image(300, 2, 299, 1, &big, 0, 0);
+        assert_eq!((c.shape.w, c.shape.h, c.shape.hot_x), (256, 2, 255));
+        let c = cursor_from_image(0, 0, 0, 0, &[], 0, 0);
+        assert!(c.shape.is_hidden());
+    }
+
+    #[test]
+    fn clip_rect_to_screen() {
+        let r = xproto::Rectangle {
+            x: -5,
+            y: 470,
+            width: 20,
+            height: 20,
+        };
+        assert_eq!(clip_rect(&r, 640, 480), Some(Rect::new(0, 470, 15, 10)));
+        let r = xproto::Rectangle {
+            x: 700,
+            y: 0,
+            width: 1,
+            height: 1,
+        };
+        assert_eq!(clip_rect(&r, 640, 480), None);
+    }
+}
