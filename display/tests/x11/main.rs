@@ -379,3 +379,36 @@ fn read_close(stream: &mut std::net::TcpStream) -> (u16, String) {
         }
     }
 }
+
+#[test]
+fn slow_viewer_gets_fewer_newer_frames_and_does_not_slow_a_fast_one() {
+    let xvfb = Xvfb::start();
+    let painter = Painter::new(&xvfb.display());
+    painter.pattern();
+    let addr = start_server(&xvfb, true);
+    let mut fast = connect(addr);
+    fast.run_until_idle(IDLE, MAX).unwrap();
+    let mut slow = connect(addr);
+    slow.run_until_idle(IDLE, MAX).unwrap();
+    let slow_before = slow.viewer().stats().bytes;
+    let fast_before = fast.viewer().stats().bytes;
+
+    // 40 full screens of noise (~1 MB each after LZ4) while `slow` does not
+    // read: its socket fills, and the server stops encoding for it.
+    for frame in 0..40 {
+        painter.image(0, 0, 640, 480, frame);
+        painter.sync();
+        fast.poll(Duration::from_millis(1)).unwrap();
+    }
+    assert_catches_up(&mut fast, &painter);
+    // Now the slow viewer reads: it gets the current screen, pixel-exact,
+    // having skipped the frames it could not take.
+    assert_catches_up(&mut slow, &painter);
+    let slow_bytes = slow.viewer().stats().bytes - slow_before;
+    let fast_bytes = fast.viewer().stats().bytes - fast_before;
+    eprintln!("40 noisy frames: fast viewer {fast_bytes} bytes, slow viewer {slow_bytes} bytes");
+    assert!(
+        slow_bytes < fast_bytes * 3 / 4,
+        "slow {slow_bytes} bytes, fast {fast_bytes} bytes"
+    );
+}
