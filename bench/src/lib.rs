@@ -87,17 +87,29 @@ pub struct Settings {
     /// Pinned by default: on a small VM, where the scheduler happens to put
     /// the two ends decides the figure (same CPU or not: p50 latency 10.6
     /// or 33 µs, bulk TCP 8 to 17 Gbit/s between runs), which would make
-    /// the candidate/baseline ratio luck. The path's own daemons are not
-    /// pinned by the harness.
+    /// the candidate/baseline ratio luck.
     pub endpoints_cpu: Option<usize>,
+    /// The CPU the path's own daemons (the dataplanes' threads) are pinned
+    /// to; None lets the scheduler place them.
+    ///
+    /// By default the endpoints' CPU: the same one CPU the baseline has (the
+    /// kernel forwards in the sender's softirq, on the endpoints' CPU). On
+    /// another CPU a daemon has a CPU of its own, but every packet wakes a
+    /// thread across CPUs, which costs about 20 µs on a small VM whose idle
+    /// CPUs halt; unpinned, the scheduler picks either from run to run.
+    #[serde(default)]
+    pub daemons_cpu: Option<usize>,
 }
 
 impl Settings {
-    /// Full or smoke run, endpoints on the first CPU this process may use.
+    /// Full or smoke run, endpoints and daemons on the first CPU this
+    /// process may use.
     pub fn new(smoke: bool) -> Settings {
+        let cpu = first_allowed_cpu();
         Settings {
             smoke,
-            endpoints_cpu: first_allowed_cpu(),
+            endpoints_cpu: cpu,
+            daemons_cpu: cpu,
         }
     }
 }
@@ -137,7 +149,7 @@ pub fn run(options: &Options) -> Result<Report> {
     for &path in &options.paths {
         stop_if_interrupted()?;
         let setup = path
-            .setup()
+            .setup_pinned(options.settings.daemons_cpu)
             .with_context(|| format!("setting up path {path}"))?;
         let testbed = match setup {
             PathSetup::NotImplemented { reason } => {

@@ -42,6 +42,14 @@ struct Cli {
     /// first CPU this process may use).
     #[arg(long, global = true)]
     cpu: Option<usize>,
+    /// Pin the path's daemons (the dataplanes' threads) to this CPU
+    /// (default: the clients' and servers' CPU, the one CPU the baseline
+    /// uses).
+    #[arg(long, global = true, conflicts_with = "daemons_unpinned")]
+    daemons_cpu: Option<usize>,
+    /// Let the scheduler place the path's daemons.
+    #[arg(long, global = true)]
+    daemons_unpinned: bool,
     /// Also write the results as JSON to this file.
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -115,6 +123,11 @@ fn run(cli: Cli) -> Result<()> {
     } else if cli.cpu.is_some() {
         settings.endpoints_cpu = cli.cpu;
     }
+    settings.daemons_cpu = if cli.daemons_unpinned {
+        None
+    } else {
+        cli.daemons_cpu.or(settings.endpoints_cpu)
+    };
     let report = mobidesk_bench::run(&Options {
         benchmarks,
         paths,

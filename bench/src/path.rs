@@ -124,15 +124,28 @@ impl Path {
         }
     }
 
-    /// Builds the path's testbed, or says why it cannot run yet.
+    /// Builds the path's testbed, or says why it cannot run yet. Its
+    /// daemons are not pinned.
     pub fn setup(self) -> Result<PathSetup> {
+        self.setup_pinned(None)
+    }
+
+    /// Builds the path's testbed with its daemons' threads pinned to
+    /// `daemons_cpu` (if given), or says why it cannot run yet.
+    pub fn setup_pinned(self, daemons_cpu: Option<usize>) -> Result<PathSetup> {
+        let dataplane = |offload, moved| -> Result<PathSetup> {
+            Ok(PathSetup::Ready(Box::new(dataplane(
+                self,
+                offload,
+                moved,
+                daemons_cpu,
+            )?)))
+        };
         match self {
             Path::KernelForwarding => Ok(PathSetup::Ready(Box::new(kernel_forwarding()?))),
-            Path::Dataplane => Ok(PathSetup::Ready(Box::new(dataplane(self, true, false)?))),
-            Path::DataplaneMoved => Ok(PathSetup::Ready(Box::new(dataplane(self, true, true)?))),
-            Path::DataplaneNoOffload => {
-                Ok(PathSetup::Ready(Box::new(dataplane(self, false, false)?)))
-            }
+            Path::Dataplane => dataplane(true, false),
+            Path::DataplaneMoved => dataplane(true, true),
+            Path::DataplaneNoOffload => dataplane(false, false),
         }
     }
 }
@@ -166,10 +179,10 @@ fn kernel_forwarding() -> Result<Testbed> {
     Ok(testbed)
 }
 
-/// A candidate: the dataplanes of the proxy box and the servers running,
-/// optionally without TUN offloads, optionally with the session moved to
-/// server b first.
-fn dataplane(path: Path, offload: bool, moved: bool) -> Result<Testbed> {
+/// A candidate: the dataplanes of the proxy box and the servers running
+/// (their threads pinned to `cpu` if given), optionally without TUN
+/// offloads, optionally with the session moved to server b first.
+fn dataplane(path: Path, offload: bool, moved: bool, cpu: Option<usize>) -> Result<Testbed> {
     let mut testbed = Testbed::standard(path)?;
     let lab = &testbed.lab;
     let mut proxy = ProxyBoxConfig::new(
@@ -177,8 +190,9 @@ fn dataplane(path: Path, offload: bool, moved: bool) -> Result<Testbed> {
         lab.run_dir()?.join("dataplane-proxy.sock"),
     );
     proxy.offload = offload;
-    let dataplanes =
-        Dataplanes::start_with(lab, proxy, offload).context("starting the dataplanes")?;
+    // Threads inherit the affinity of the thread that spawns them.
+    let dataplanes = with_affinity(cpu, || Dataplanes::start_with(lab, proxy, offload))?
+        .context("starting the dataplanes")?;
     if moved {
         let session = dataplanes
             .migrate(lab, SESSION_NAME, "b")
@@ -192,6 +206,18 @@ fn dataplane(path: Path, offload: bool, moved: bool) -> Result<Testbed> {
     testbed.dataplanes = Some(dataplanes);
     testbed.check_reachable()?;
     Ok(testbed)
+}
+
+/// Runs `f` with the calling thread pinned to `cpu` (if given), then puts
+/// the thread's affinity back.
+fn with_affinity<T>(cpu: Option<usize>, f: impl FnOnce() -> T) -> Result<T> {
+    let Some(cpu) = cpu else { return Ok(f()) };
+    let me = nix::unistd::Pid::from_raw(0);
+    let before = nix::sched::sched_getaffinity(me).context("reading this thread's affinity")?;
+    crate::process::pin_thread(Some(cpu))?;
+    let result = f();
+    nix::sched::sched_setaffinity(me, &before).context("restoring this thread's affinity")?;
+    Ok(result)
 }
 
 /// A lab with one session, ready for a benchmark: traffic goes from

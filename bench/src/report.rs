@@ -273,13 +273,15 @@ impl Report {
             self.machine.cpu_model,
             self.machine.busy_before_run * 100.0
         );
+        let pinned = |cpu: Option<usize>| match cpu {
+            Some(cpu) => format!("pinned to CPU {cpu}"),
+            None => "not pinned".into(),
+        };
         let _ = writeln!(
             out,
-            "  endpoints (clients and servers) {}",
-            match self.settings.endpoints_cpu {
-                Some(cpu) => format!("pinned to CPU {cpu}"),
-                None => "not pinned".into(),
-            }
+            "  endpoints (clients and servers) {}; the paths' daemons {}",
+            pinned(self.settings.endpoints_cpu),
+            pinned(self.settings.daemons_cpu)
         );
         if self.machine.busy_before_run > 0.1 {
             let _ = writeln!(

@@ -27,6 +27,10 @@ fn every_benchmark_runs_in_smoke_mode_with_sane_results() {
     println!("{table}\n(smoke run took {elapsed:?})");
     assert!(report.settings.smoke);
     assert!(report.settings.endpoints_cpu.is_some(), "pinned by default");
+    assert_eq!(
+        report.settings.daemons_cpu, report.settings.endpoints_cpu,
+        "daemons with the endpoints by default"
+    );
 
     // Every metric of every benchmark has one row per path.
     let metrics: Vec<_> = Benchmark::ALL.iter().flat_map(|b| b.metrics()).collect();
