@@ -4,6 +4,7 @@
 //! across an await.
 
 mod icmp;
+mod server_io;
 pub mod steer;
 mod stream;
 pub mod tun;
@@ -173,24 +174,16 @@ pub async fn run_server(
     steering: Rc<steer::ServerSteering>,
     kick: Rc<Notify>,
 ) -> io::Result<()> {
-    use crate::server::{ServerEngine, Side, SteerChange};
-    let mut rx_session = tun::RxBatch::new(session_tun.mtu(), ServerEngine::HEADROOM);
-    let mut rx_uplink = tun::RxBatch::new(uplink_tun.mtu(), ServerEngine::HEADROOM);
+    use crate::server::{Side, SteerChange};
+    let mut rx_session = vec![0; server_io::BUFFER];
+    let mut rx_uplink = vec![0; server_io::BUFFER];
     loop {
         tokio::select! {
-            r = session_tun.recv(&mut rx_session) => {
-                tun::survive(r)?;
-                let mut eng = engine.borrow_mut();
-                for (buf, start) in rx_session.packets_with_room() {
-                    eng.handle_packet(buf, start, Side::Session);
-                }
+            r = session_tun.recv_raw(&mut rx_session[server_io::ROOM..]) => {
+                server_io::forward_batch(r, &session_tun, &uplink_tun, &mut rx_session, &engine, Side::Session).await?;
             }
-            r = uplink_tun.recv(&mut rx_uplink) => {
-                tun::survive(r)?;
-                let mut eng = engine.borrow_mut();
-                for (buf, start) in rx_uplink.packets_with_room() {
-                    eng.handle_packet(buf, start, Side::Uplink);
-                }
+            r = uplink_tun.recv_raw(&mut rx_uplink[server_io::ROOM..]) => {
+                server_io::forward_batch(r, &uplink_tun, &uplink_tun, &mut rx_uplink, &engine, Side::Uplink).await?;
             }
             () = kick.notified() => {}
         }

@@ -132,6 +132,24 @@ impl Tun {
         Ok(())
     }
 
+    /// Waits for one packet and reads it whole into `buf` (a GSO
+    /// super-packet stays one packet), its virtio-net header first when the
+    /// offloads are on. Returns the bytes read.
+    pub async fn recv_raw(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.device.recv(buf).await
+    }
+
+    /// [`Tun::recv_raw`] without waiting: `WouldBlock` when none is queued.
+    pub fn try_recv_raw(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.device.try_recv(buf)
+    }
+
+    /// Writes one packet, its virtio-net header first when the offloads
+    /// are on.
+    pub async fn send_raw(&self, frame: &[u8]) -> io::Result<usize> {
+        self.device.send(frame).await
+    }
+
     /// Writes the outbox's packets, one write each. With offloads on, each
     /// goes with the virtio-net header its producer left in its headroom
     /// (zero: a complete packet; or a large TCP segment for the kernel to

@@ -42,6 +42,28 @@ pub fn rewrite_address(
     endpoint: Endpoint,
     addr: Ipv4Addr,
 ) -> Result<Ipv4Addr, WireError> {
+    rewrite(packet, endpoint, addr, false)
+}
+
+/// [`rewrite_address`] for a packet whose TCP or UDP checksum is partial
+/// (virtio-net `NEEDS_CSUM`, see [`crate::wire::vnet`]): the field holds the
+/// uncomplemented pseudo-header sum, which covers the addresses, for the
+/// kernel to finish. It is updated as such (the complement of RFC 1624's
+/// update of the complement), and a UDP field of 0 is not special.
+pub fn rewrite_address_partial(
+    packet: &mut [u8],
+    endpoint: Endpoint,
+    addr: Ipv4Addr,
+) -> Result<Ipv4Addr, WireError> {
+    rewrite(packet, endpoint, addr, true)
+}
+
+fn rewrite(
+    packet: &mut [u8],
+    endpoint: Endpoint,
+    addr: Ipv4Addr,
+    partial: bool,
+) -> Result<Ipv4Addr, WireError> {
     let mut packet = Ipv4Packet::new_checked(packet)?;
     let old = match endpoint {
         Endpoint::Source => packet.src_addr(),
@@ -76,8 +98,12 @@ pub fn rewrite_address(
         let is_udp = packet.protocol() == protocol::UDP;
         let transport = packet.payload_mut();
         let value = read_u16(transport, field.clone());
-        // UDP: 0 means no checksum; a computed 0 is sent as 0xFFFF.
-        if !(is_udp && value == 0) {
+        if partial {
+            // The sum itself, not its complement: update the complement.
+            let value = !checksum::update(!value, old_octets, new_octets);
+            write_u16(transport, field, value);
+        } else if !(is_udp && value == 0) {
+            // UDP: 0 means no checksum; a computed 0 is sent as 0xFFFF.
             let value = match checksum::update(value, old_octets, new_octets) {
                 0 if is_udp => 0xFFFF,
                 value => value,
@@ -230,6 +256,63 @@ mod test {
             assert_eq!(rewrite_address(&mut packet, endpoint, old), Ok(addr));
             assert_eq!(packet, original);
         }
+    }
+
+    /// A partial checksum (virtio-net NEEDS_CSUM) is the uncomplemented
+    /// pseudo-header sum; rewritten, it must be the sum a fresh computation
+    /// over the new addresses gives, for TCP and UDP alike (a UDP field of 0
+    /// is nothing special here).
+    #[test]
+    fn partial_checksums_follow_the_pseudo_header() {
+        let mut rng = Rng::new(7);
+        let partial = |p: &[u8]| {
+            let info = parse_ipv4(p).unwrap();
+            let len = u16::try_from(p.len() - info.ip_header_len).unwrap();
+            checksum::fold(checksum::pseudo_header(
+                info.src_addr,
+                info.dst_addr,
+                info.protocol(),
+                len,
+            ))
+        };
+        let mut done = 0;
+        while done < 5_000 {
+            let original = testutil::random_packet(&mut rng);
+            let info = parse_ipv4(&original).unwrap();
+            let at = info.ip_header_len
+                + match info.transport {
+                    Transport::Tcp { .. } => tcp::CHECKSUM.start,
+                    Transport::Udp { .. } => udp::CHECKSUM.start,
+                    Transport::Icmp { .. } => continue,
+                };
+            let mut packet = original.clone();
+            packet[at..at + 2].copy_from_slice(&partial(&original).to_be_bytes());
+            let endpoint = if rng.bool() {
+                Endpoint::Source
+            } else {
+                Endpoint::Destination
+            };
+            let addr = Ipv4Addr::from(rng.array4());
+            rewrite_address_partial(&mut packet, endpoint, addr).unwrap();
+            let fresh = partial(&{
+                // The same packet with its full checksums: parses again.
+                let mut p = original.clone();
+                rewrite_address(&mut p, endpoint, addr).unwrap();
+                p
+            });
+            let stored = u16::from_be_bytes([packet[at], packet[at + 1]]);
+            // One's complement: 0x0000 and 0xFFFF are the same sum.
+            assert!(
+                stored == fresh || stored ^ fresh == 0xFFFF,
+                "{stored:#06x} != {fresh:#06x}"
+            );
+            assert_eq!(recomputed(&packet).0, stored_ip(&packet));
+            done += 1;
+        }
+    }
+
+    fn stored_ip(packet: &[u8]) -> u16 {
+        u16::from_be_bytes([packet[10], packet[11]])
     }
 
     /// Recomputes every checksum in full (a UDP checksum of 0 stays 0).

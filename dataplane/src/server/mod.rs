@@ -19,10 +19,23 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::rewrite::{rewrite_address, Endpoint};
+use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
 use crate::vnic::{FourTuple, Outbox};
 use crate::wire::label::{insert_label, strip_label, LABEL_OPTION_SPACE};
-use crate::wire::{parse_ipv4, Label, TcpFlags, Transport};
+use crate::wire::{parse_ipv4, parse_ipv4_partial, Label, TcpFlags, Transport, WireError};
+
+fn rewrite(
+    packet: &mut [u8],
+    endpoint: Endpoint,
+    addr: Ipv4Addr,
+    partial: bool,
+) -> Result<Ipv4Addr, WireError> {
+    if partial {
+        rewrite_address_partial(packet, endpoint, addr)
+    } else {
+        rewrite_address(packet, endpoint, addr)
+    }
+}
 
 /// Which TUN device a packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,22 +165,55 @@ impl ServerEngine {
     /// [`LABEL_OPTION_SPACE`] bytes of room before `start`. What passes goes
     /// to the outbox.
     pub fn handle_packet(&mut self, buf: &mut [u8], start: usize, side: Side) {
+        if let Some(start) = self.forward(buf, start, side, false) {
+            self.outbox.push_packet(&buf[start..]);
+        }
+    }
+
+    /// Handles the packet at `buf[start..]` (with at least
+    /// [`LABEL_OPTION_SPACE`] bytes of room before `start`) in place:
+    /// returns where it starts now if it passes (a label inserted or
+    /// stripped moves its start), None if it is dropped (and counted).
+    ///
+    /// `partial`: its TCP or UDP checksum is partial, for the kernel to
+    /// finish (virtio-net `NEEDS_CSUM`): it is not verified, and a rewrite
+    /// updates it as a partial sum. This is how GSO super-packets of up to
+    /// 64 KiB come and go whole: nothing here depends on the payload.
+    pub fn forward(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        side: Side,
+        partial: bool,
+    ) -> Option<usize> {
         self.counters.packets += 1;
         self.counters.bytes += buf.len().saturating_sub(start) as u64;
         let Some(packet) = buf.get(start..) else {
-            return self.counters.drop("truncated");
+            self.counters.drop("truncated");
+            return None;
         };
-        let info = match parse_ipv4(packet) {
+        let parsed = if partial {
+            parse_ipv4_partial(packet)
+        } else {
+            parse_ipv4(packet)
+        };
+        let info = match parsed {
             Ok(i) => i,
-            Err(e) => return self.counters.drop(e.reason()),
+            Err(e) => {
+                self.counters.drop(e.reason());
+                return None;
+            }
         };
         let result = match side {
-            Side::Session => self.handle_from_session(buf, start, &info),
-            Side::Uplink => self.handle_from_uplink(buf, start, &info),
+            Side::Session => self.handle_from_session(buf, start, &info, partial),
+            Side::Uplink => self.handle_from_uplink(buf, start, &info, partial),
         };
         match result {
-            Ok(start) => self.outbox.push_packet(&buf[start..]),
-            Err(reason) => self.counters.drop(reason),
+            Ok(start) => Some(start),
+            Err(reason) => {
+                self.counters.drop(reason);
+                None
+            }
         }
     }
 
@@ -176,6 +222,7 @@ impl ServerEngine {
         buf: &mut [u8],
         mut start: usize,
         info: &crate::wire::PacketInfo,
+        partial: bool,
     ) -> Result<usize, &'static str> {
         if info.label.is_some() {
             // Only dataplanes speak labels; a session must not forge one.
@@ -207,7 +254,7 @@ impl ServerEngine {
             }
         }
         if let Some(p) = placement.filter(|p| p.physical != virtual_addr) {
-            rewrite_address(&mut buf[start..], Endpoint::Source, p.physical)
+            rewrite(&mut buf[start..], Endpoint::Source, p.physical, partial)
                 .map_err(|_| "rewrite_failed")?;
             self.counters.rewrites += 1;
         }
@@ -223,6 +270,7 @@ impl ServerEngine {
         buf: &mut [u8],
         mut start: usize,
         info: &crate::wire::PacketInfo,
+        partial: bool,
     ) -> Result<usize, &'static str> {
         let virtual_addr = self
             .by_physical
@@ -271,8 +319,13 @@ impl ServerEngine {
             };
         }
         if placement.is_some_and(|p| p.physical != virtual_addr) && info.dst_addr != virtual_addr {
-            rewrite_address(&mut buf[start..], Endpoint::Destination, virtual_addr)
-                .map_err(|_| "rewrite_failed")?;
+            rewrite(
+                &mut buf[start..],
+                Endpoint::Destination,
+                virtual_addr,
+                partial,
+            )
+            .map_err(|_| "rewrite_failed")?;
             self.counters.rewrites += 1;
         }
         Ok(start)

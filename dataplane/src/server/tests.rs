@@ -104,6 +104,75 @@ fn labels_are_exchanged_in_the_handshake_and_move_with_the_session() {
     assert_eq!((info.dst_addr, info.label), (VIRTUAL, None));
 }
 
+/// A TCP super-packet as a TUN device with offloads hands it over: 40 000
+/// bytes of payload, the checksum field holding the pseudo-header sum only.
+fn partial_super_packet(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let payload: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let mut t = TcpHeader::new(sport, dport, 1, 64240);
+    t.ack = true;
+    let tcp_len = u16::try_from(20 + payload.len()).unwrap();
+    t.checksum = crate::wire::checksum::fold(crate::wire::checksum::pseudo_header(
+        src,
+        dst,
+        crate::wire::protocol::TCP,
+        tcp_len,
+    ));
+    let body = [&t.to_bytes()[..], &payload].concat();
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.octets(), dst.octets()).unwrap();
+    ip.set_payload_len(body.len()).unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    [&ip.to_bytes()[..], &body].concat()
+}
+
+/// What the kernel does with a `NEEDS_CSUM` packet: finish its checksum.
+fn finish_checksum(packet: &mut [u8]) {
+    let ihl = usize::from(packet[0] & 0x0f) * 4;
+    let sum = crate::wire::checksum::add(0, &packet[ihl..]);
+    let value = !crate::wire::checksum::fold(sum);
+    packet[ihl + 16..ihl + 18].copy_from_slice(&value.to_be_bytes());
+}
+
+#[test]
+fn super_packets_with_partial_checksums_are_labelled_and_rewritten_whole() {
+    let mut a = ServerEngine::new(100, 1);
+    let (server_label, proxy_label) = exchanged(&mut a);
+    let mut state = a.export_session(VIRTUAL);
+    state.physical = PHYSICAL;
+    state.labelled = true;
+    let mut b = ServerEngine::new(100, 2);
+    assert_eq!(b.import_session(&state), 1);
+    let room = ServerEngine::HEADROOM;
+
+    // Out: labelled and rewritten in its headers; once the kernel finishes
+    // the checksum it is right for the new source.
+    let packet = partial_super_packet(VIRTUAL, REMOTE, 4000, 80);
+    let mut buf = [vec![0; room], packet.clone()].concat();
+    let start = b.forward(&mut buf, room, Side::Session, true).unwrap();
+    assert_eq!(start, 0, "the label went in front");
+    let mut out = buf[start..].to_vec();
+    assert!(
+        parse_ipv4(&out).is_err(),
+        "the checksum is still partial: the kernel finishes it"
+    );
+    finish_checksum(&mut out);
+    let info = parse_ipv4(&out).unwrap();
+    assert_eq!((info.src_addr, info.label), (PHYSICAL, Some(proxy_label)));
+    assert_eq!(&out[info.ip_header_len + 20..], &packet[40..]);
+
+    // In: the label checked and stripped, the destination rewritten back.
+    let mut inbound = partial_super_packet(REMOTE, PHYSICAL, 80, 4000);
+    push_label(&mut inbound, server_label).unwrap();
+    let mut buf = [vec![0; room], inbound].concat();
+    let start = b.forward(&mut buf, room, Side::Uplink, true).unwrap();
+    assert_eq!(start, room + 8, "the label is gone");
+    let mut passed = buf[start..].to_vec();
+    finish_checksum(&mut passed);
+    let info = parse_ipv4(&passed).unwrap();
+    assert_eq!((info.dst_addr, info.label), (VIRTUAL, None));
+    // Nothing was dropped on the way.
+    assert!(b.counters.dropped.is_empty(), "{:?}", b.counters.dropped);
+}
+
 #[test]
 fn forged_labels_and_labels_from_sessions_are_dropped() {
     let mut a = ServerEngine::new(100, 1);

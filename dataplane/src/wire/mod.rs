@@ -19,8 +19,9 @@ pub mod checksum;
 mod classify;
 pub mod ipv4;
 pub mod label;
+pub mod vnet;
 
-pub use classify::{parse_ipv4, PacketInfo, TcpFlags, Transport};
+pub use classify::{parse_ipv4, parse_ipv4_partial, PacketInfo, TcpFlags, Transport};
 pub use ipv4::{Ipv4Option, Ipv4Options, Ipv4Packet, Ipv4Repr};
 pub use label::{Label, LabelError};
 
