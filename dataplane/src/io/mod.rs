@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use crate::proxybox::{Event, ProxyEngine, VnicId};
 use crate::vnic::smol_now;
+use crate::wire::vnet;
 
 /// What the device loop and the relays share besides the engine.
 pub struct Shared {
@@ -68,7 +69,8 @@ pub async fn run_proxybox(
     engine: Rc<RefCell<ProxyEngine>>,
     shared: Rc<Shared>,
 ) -> io::Result<()> {
-    let mut rx = tun::RxBatch::new(device.mtu(), 0);
+    let mut rx = vec![0; vnet::LEN + 65535];
+    let mut scratch = Vec::new();
     engine.borrow_mut().set_offload(device.offload());
     tokio::task::spawn_local(icmp::relay(engine.clone(), shared.clone()));
     loop {
@@ -80,12 +82,19 @@ pub async fn run_proxybox(
             }
         };
         tokio::select! {
-            r = device.recv(&mut rx) => {
-                tun::survive(r)?;
+            r = device.recv_raw(&mut rx) => {
                 let now = shared.now();
                 let mut engine = engine.borrow_mut();
-                for packet in rx.packets_mut() {
-                    engine.ingest(now, packet);
+                let mut read = r;
+                // What else is queued, up to a batch: the VNICs answer once
+                // for all of it at the flush below.
+                for _ in 0..READ_BATCH {
+                    match read {
+                        Ok(n) => ingest_frame(&mut engine, now, &mut rx[..n], device.offload(), &mut scratch),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => tun::survive(Err(e))?,
+                    }
+                    read = device.try_recv_raw(&mut rx);
                 }
             }
             () = sleep => engine.borrow_mut().poll_timers(shared.now()),
@@ -124,6 +133,37 @@ pub async fn run_proxybox(
         }
         outbox.clear();
         engine.borrow_mut().outbox = outbox;
+    }
+}
+
+/// Packets the proxy box reads per wake-up before its VNICs answer.
+const READ_BATCH: usize = 64;
+
+/// Hands one packet read from the TUN device to the engine. With offloads
+/// it comes after its virtio-net header: a TCP super-packet (GSO) goes in
+/// whole, a UDP one as the datagrams it stands for, and a partial checksum
+/// (`NEEDS_CSUM`) is left for what it is.
+fn ingest_frame(
+    engine: &mut ProxyEngine,
+    now: smoltcp::time::Instant,
+    frame: &mut [u8],
+    offload: bool,
+    scratch: &mut Vec<u8>,
+) {
+    if !offload {
+        return engine.ingest(now, frame);
+    }
+    let Some(header) = vnet::VnetHeader::parse(frame) else {
+        return;
+    };
+    let packet = &mut frame[vnet::LEN..];
+    if header.gso() == vnet::GSO_UDP_L4 {
+        vnet::split_udp(packet, header.gso_size, scratch, |d| engine.ingest(now, d));
+    } else if header.needs_csum() {
+        engine.ingest_partial(now, packet);
+    } else {
+        // Anything else the engine does not take (IPv6) is counted there.
+        engine.ingest(now, packet);
     }
 }
 

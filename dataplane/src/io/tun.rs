@@ -1,10 +1,11 @@
-//! The TUN device: batched reads and writes, with the Linux offloads
-//! (`IFF_VNET_HDR`: the kernel hands over GSO super-packets, which tun-rs
-//! splits, and takes large TCP segments back to cut itself) when enabled.
+//! The TUN device: one packet per read or write, with the Linux offloads
+//! (`IFF_VNET_HDR`) when enabled: a virtio-net header (see
+//! [`crate::wire::vnet`]) in front of every packet, GSO super-packets of up
+//! to 64 KiB both ways, checksums left to the kernel.
 
 use std::io;
 
-use tun_rs::{AsyncDevice, DeviceBuilder, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 
 use crate::vnic::{Outbox, HEADROOM};
 
@@ -25,48 +26,6 @@ pub struct Tun {
     device: AsyncDevice,
     mtu: usize,
     offload: bool,
-}
-
-/// Packets of one batched read, each at `offset` in its buffer (room to
-/// grow the header in place, e.g. for a label).
-pub struct RxBatch {
-    original: Vec<u8>,
-    bufs: Vec<Vec<u8>>,
-    sizes: Vec<usize>,
-    count: usize,
-    offset: usize,
-}
-
-impl RxBatch {
-    pub fn new(mtu: usize, offset: usize) -> RxBatch {
-        RxBatch {
-            original: vec![0; VIRTIO_NET_HDR_LEN + 65535],
-            bufs: vec![vec![0; offset + mtu.max(1500) + 64]; IDEAL_BATCH_SIZE],
-            sizes: vec![0; IDEAL_BATCH_SIZE],
-            count: 0,
-            offset,
-        }
-    }
-
-    /// The packets read, each changeable in place.
-    pub fn packets_mut(&mut self) -> impl Iterator<Item = &mut [u8]> {
-        let offset = self.offset;
-        self.bufs
-            .iter_mut()
-            .zip(self.sizes.iter())
-            .take(self.count)
-            .map(move |(b, n)| &mut b[offset..offset + *n])
-    }
-
-    /// The packets read, each as (buffer up to its end, where it starts).
-    pub fn packets_with_room(&mut self) -> impl Iterator<Item = (&mut [u8], usize)> {
-        let offset = self.offset;
-        self.bufs
-            .iter_mut()
-            .zip(self.sizes.iter())
-            .take(self.count)
-            .map(move |(b, n)| (&mut b[..offset + *n], offset))
-    }
 }
 
 impl Tun {
@@ -94,42 +53,6 @@ impl Tun {
     /// Whether packets go with a virtio-net header (the offloads are on).
     pub fn offload(&self) -> bool {
         self.offload
-    }
-
-    /// Waits for packets, then takes what else is queued, up to one batch.
-    /// On an error the batch is empty.
-    pub async fn recv(&self, batch: &mut RxBatch) -> io::Result<()> {
-        batch.count = 0;
-        batch.count = self
-            .device
-            .recv_multiple(
-                &mut batch.original,
-                &mut batch.bufs,
-                &mut batch.sizes,
-                batch.offset,
-            )
-            .await?;
-        // Leave room for one more split super-packet (64 KiB / MTU).
-        let room = 65535 / self.mtu.max(576) + 1;
-        while batch.count + room <= batch.bufs.len() {
-            let (bufs, sizes) = (
-                &mut batch.bufs[batch.count..],
-                &mut batch.sizes[batch.count..],
-            );
-            match self
-                .device
-                .try_recv_multiple(&mut batch.original, bufs, sizes, batch.offset)
-            {
-                Ok(n) => batch.count += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // One bad super-packet: drop it, keep the batch.
-                Err(e) if is_packet_error(&e) => {
-                    count_read_error(&e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Waits for one packet and reads it whole into `buf` (a GSO
@@ -173,8 +96,8 @@ impl Tun {
     }
 }
 
-/// Reads that failed on one packet (a GSO super-packet tun-rs could not
-/// split, say), not on the device.
+/// Reads that failed on one packet (the kernel refused to hand one over),
+/// not on the device.
 pub static READ_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn is_packet_error(e: &io::Error) -> bool {

@@ -26,10 +26,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
-use crate::rewrite::{rewrite_address, Endpoint};
+use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
 use crate::vnic::{Egress, FourTuple, Outbox, Vnic, VnicConfig};
 use crate::wire::label::strip_label;
-use crate::wire::{parse_ipv4, Label, PacketInfo, TcpFlags, Transport};
+use crate::wire::{parse_ipv4, parse_ipv4_partial, Label, PacketInfo, TcpFlags, Transport};
 
 mod datagram;
 pub mod icmp;
@@ -255,9 +255,28 @@ impl ProxyEngine {
     /// packets, each VNIC sends one ACK (and one window update) for all of
     /// its packets in the batch instead of one per packet or two.
     pub fn ingest(&mut self, now: Instant, packet: &mut [u8]) {
+        self.ingest_with(now, packet, false);
+    }
+
+    /// [`ProxyEngine::ingest`] for a packet whose TCP or UDP checksum is
+    /// partial, for the kernel to finish (virtio-net `NEEDS_CSUM`): a GSO
+    /// super-packet of up to 64 KiB of a session's stream, which its VNIC
+    /// takes as one segment, or anything else the session's kernel sent
+    /// with checksum offload. The checksum is not verified (see
+    /// [`parse_ipv4_partial`]); smoltcp does not look at it either.
+    pub fn ingest_partial(&mut self, now: Instant, packet: &mut [u8]) {
+        self.ingest_with(now, packet, true);
+    }
+
+    fn ingest_with(&mut self, now: Instant, packet: &mut [u8], partial: bool) {
         self.counters.packets_in += 1;
         self.counters.bytes_in += packet.len() as u64;
-        let info = match parse_ipv4(packet) {
+        let parsed = if partial {
+            parse_ipv4_partial(packet)
+        } else {
+            parse_ipv4(packet)
+        };
+        let info = match parsed {
             Ok(info) => info,
             Err(e) => return self.counters.drop(e.reason()),
         };
@@ -279,8 +298,10 @@ impl ProxyEngine {
             remote: SocketAddrV4::new(info.dst_addr, dst_port),
         };
         match info.label {
-            Some(label) if !syn => self.handle_labelled(now, packet, &info, label, dst_port),
-            offer => self.handle_unlabelled(now, packet, tuple, flags, offer),
+            Some(label) if !syn => {
+                self.handle_labelled(now, packet, &info, (label, dst_port), partial)
+            }
+            offer => self.handle_unlabelled(now, packet, tuple, (flags, offer), partial),
         }
     }
 
@@ -289,8 +310,8 @@ impl ProxyEngine {
         now: Instant,
         packet: &mut [u8],
         info: &PacketInfo,
-        label: Label,
-        dst_port: u16,
+        (label, dst_port): (Label, u16),
+        partial: bool,
     ) {
         self.counters.labelled_packets += 1;
         let Some(&id) = self.by_label.get(&label) else {
@@ -310,7 +331,7 @@ impl ProxyEngine {
             _ => return self.counters.drop("bad_label"),
         };
         let packet = &mut packet[start..];
-        if rewrite_address(packet, Endpoint::Source, *tuple.session.ip()).is_err() {
+        if rewrite_source(packet, *tuple.session.ip(), partial).is_err() {
             return self.counters.drop("rewrite_failed");
         }
         self.counters.rewrites += 1;
@@ -322,8 +343,8 @@ impl ProxyEngine {
         now: Instant,
         packet: &mut [u8],
         tuple: FourTuple,
-        flags: TcpFlags,
-        offer: Option<Label>,
+        (flags, offer): (TcpFlags, Option<Label>),
+        partial: bool,
     ) {
         if let Some(&id) = self.by_tuple.get(&tuple) {
             return self.deliver(now, id, packet);
@@ -363,7 +384,7 @@ impl ProxyEngine {
         };
         let packet = &mut packet[start..];
         if moved_from.is_some() {
-            if rewrite_address(packet, Endpoint::Source, *tuple.session.ip()).is_err() {
+            if rewrite_source(packet, *tuple.session.ip(), partial).is_err() {
                 return self.counters.drop("rewrite_failed");
             }
             self.counters.rewrites += 1;
@@ -716,6 +737,20 @@ impl ProxyEngine {
         self.migrated.insert(to_physical, virtual_addr);
         tracing::info!(%virtual_addr, %from_physical, %to_physical, connections = moved, "session moved");
         moved
+    }
+}
+
+/// Rewrites the source address of a packet whose transport checksum is
+/// complete or (`partial`) a pseudo-header sum.
+fn rewrite_source(
+    packet: &mut [u8],
+    addr: Ipv4Addr,
+    partial: bool,
+) -> Result<Ipv4Addr, crate::wire::WireError> {
+    if partial {
+        rewrite_address_partial(packet, Endpoint::Source, addr)
+    } else {
+        rewrite_address(packet, Endpoint::Source, addr)
     }
 }
 

@@ -14,6 +14,10 @@
 //!   `gso_size` pieces, each with a copy of the headers. Its pseudo-header
 //!   sum covers the super-packet's whole transport length.
 
+use core::net::Ipv4Addr;
+
+use super::checksum;
+
 /// The header's length.
 pub const LEN: usize = 10;
 
@@ -77,9 +81,105 @@ impl VnetHeader {
     }
 }
 
+/// `VIRTIO_NET_HDR_GSO_UDP_L4`: UDP segmentation offload (USO).
+pub const GSO_UDP_L4: u8 = 5;
+
+/// Cuts an IPv4 UDP GSO super-packet (`gso_size` bytes of payload per
+/// datagram, its checksum partial or not) into the datagrams it stands
+/// for, as the kernel would: each gets a copy of the IP and UDP headers with
+/// its own lengths, the next IP identification and complete checksums. Each
+/// is built in `scratch` and handed to `each`. Returns how many there were
+/// (0 for a packet that is not one: too short, or not UDP).
+pub fn split_udp(
+    packet: &[u8],
+    gso_size: u16,
+    scratch: &mut Vec<u8>,
+    mut each: impl FnMut(&mut [u8]),
+) -> usize {
+    let ihl = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+    let headers = ihl + super::udp::HEADER_LEN;
+    if ihl < 20
+        || packet.len() < headers
+        || packet.get(9) != Some(&super::protocol::UDP)
+        || gso_size == 0
+    {
+        return 0;
+    }
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let ident = u16::from_be_bytes([packet[4], packet[5]]);
+    let mut count = 0;
+    for (i, chunk) in packet[headers..].chunks(usize::from(gso_size)).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(&packet[..headers]);
+        scratch.extend_from_slice(chunk);
+        // At most 65535: a piece of a packet of at most 65535 bytes.
+        let total = u16::try_from(scratch.len()).unwrap_or(u16::MAX);
+        let udp_len = u16::try_from(super::udp::HEADER_LEN + chunk.len()).unwrap_or(u16::MAX);
+        let id = ident.wrapping_add(u16::try_from(i).unwrap_or(u16::MAX));
+        scratch[2..4].copy_from_slice(&total.to_be_bytes());
+        scratch[4..6].copy_from_slice(&id.to_be_bytes());
+        scratch[10..12].copy_from_slice(&[0, 0]);
+        let ip_sum = checksum::checksum(&scratch[..ihl]);
+        scratch[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        let udp = &mut scratch[ihl..];
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        udp[6..8].copy_from_slice(&[0, 0]);
+        let sum = checksum::add(
+            checksum::pseudo_header(src, dst, super::protocol::UDP, udp_len),
+            udp,
+        );
+        // RFC 768: a computed 0 is sent as 0xFFFF.
+        let value = match !checksum::fold(sum) {
+            0 => 0xFFFF,
+            v => v,
+        };
+        udp[6..8].copy_from_slice(&value.to_be_bytes());
+        each(scratch);
+        count += 1;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{parse_ipv4, Transport};
+
+    #[test]
+    fn a_udp_super_packet_splits_into_checked_datagrams() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        let mut packet = Vec::new();
+        etherparse::PacketBuilder::ipv4([10, 1, 0, 100], [198, 18, 0, 20], 64)
+            .udp(4433, 443)
+            .write(&mut packet, &payload)
+            .unwrap();
+        packet[4..6].copy_from_slice(&7u16.to_be_bytes());
+        let mut scratch = Vec::new();
+        let mut got = Vec::new();
+        let n = split_udp(&packet, 1200, &mut scratch, |d| got.push(d.to_vec()));
+        assert_eq!(n, 3);
+        let mut joined = Vec::new();
+        for (i, d) in got.iter().enumerate() {
+            let info = parse_ipv4(d).expect("checksums right");
+            assert_eq!(
+                info.transport,
+                Transport::Udp {
+                    src_port: 4433,
+                    dst_port: 443
+                }
+            );
+            assert_eq!(u16::from_be_bytes([d[4], d[5]]), 7 + i as u16);
+            joined.extend_from_slice(&d[28..]);
+        }
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1228, 1228, 628]
+        );
+        assert_eq!(joined, payload);
+        // Not UDP, or too short: nothing.
+        assert_eq!(split_udp(&packet[..20], 1200, &mut scratch, |_| {}), 0);
+    }
 
     #[test]
     fn round_trips_in_host_byte_order() {
