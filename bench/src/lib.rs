@@ -145,6 +145,12 @@ impl Options {
 /// not implemented yet gets rows that say so; a benchmark that fails on a
 /// path that is implemented fails the whole run.
 pub fn run(options: &Options) -> Result<Report> {
+    // The dataplanes run as threads of this process: with the allocator
+    // settings of the mobidesk-dataplane binary, so that what is measured
+    // is what ships (without them every VNIC's buffers are cleared in full).
+    if !mobidesk_dataplane::io::tune_allocator() {
+        tracing::warn!("could not tune the allocator; the dataplane's connection rate will be low");
+    }
     let mut report = Report::new(options.settings);
     for &path in &options.paths {
         stop_if_interrupted()?;

@@ -145,7 +145,7 @@ fn ten_thousand_concurrent_connections_with_bounded_memory() {
          {per_connection} bytes per connection"
     );
     assert_eq!(s.vnics_created as usize, CONNECTIONS);
-    // 128 KiB of buffer each way is reserved per VNIC, but only what is used
+    // 512 KiB of buffer each way is reserved per VNIC, but only what is used
     // is ever touched; an idle connection must cost a few pages at most.
     assert!(
         per_connection < 48 * 1024,

@@ -64,7 +64,7 @@ const EXIT_CONFIG: u8 = 64;
 /// The threshold alone is not enough: glibc carves a request of any size
 /// from the top of the heap when the top has room for it, and calloc then
 /// clears (touches) all of it. With the default top pad (128 KiB added to
-/// every heap extension) the top often has room for a 128 KiB buffer: a
+/// every heap extension) the top often had room for a 128 KiB buffer: a
 /// quarter of them came from the heap, 65 KiB per idle connection instead
 /// of 11. No pad: the top stays too small, buffers go to `mmap`.
 #[allow(unsafe_code)]

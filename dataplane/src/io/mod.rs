@@ -3,6 +3,7 @@
 //! `LocalSet`): the engine is shared by `Rc<RefCell<..>>` and never borrowed
 //! across an await.
 
+mod alloc;
 mod icmp;
 mod server_io;
 pub mod steer;
@@ -18,6 +19,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+pub use alloc::tune_allocator;
 
 use crate::proxybox::{Event, ProxyEngine, VnicId};
 use crate::vnic::smol_now;

@@ -41,8 +41,8 @@ pub struct VnicConfig {
 impl Default for VnicConfig {
     fn default() -> Self {
         VnicConfig {
-            rx_buffer: 128 * 1024,
-            tx_buffer: 128 * 1024,
+            rx_buffer: 512 * 1024,
+            tx_buffer: 512 * 1024,
             // Room for the 8-byte label option in a 1500-byte path.
             mtu: 1500 - crate::wire::label::LABEL_OPTION_SPACE,
             max_burst: 64,
