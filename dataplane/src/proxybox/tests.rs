@@ -102,6 +102,11 @@ fn sent(engine: &mut ProxyEngine) -> Vec<(tun_rs::VirtioNetHdr, Vec<u8>)> {
 fn connected_with(offload: bool) -> Connected {
     let mut engine = ProxyEngine::new(ProxyConfig::default(), 7);
     engine.set_offload(offload);
+    connected_in(engine)
+}
+
+/// As [`connected`], in an engine of the caller's.
+fn connected_in(mut engine: ProxyEngine) -> Connected {
     let server_label = Label::new(0x5e5e_0001).unwrap();
     let mut syn = labelled(
         tcp(
@@ -457,42 +462,13 @@ fn a_session_that_stops_answering_is_probed_then_dropped() {
         },
         ..ProxyConfig::default()
     };
-    let mut engine = ProxyEngine::new(config, 7);
-    let mut syn = tcp(
-        SESSION,
-        SPORT,
-        REMOTE,
-        DPORT,
-        Seg {
-            syn: true,
-            seq: 1000,
-            ..Seg::default()
-        },
-        b"",
-    );
-    engine.handle_packet(t(0), &mut syn);
-    let Some(Event::Connect { id, .. }) = engine.take_events().pop() else {
-        panic!()
-    };
-    engine.accept(id);
-    engine.poll_vnic(t(1), id);
-    let synack = engine.outbox.packets().next().unwrap().to_vec();
-    engine.outbox.clear();
-    let (isn, _) = seq_ack(&synack);
-    let mut ack = tcp(
-        SESSION,
-        SPORT,
-        REMOTE,
-        DPORT,
-        Seg {
-            ack: true,
-            seq: 1001,
-            ack_no: isn.wrapping_add(1),
-            ..Seg::default()
-        },
-        b"",
-    );
-    engine.handle_packet(t(2), &mut ack);
+    let Connected {
+        mut engine,
+        id,
+        session_seq,
+        vnic_seq,
+        ..
+    } = connected_in(ProxyEngine::new(config, 7));
     // Some data from the session, read by the relay, acknowledged.
     let mut data = tcp(
         SESSION,
@@ -501,8 +477,8 @@ fn a_session_that_stops_answering_is_probed_then_dropped() {
         DPORT,
         Seg {
             ack: true,
-            seq: 1001,
-            ack_no: isn.wrapping_add(1),
+            seq: session_seq,
+            ack_no: vnic_seq,
             ..Seg::default()
         },
         b"hello",
