@@ -2,27 +2,37 @@
 //! (PROTOCOL.md §5). It builds without any feature, so its tests run
 //! everywhere and a client-side tool can use it too.
 //!
-//! - [`PixelView`]: a borrowed BGRX image with a stride — a damaged rectangle
-//!   of the Xvfb framebuffer mapping, or a `GetImage` reply — never copied.
-//! - [`encode`]: one rectangle of a view into commands. The area is cut into
-//!   [`TILE`]-pixel tiles; a tile of one colour becomes part of an SFILL (all
-//!   tiles of one colour share one message, runs of tiles merge into one
-//!   rectangle), the others are sent as RAW bands (runs of mixed tiles in a
-//!   tile row, LZ4 when smaller). BITMAP, PFILL, COPY and VIDEO detection come
-//!   later.
-//! - [`Region`]: the damaged rectangles not yet sent to one client, coalesced
-//!   and bounded in count.
+//! - [`PixelView`]: a borrowed BGRX image with a stride — the Xvfb
+//!   framebuffer mapping, or the server's `GetImage` copy — never copied
+//!   except for the area being encoded.
+//! - [`Encoder`]: one per client. It keeps an [`Image`] of what that client
+//!   has (or will have once every command it was given is applied) and
+//!   turns a damaged rectangle of the screen into the commands that bring the
+//!   client from its image to the screen: first COPY for areas it already
+//!   has elsewhere (scrolling, moved windows; `copy.rs`), then, for the pixels
+//!   that still differ, SFILL for one-colour tiles, BITMAP for two-colour
+//!   tiles, PFILL for repeated or periodic tiles where it pays, RAW for the
+//!   rest (`tiles.rs`). Pixels equal to the client's image are not sent.
+//! - [`Region`]: the damaged rectangles not yet encoded for one client,
+//!   coalesced and bounded in count.
 //!
-//! The commands of one [`encode`] call never overlap, so a scheduler may send
-//! them in any order.
+//! Why one image per client and not one shared previous frame: clients are
+//! at different points (a slow client skips frames, PROTOCOL.md §11), and a
+//! COPY is only right against what *that* client has. The cost is fixed:
+//! `width × height × 4` bytes per client (1.2 MB at 640×480, 8.3 MB at
+//! 1920×1080), never more.
 
+mod copy;
+mod image;
 mod region;
+mod tiles;
 
+pub use self::copy::{Move, MIN_COPY_ROWS};
+pub use self::image::Image;
 pub use self::region::Region;
+pub use self::tiles::{BITMAP_RUN, RAW_RUN};
 
-use std::collections::BTreeMap;
-
-use crate::protocol::{Command, Payload, RawRepr, Rect, SFillRepr};
+use crate::protocol::{Command, Rect};
 
 /// The edge of the square tiles [`encode`] classifies.
 pub const TILE: u16 = 64;
@@ -159,102 +169,102 @@ impl<'a> PixelView<'a> {
     }
 }
 
-/// Encodes all of `view` as commands that paint it at `(dst_x, dst_y)` of
-/// the client framebuffer: SFILL for one-colour tiles, RAW for the rest.
+/// What one client has, and the encoder that brings it up to date.
 ///
-/// `dst_x + view.width()` and `dst_y + view.height()` must be at most
-/// `MAX_DIMENSION` (they are when the view is part of a screen of that size);
-/// rectangles past it are left out.
-pub fn encode(view: &PixelView<'_>, dst_x: u16, dst_y: u16) -> Vec<Command<'static>> {
-    // Solid rectangles per colour. `open` holds, per (x, w, colour), the
-    // index of a rectangle that ends at the current tile row, so that equal
-    // runs in consecutive tile rows merge vertically.
-    let mut fills: BTreeMap<u32, Vec<Rect>> = BTreeMap::new();
-    let mut open: BTreeMap<(u16, u16, u32), usize> = BTreeMap::new();
-    let mut raws = Vec::new();
-    let mut ty = 0u16;
-    while ty < view.height {
-        let th = TILE.min(view.height - ty);
-        let mut next_open = BTreeMap::new();
-        // Classify the tiles of this row into runs: (x, w, Some(colour)) for
-        // solid runs of one colour, (x, w, None) for mixed runs.
-        let mut runs: Vec<(u16, u16, Option<u32>)> = Vec::new();
-        let mut tx = 0u16;
-        while tx < view.width {
-            let tw = TILE.min(view.width - tx);
-            let colour = view
-                .sub(Rect::new(tx, ty, tw, th))
-                .and_then(|tile| tile.solid_colour());
-            match runs.last_mut() {
-                Some((_, w, c)) if *c == colour => *w += tw,
-                _ => runs.push((tx, tw, colour)),
-            }
-            tx += tw;
-        }
-        for (x, w, colour) in runs {
-            let Some(abs) = translate(Rect::new(x, ty, w, th), dst_x, dst_y) else {
-                continue;
-            };
-            match colour {
-                Some(colour) => {
-                    let rects = fills.entry(colour).or_default();
-                    let index = match open.get(&(x, w, colour)) {
-                        Some(&i) => match rects.get_mut(i) {
-                            Some(r) => {
-                                r.h += th;
-                                i
-                            }
-                            None => push(rects, abs),
-                        },
-                        None => push(rects, abs),
-                    };
-                    next_open.insert((x, w, colour), index);
-                }
-                None => {
-                    if let Some(part) = view.sub(Rect::new(x, ty, w, th)) {
-                        raws.push(Command::Raw(RawRepr {
-                            rect: abs,
-                            data: Payload::compress(&part.to_packed()),
-                        }));
-                    }
-                }
-            }
-        }
-        open = next_open;
-        ty += th;
-    }
-    let mut commands = Vec::new();
-    for (colour, rects) in fills {
-        for chunk in rects.chunks(usize::from(u16::MAX)) {
-            commands.push(Command::SFill(SFillRepr {
-                colour,
-                rects: chunk.to_vec(),
-            }));
-        }
-    }
-    commands.extend(raws);
-    commands
+/// INVARIANT: `model` is exactly what the client's framebuffer is after it
+/// applied every command this encoder returned, in the order returned.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    model: Image,
 }
 
-fn push(rects: &mut Vec<Rect>, rect: Rect) -> usize {
-    rects.push(rect);
-    rects.len() - 1
-}
+impl Encoder {
+    /// An encoder for a client whose `width × height` framebuffer is black
+    /// (as after `FramebufferSize`, PROTOCOL.md §3.4).
+    pub fn new(width: u16, height: u16) -> Self {
+        Encoder {
+            model: Image::new(width, height),
+        }
+    }
 
-fn translate(rect: Rect, dx: u16, dy: u16) -> Option<Rect> {
-    let x = rect.x.checked_add(dx)?;
-    let y = rect.y.checked_add(dy)?;
-    let r = Rect::new(x, y, rect.w, rect.h);
-    r.validate().is_ok().then_some(r)
+    /// What the client has.
+    pub fn model(&self) -> &Image {
+        &self.model
+    }
+
+    /// The client's framebuffer was reset to black (a new full state).
+    pub fn reset(&mut self) {
+        self.model = Image::new(self.model.width(), self.model.height());
+    }
+
+    /// COPY commands for areas of `rect` (and of the `moves` hints) that the
+    /// client already has elsewhere. `screen` is the whole screen, of the
+    /// encoder's size.
+    pub fn copies(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        moves: &[Move],
+    ) -> Vec<Command<'static>> {
+        let mut out = Vec::new();
+        if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
+            return out;
+        }
+        for mv in moves {
+            if let Some(c) = copy::verify_move(&self.model, screen, mv) {
+                self.model.copy(&c);
+                out.push(Command::Copy(c));
+            }
+        }
+        // A second pass finds a second scroll (e.g. two panes).
+        for _ in 0..2 {
+            match copy::detect_scroll(&self.model, screen, rect) {
+                Some(c) => {
+                    self.model.copy(&c);
+                    out.push(Command::Copy(c));
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The commands that paint the pixels of `rect` of `screen` that differ
+    /// from the client's image (none when nothing differs). The pixels are
+    /// read once, so a screen that changes meanwhile cannot make the image
+    /// and the client disagree.
+    pub fn paint(&mut self, screen: &PixelView<'_>, rect: Rect) -> Vec<Command<'static>> {
+        if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
+            return Vec::new();
+        }
+        match Image::snapshot(screen, rect) {
+            Some(snap) => tiles::paint(&mut self.model, &snap, rect.x, rect.y),
+            None => Vec::new(),
+        }
+    }
+
+    /// [`Self::copies`] then [`Self::paint`]: after applying the result, the
+    /// client's `rect` equals the screen's.
+    pub fn update(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        moves: &[Move],
+    ) -> Vec<Command<'static>> {
+        let mut out = self.copies(screen, rect, moves);
+        out.extend(self.paint(screen, rect));
+        out
+    }
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
     use crate::codec::Framebuffer;
+    use crate::protocol::{Message, SFillRepr};
 
-    /// A `w × h` image, X bytes set to garbage to check they are ignored.
-    fn image(w: u16, h: u16, f: impl Fn(u16, u16) -> u32) -> Vec<u8> {
+    /// A `w × h` screen, X bytes set to garbage to check they are ignored.
+    fn screen(w: u16, h: u16, f: impl Fn(u16, u16) -> u32) -> Vec<u8> {
         let mut out = Vec::new();
         for y in 0..h {
             for x in 0..w {
@@ -264,15 +274,11 @@ mod test {
         out
     }
 
-    fn decode(width: u16, height: u16, commands: &[Command<'_>]) -> Framebuffer {
-        let mut fb = Framebuffer::new(width, height).unwrap();
-        for c in commands {
-            fb.apply(c).unwrap();
-        }
-        fb
+    fn view(data: &[u8], w: u16, h: u16) -> PixelView<'_> {
+        PixelView::new(data, usize::from(w) * 4, w, h).unwrap()
     }
 
-    fn expected(view: &PixelView<'_>) -> Vec<u32> {
+    fn pixels(view: &PixelView<'_>) -> Vec<u32> {
         let mut out = Vec::new();
         for y in 0..view.height() {
             for x in 0..view.width() {
@@ -280,6 +286,60 @@ mod test {
             }
         }
         out
+    }
+
+    /// A client whose framebuffer is what `encoder` believes it is.
+    fn client_of(encoder: &Encoder) -> Framebuffer {
+        let m = encoder.model();
+        Framebuffer::from_pixels(m.width(), m.height(), m.pixels().to_vec()).unwrap()
+    }
+
+    /// Applies `commands` to `client`; checks it ends equal to `view` and to
+    /// the encoder's image; returns the bytes on the wire.
+    fn apply(
+        client: &mut Framebuffer,
+        commands: &[Command<'_>],
+        view: &PixelView<'_>,
+        encoder: &Encoder,
+    ) -> usize {
+        let mut bytes = 0;
+        for c in commands {
+            client.apply(c).unwrap();
+            bytes += Message::Command(c.clone()).buffer_len();
+        }
+        assert!(
+            client.pixels() == pixels(view).as_slice(),
+            "client differs from the screen"
+        );
+        assert!(
+            client.pixels() == encoder.model().pixels(),
+            "image differs from the client"
+        );
+        bytes
+    }
+
+    fn count(commands: &[Command<'_>], t: fn(&Command<'_>) -> bool) -> usize {
+        commands.iter().filter(|c| t(c)).count()
+    }
+
+    /// xterm-like text: 6×13 cells, dark glyph strokes on white, line `l`
+    /// showing the digits of `l + first`.
+    fn text(first: u32) -> impl Fn(u16, u16) -> u32 {
+        move |x, y| {
+            let line = u32::from(y / 13) + first;
+            let col = u32::from(x / 6);
+            let (cx, cy) = (u32::from(x % 6), u32::from(y % 13));
+            let glyph = (line.wrapping_mul(31) ^ col.wrapping_mul(17)).wrapping_mul(2_654_435_761);
+            let on = cx < 5
+                && (2..11).contains(&cy)
+                && (glyph >> ((cx + 5 * (cy - 2)) % 32)) & 1 == 1
+                && col < 20;
+            if on {
+                0x0000_0000
+            } else {
+                0x00ff_ffff
+            }
+        }
     }
 
     #[test]
@@ -296,9 +356,10 @@ mod test {
 
     #[test]
     fn solid_screen_is_one_sfill_rect() {
-        let data = image(300, 200, |_, _| 0x0012_3456);
-        let view = PixelView::new(&data, 300 * 4, 300, 200).unwrap();
-        let commands = encode(&view, 0, 0);
+        let data = screen(300, 200, |_, _| 0x0012_3456);
+        let view = view(&data, 300, 200);
+        let mut enc = Encoder::new(300, 200);
+        let commands = enc.update(&view, Rect::new(0, 0, 300, 200), &[]);
         assert_eq!(
             commands,
             [Command::SFill(SFillRepr {
@@ -306,77 +367,339 @@ mod test {
                 rects: vec![Rect::new(0, 0, 300, 200)],
             })]
         );
+        // Nothing changed: nothing to send.
+        assert!(enc.update(&view, Rect::new(0, 0, 300, 200), &[]).is_empty());
     }
 
     #[test]
-    fn mixed_image_round_trips_through_the_framebuffer() {
-        // Left half: stripes of two colours per tile row (solid tiles);
-        // right half: noise (RAW).
-        let (w, h) = (200u16, 150u16);
-        let data = image(w, h, |x, y| {
-            if x < 128 {
+    fn classes_round_trip_through_the_framebuffer() {
+        // Left: solid stripes; middle: two-colour text; right: noise.
+        let (w, h) = (320u16, 150u16);
+        let data = screen(w, h, |x, y| {
+            if x < 64 {
                 if (y / 64) % 2 == 0 {
                     0x00ff_0000
                 } else {
                     0x0000_ff00
                 }
+            } else if x < 192 {
+                text(0)(x - 64, y)
             } else {
                 u32::from(x).wrapping_mul(2_654_435_761) ^ u32::from(y).wrapping_mul(40_503)
             }
         });
-        let view = PixelView::new(&data, usize::from(w) * 4, w, h).unwrap();
-        let commands = encode(&view, 0, 0);
-        let sfills = commands
-            .iter()
-            .filter(|c| matches!(c, Command::SFill(_)))
-            .count();
-        let raws = commands
-            .iter()
-            .filter(|c| matches!(c, Command::Raw(_)))
-            .count();
-        assert_eq!(sfills, 2);
-        // One RAW per tile row, the run of mixed tiles on the right.
-        assert_eq!(raws, 3);
-        let fb = decode(w, h, &commands);
-        assert_eq!(fb.pixels(), expected(&view).as_slice());
+        let view = view(&data, w, h);
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let commands = enc.update(&view, Rect::new(0, 0, w, h), &[]);
+        apply(&mut client, &commands, &view, &enc);
+        assert_eq!(count(&commands, |c| matches!(c, Command::SFill(_))), 2);
+        assert_eq!(
+            count(&commands, |c| matches!(c, Command::Bitmap(_))),
+            3,
+            "{commands:?}"
+        );
+        assert_eq!(count(&commands, |c| matches!(c, Command::Raw(_))), 3);
     }
 
     #[test]
-    fn sub_view_lands_at_its_destination() {
-        let (w, h) = (100u16, 90u16);
-        let data = image(w, h, |x, y| u32::from(x) * 7 + u32::from(y) * 1000);
-        let view = PixelView::new(&data, usize::from(w) * 4, w, h).unwrap();
-        let rect = Rect::new(13, 7, 70, 66);
-        let part = view.sub(rect).unwrap();
-        let commands = encode(&part, rect.x, rect.y);
-        let fb = decode(w, h, &commands);
-        for y in 0..h {
-            for x in 0..w {
-                let inside = (13..83).contains(&x) && (7..73).contains(&y);
-                let want = if inside { view.pixel(x, y) } else { 0 };
-                assert_eq!(fb.pixel(x, y), Some(want), "({x}, {y})");
+    fn typing_one_character_is_a_tiny_bitmap() {
+        let (w, h) = (320u16, 200u16);
+        let before = screen(w, h, text(0));
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let v = view(&before, w, h);
+        let c = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &c, &v, &enc);
+        // One new glyph at cell (20, 3), where the text had none.
+        let after = screen(w, h, |x, y| {
+            if (120..125).contains(&x) && (41..50).contains(&y) && (x + y) % 2 == 0 {
+                0
+            } else {
+                text(0)(x, y)
             }
+        });
+        let v = view(&after, w, h);
+        // The damage X reports is larger than the glyph.
+        let commands = enc.update(&v, Rect::new(100, 30, 60, 30), &[]);
+        let bytes = apply(&mut client, &commands, &v, &enc);
+        assert!(
+            matches!(commands.as_slice(), [Command::Bitmap(b)] if b.rect == Rect::new(120, 41, 5, 9)),
+            "{commands:?}"
+        );
+        assert!(bytes < 60, "{bytes} bytes");
+    }
+
+    fn v_rect(w: u16, h: u16) -> Rect {
+        Rect::new(0, 0, w, h)
+    }
+
+    #[test]
+    fn scroll_is_one_copy_plus_the_new_strip() {
+        // A 20-line terminal scrolled by 3 lines (39 rows).
+        let (w, h) = (240u16, 260u16);
+        let before = screen(w, h, text(0));
+        let after = screen(w, h, text(3));
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let v = view(&before, w, h);
+        let c = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &c, &v, &enc);
+
+        let v = view(&after, w, h);
+        let mut plain = enc.clone();
+        let commands = enc.update(&v, v_rect(w, h), &[]);
+        let bytes = apply(&mut client, &commands, &v, &enc);
+        assert_eq!(
+            commands.first(),
+            Some(&Command::Copy(crate::protocol::CopyRepr {
+                src_x: 0,
+                src_y: 39,
+                dst_x: 0,
+                dst_y: 0,
+                w,
+                h: h - 41
+            }))
+        );
+        assert_eq!(count(&commands, |c| matches!(c, Command::Copy(_))), 1);
+        // Everything else is the new strip at the bottom.
+        for c in commands.iter().skip(1) {
+            let y = match c {
+                Command::Bitmap(b) => b.rect.y,
+                Command::SFill(s) => s.rects.iter().map(|r| r.y).min().unwrap(),
+                Command::Raw(r) => r.rect.y,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert!(y >= h - 39, "{c:?}");
+        }
+        // Without COPY (paint only) it costs several times more.
+        let mut plain_client = client_of(&plain);
+        let painted = plain.paint(&v, v_rect(w, h));
+        let plain_bytes = apply(&mut plain_client, &painted, &v, &plain);
+        eprintln!("scroll by 39 rows: {bytes} bytes with COPY, {plain_bytes} bytes painted");
+        assert!(
+            bytes * 3 < plain_bytes,
+            "copy {bytes} bytes, paint {plain_bytes} bytes"
+        );
+    }
+
+    #[test]
+    fn scroll_down_and_partial_area() {
+        // Only a 160-wide pane in the middle scrolls down by 5 rows.
+        let (w, h) = (320u16, 200u16);
+        let pane = |first: i32| {
+            move |x: u16, y: u16| {
+                if (80..240).contains(&x) && (20..180).contains(&y) {
+                    let yy = i32::from(y) - first;
+                    u32::from(x).wrapping_mul(2_654_435_761) ^ (yy as u32).wrapping_mul(40_503)
+                } else {
+                    0x0020_2020
+                }
+            }
+        };
+        let before = screen(w, h, pane(0));
+        let after = screen(w, h, pane(5));
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let v = view(&before, w, h);
+        let c = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &c, &v, &enc);
+        let v = view(&after, w, h);
+        let commands = enc.update(&v, Rect::new(80, 20, 160, 160), &[]);
+        apply(&mut client, &commands, &v, &enc);
+        assert_eq!(
+            commands.first(),
+            Some(&Command::Copy(crate::protocol::CopyRepr {
+                src_x: 80,
+                src_y: 20,
+                dst_x: 80,
+                dst_y: 25,
+                w: 160,
+                h: 155
+            }))
+        );
+        let raw: usize = commands
+            .iter()
+            .map(|c| match c {
+                Command::Raw(r) => r.rect.area(),
+                _ => 0,
+            })
+            .sum();
+        assert!(raw <= 160 * 5, "{raw} pixels of RAW");
+    }
+
+    #[test]
+    fn moved_window_is_a_copy_from_the_hint() {
+        let (w, h) = (400u16, 300u16);
+        let win = |wx: u16, wy: u16| {
+            move |x: u16, y: u16| {
+                if (wx..wx + 150).contains(&x) && (wy..wy + 100).contains(&y) {
+                    u32::from(x - wx).wrapping_mul(2_654_435_761)
+                        ^ u32::from(y - wy).wrapping_mul(40_503)
+                } else {
+                    0x0040_4080
+                }
+            }
+        };
+        let before = screen(w, h, win(30, 40));
+        let after = screen(w, h, win(170, 90));
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let v = view(&before, w, h);
+        let c = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &c, &v, &enc);
+        let v = view(&after, w, h);
+        let hint = Move {
+            dst: Rect::new(170, 90, 150, 100),
+            dx: 140,
+            dy: 50,
+        };
+        let damage = Rect::new(30, 40, 290, 150);
+        let commands = enc.update(&v, damage, &[hint]);
+        let bytes = apply(&mut client, &commands, &v, &enc);
+        assert_eq!(
+            commands.first(),
+            Some(&Command::Copy(crate::protocol::CopyRepr {
+                src_x: 30,
+                src_y: 40,
+                dst_x: 170,
+                dst_y: 90,
+                w: 150,
+                h: 100
+            }))
+        );
+        // Left to paint: the uncovered background (SFILL), and RAW only for
+        // the tile where the old and new places meet.
+        let raw: usize = commands
+            .iter()
+            .map(|c| match c {
+                Command::Raw(r) => r.rect.area(),
+                _ => 0,
+            })
+            .sum();
+        assert!(raw <= 64 * 64, "{commands:?}");
+        assert!(bytes < 8000, "{bytes} bytes");
+        // A wrong hint is refused by the pixels; the result is still exact.
+        let mut enc2 = Encoder::new(w, h);
+        let mut client2 = client_of(&enc2);
+        let v0 = view(&before, w, h);
+        let c = enc2.update(&v0, v_rect(w, h), &[]);
+        apply(&mut client2, &c, &v0, &enc2);
+        let wrong = Move {
+            dst: Rect::new(170, 90, 150, 100),
+            dx: 10,
+            dy: 3,
+        };
+        let commands = enc2.update(&v, damage, &[wrong]);
+        apply(&mut client2, &commands, &v, &enc2);
+        assert_eq!(count(&commands, |c| matches!(c, Command::Copy(_))), 0);
+    }
+
+    #[test]
+    fn repeated_and_periodic_tiles_are_pfill() {
+        // A wallpaper of a 16×8 motif with many colours, over 5×4 tiles.
+        let (w, h) = (320u16, 256u16);
+        let data = screen(w, h, |x, y| {
+            (u32::from(x % 16) * 0x0001_0307) ^ (u32::from(y % 8) * 0x0011_0000)
+        });
+        let v = view(&data, w, h);
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let commands = enc.update(&v, v_rect(w, h), &[]);
+        let bytes = apply(&mut client, &commands, &v, &enc);
+        assert!(
+            matches!(commands.as_slice(), [Command::PFill(p)] if (p.tile_w, p.tile_h) == (16, 8)),
+            "{commands:?}"
+        );
+        assert!(bytes < 1200, "{bytes} bytes");
+        // The same noisy 64×64 tile twice (not periodic): one PFILL, two rects.
+        let (w, h) = (256u16, 64u16);
+        let data = screen(w, h, |x, y| {
+            if x < 64 || (128..192).contains(&x) {
+                let x = x % 64;
+                u32::from(x).wrapping_mul(2_654_435_761) ^ u32::from(y).wrapping_mul(40_503)
+            } else {
+                u32::from(x).wrapping_mul(97) ^ u32::from(y).wrapping_mul(7_919)
+            }
+        });
+        let v = view(&data, w, h);
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let commands = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &commands, &v, &enc);
+        assert!(
+            commands
+                .iter()
+                .any(|c| matches!(c, Command::PFill(p) if p.rects.len() == 2 && p.tile_w == 64)),
+            "{commands:?}"
+        );
+    }
+
+    /// A tiny deterministic PRNG (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 16) as u32
+        }
+        fn below(&mut self, n: u32) -> u32 {
+            self.next() % n.max(1)
         }
     }
 
     #[test]
-    fn vertical_runs_merge() {
-        // Two columns of colour, each spanning several tile rows.
-        let data = image(128, 256, |x, _| if x < 64 { 1 } else { 2 });
-        let view = PixelView::new(&data, 128 * 4, 128, 256).unwrap();
-        let commands = encode(&view, 10, 20);
-        assert_eq!(
-            commands,
-            [
-                Command::SFill(SFillRepr {
-                    colour: 1,
-                    rects: vec![Rect::new(10, 20, 64, 256)]
-                }),
-                Command::SFill(SFillRepr {
-                    colour: 2,
-                    rects: vec![Rect::new(74, 20, 64, 256)]
-                }),
-            ]
-        );
+    fn random_edits_always_end_pixel_exact() {
+        let (w, h) = (200u16, 150u16);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut px: Vec<u32> = (0..usize::from(w) * usize::from(h))
+            .map(|i| text(0)((i % 200) as u16, (i / 200) as u16))
+            .collect();
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let bytes: Vec<u8> = px.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let v = view(&bytes, w, h);
+        let commands = enc.update(&v, v_rect(w, h), &[]);
+        apply(&mut client, &commands, &v, &enc);
+        for step in 0..200 {
+            // Edit: a fill, noise, a scroll of a band, or text.
+            let x = rng.below(u32::from(w) - 1) as u16;
+            let y = rng.below(u32::from(h) - 1) as u16;
+            let rw = 1 + rng.below(u32::from(w - x)) as u16;
+            let rh = 1 + rng.below(u32::from(h - y)) as u16;
+            let kind = rng.below(4);
+            let colour = rng.next() & 0x00ff_ffff;
+            let old = px.clone();
+            for yy in y..y + rh {
+                for xx in x..x + rw {
+                    let i = usize::from(yy) * usize::from(w) + usize::from(xx);
+                    px[i] = match kind {
+                        0 => colour,
+                        1 => rng.next() & 0x00ff_ffff,
+                        2 => {
+                            let sy = (yy + 7).min(h - 1);
+                            old[usize::from(sy) * usize::from(w) + usize::from(xx)]
+                        }
+                        _ => text(step)(xx, yy),
+                    };
+                }
+            }
+            let bytes: Vec<u8> = px.iter().flat_map(|p| p.to_le_bytes()).collect();
+            let v = view(&bytes, w, h);
+            // Damage sometimes smaller than the change: the rest comes later.
+            let commands = enc.update(&v, Rect::new(x, y, rw, rh), &[]);
+            for c in &commands {
+                client.apply(c).unwrap();
+            }
+            assert!(
+                client.pixels() == enc.model().pixels(),
+                "step {step}: image differs"
+            );
+            assert!(
+                client.pixels() == px.as_slice(),
+                "step {step}: client differs"
+            );
+        }
     }
 }

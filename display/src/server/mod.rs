@@ -26,8 +26,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use crate::encode::{self, PixelView, Region};
-use crate::protocol::{Command, CursorShapeRepr, Rect};
+use crate::encode::{PixelView, Region};
+use crate::protocol::{CursorShapeRepr, Rect};
 
 pub use self::net::DisplayServer;
 
@@ -113,32 +113,22 @@ pub(crate) enum Pixels {
 }
 
 impl Pixels {
-    /// The commands that paint `rect` of the screen as it is now.
-    pub(crate) fn encode(&self, rect: Rect) -> Vec<Command<'static>> {
+    /// Runs `f` on a view of the whole screen as it is now (`None` when the
+    /// mapping is not readable).
+    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&PixelView<'_>) -> R) -> Option<R> {
         match self {
-            Pixels::Fbdir(screen) => match screen.view() {
-                Ok(view) => encode_part(&view, rect),
-                Err(_) => Vec::new(),
-            },
+            Pixels::Fbdir(screen) => screen.view().ok().map(|view| f(&view)),
             Pixels::Shadow {
                 width,
                 height,
                 data,
             } => {
                 let data = data.read().unwrap_or_else(PoisonError::into_inner);
-                match PixelView::new(&data, usize::from(*width) * 4, *width, *height) {
-                    Ok(view) => encode_part(&view, rect),
-                    Err(_) => Vec::new(),
-                }
+                PixelView::new(&data, usize::from(*width) * 4, *width, *height)
+                    .ok()
+                    .map(|view| f(&view))
             }
         }
-    }
-}
-
-fn encode_part(view: &PixelView<'_>, rect: Rect) -> Vec<Command<'static>> {
-    match view.sub(rect) {
-        Some(part) => encode::encode(&part, rect.x, rect.y),
-        None => Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::x11::XSession;
 use super::{lock, ClientShared, Config, Hub, Inject, ServerError};
-use crate::encode::TILE;
+use crate::encode::{Encoder, TILE};
 use crate::protocol::{
     Buttons, Capabilities, ClientHelloRepr, CloseCode, CloseRepr, CursorPositionRepr, Frame,
     FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender, ServerHelloRepr,
@@ -473,7 +473,8 @@ async fn write_loop(
     peer: SocketAddr,
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
-    send_full_state(hub, shared, out, cursor).await?;
+    let mut encoder = Encoder::new(hub.width, hub.height);
+    send_full_state(hub, shared, &mut encoder, out, cursor).await?;
     loop {
         tokio::select! {
             biased;
@@ -482,7 +483,7 @@ async fn write_loop(
                     out.push(&Message::Pong(PingRepr { token })).await?;
                     out.flush().await?;
                 }
-                Some(Ctrl::FullState) => send_full_state(hub, shared, out, cursor).await?,
+                Some(Ctrl::FullState) => send_full_state(hub, shared, &mut encoder, out, cursor).await?,
                 Some(Ctrl::Close(code, reason)) => {
                     out.close(code, &reason).await;
                     return Ok(());
@@ -497,7 +498,7 @@ async fn write_loop(
                     out.push(&Message::CursorShape(hub.cursor().shape)).await?;
                 }
                 let rects = lock(&shared.dirty).take();
-                send_rects(hub, out, &rects).await?;
+                send_rects(hub, &mut encoder, out, &rects).await?;
                 out.flush().await?;
             }
         }
@@ -508,9 +509,11 @@ async fn write_loop(
 async fn send_full_state(
     hub: &Hub,
     shared: &ClientShared,
+    encoder: &mut Encoder,
     out: &mut Out,
     cursor: bool,
 ) -> std::io::Result<()> {
+    encoder.reset();
     let full = Rect::new(0, 0, hub.width, hub.height);
     out.push(&Message::FramebufferSize(FramebufferSizeRepr {
         width: hub.width,
@@ -529,20 +532,37 @@ async fn send_full_state(
         }))
         .await?;
     }
-    send_rects(hub, out, &[full]).await?;
+    send_rects(hub, encoder, out, &[full]).await?;
     out.push(&Message::StateComplete).await?;
     out.flush().await
 }
 
 /// Encodes `rects` from the current screen in bands of [`TILE`] rows; the
 /// batch goes to the socket whenever it reaches its limit.
-async fn send_rects(hub: &Hub, out: &mut Out, rects: &[Rect]) -> std::io::Result<()> {
+async fn send_rects(
+    hub: &Hub,
+    encoder: &mut Encoder,
+    out: &mut Out,
+    rects: &[Rect],
+) -> std::io::Result<()> {
     for rect in rects {
+        let copies = hub
+            .pixels
+            .with_view(|view| encoder.copies(view, *rect, &[]))
+            .unwrap_or_default();
+        for command in copies {
+            out.push(&Message::Command(command)).await?;
+        }
         let bottom = rect.y.saturating_add(rect.h);
         let mut y = rect.y;
         while y < bottom {
             let h = TILE.min(bottom - y);
-            for command in hub.pixels.encode(Rect::new(rect.x, y, rect.w, h)) {
+            let band = Rect::new(rect.x, y, rect.w, h);
+            let commands = hub
+                .pixels
+                .with_view(|view| encoder.paint(view, band))
+                .unwrap_or_default();
+            for command in commands {
                 out.push(&Message::Command(command)).await?;
             }
             y += h;
