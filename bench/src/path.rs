@@ -62,6 +62,9 @@ pub enum Path {
     DataplaneMoved,
     /// The dataplane with the TUN offloads (GSO/GRO) off.
     DataplaneNoOffload,
+    /// As dataplane-moved, with the servers' kernel fast path (eBPF) off:
+    /// the server's user-space engine labels and rewrites every packet.
+    DataplaneMovedNoFastPath,
 }
 
 /// Whether a path is the reference or the thing measured against it.
@@ -84,11 +87,12 @@ pub enum PathSetup {
 
 impl Path {
     /// The baseline first: the order paths run and are shown in.
-    pub const ALL: [Path; 4] = [
+    pub const ALL: [Path; 5] = [
         Path::KernelForwarding,
         Path::Dataplane,
         Path::DataplaneMoved,
         Path::DataplaneNoOffload,
+        Path::DataplaneMovedNoFastPath,
     ];
     pub const BASELINE: Path = Path::KernelForwarding;
 
@@ -98,13 +102,17 @@ impl Path {
             Path::Dataplane => "dataplane",
             Path::DataplaneMoved => "dataplane-moved",
             Path::DataplaneNoOffload => "dataplane-no-offload",
+            Path::DataplaneMovedNoFastPath => "dataplane-moved-no-fast-path",
         }
     }
 
     pub fn role(self) -> Role {
         match self {
             Path::KernelForwarding => Role::Baseline,
-            Path::Dataplane | Path::DataplaneMoved | Path::DataplaneNoOffload => Role::Candidate,
+            Path::Dataplane
+            | Path::DataplaneMoved
+            | Path::DataplaneNoOffload
+            | Path::DataplaneMovedNoFastPath => Role::Candidate,
         }
     }
 
@@ -121,6 +129,9 @@ impl Path {
                 "as dataplane, after s1 moved to server b on subnet 2 (rewriting + labels)"
             }
             Path::DataplaneNoOffload => "as dataplane, with the TUN offloads (GSO/GRO) off",
+            Path::DataplaneMovedNoFastPath => {
+                "as dataplane-moved, servers' eBPF fast path off (labels in user space)"
+            }
         }
     }
 
@@ -133,19 +144,23 @@ impl Path {
     /// Builds the path's testbed with its daemons' threads pinned to
     /// `daemons_cpu` (if given), or says why it cannot run yet.
     pub fn setup_pinned(self, daemons_cpu: Option<usize>) -> Result<PathSetup> {
-        let dataplane = |offload, moved| -> Result<PathSetup> {
+        let dataplane = |offload, moved, fast_path| -> Result<PathSetup> {
             Ok(PathSetup::Ready(Box::new(dataplane(
                 self,
-                offload,
-                moved,
+                Variant {
+                    offload,
+                    moved,
+                    fast_path,
+                },
                 daemons_cpu,
             )?)))
         };
         match self {
             Path::KernelForwarding => Ok(PathSetup::Ready(Box::new(kernel_forwarding()?))),
-            Path::Dataplane => dataplane(true, false),
-            Path::DataplaneMoved => dataplane(true, true),
-            Path::DataplaneNoOffload => dataplane(false, false),
+            Path::Dataplane => dataplane(true, false, true),
+            Path::DataplaneMoved => dataplane(true, true, true),
+            Path::DataplaneNoOffload => dataplane(false, false, true),
+            Path::DataplaneMovedNoFastPath => dataplane(true, true, false),
         }
     }
 }
@@ -179,10 +194,25 @@ fn kernel_forwarding() -> Result<Testbed> {
     Ok(testbed)
 }
 
+/// How a candidate differs from the plain dataplane.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    /// TUN offloads on.
+    offload: bool,
+    /// The session moved to server b first.
+    moved: bool,
+    /// The servers' kernel fast path on.
+    fast_path: bool,
+}
+
 /// A candidate: the dataplanes of the proxy box and the servers running
-/// (their threads pinned to `cpu` if given), optionally without TUN
-/// offloads, optionally with the session moved to server b first.
-fn dataplane(path: Path, offload: bool, moved: bool, cpu: Option<usize>) -> Result<Testbed> {
+/// (their threads pinned to `cpu` if given), as `variant` says.
+fn dataplane(path: Path, variant: Variant, cpu: Option<usize>) -> Result<Testbed> {
+    let Variant {
+        offload,
+        moved,
+        fast_path,
+    } = variant;
     let mut testbed = Testbed::standard(path)?;
     let lab = &testbed.lab;
     let mut proxy = ProxyBoxConfig::new(
@@ -191,8 +221,13 @@ fn dataplane(path: Path, offload: bool, moved: bool, cpu: Option<usize>) -> Resu
     );
     proxy.offload = offload;
     // Threads inherit the affinity of the thread that spawns them.
-    let dataplanes = with_affinity(cpu, || Dataplanes::start_with(lab, proxy, offload))?
-        .context("starting the dataplanes")?;
+    let dataplanes = with_affinity(cpu, || {
+        Dataplanes::start_with(lab, proxy, |server| {
+            server.offload = offload;
+            server.fast_path = fast_path;
+        })
+    })?
+    .context("starting the dataplanes")?;
     if moved {
         let session = dataplanes
             .migrate(lab, SESSION_NAME, "b")

@@ -20,6 +20,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::io::fastpath::{FastPath, FastPathCounters};
 use crate::proxybox::ProxyEngine;
 use crate::server::{ServerCounters, ServerEngine, SessionState};
 
@@ -132,8 +133,13 @@ pub enum ServerRequest {
 pub struct ServerStats {
     pub connections: usize,
     pub labelled_sessions: usize,
+    /// The engine's counters, plus the kernel fast path's labelled packets
+    /// and rewrites (so they count every labelled packet, whichever path).
     #[serde(flatten)]
     pub counters: ServerCounters,
+    /// The kernel fast path's own counters, when it is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathCounters>,
 }
 
 impl ServerStats {
@@ -142,7 +148,20 @@ impl ServerStats {
             connections: engine.connections(),
             labelled_sessions: engine.labelled_sessions(),
             counters: engine.counters.clone(),
+            fast_path: None,
         }
+    }
+
+    /// Adds what the kernel fast path did.
+    pub fn with_fast_path(mut self, fast: Option<FastPathCounters>) -> Self {
+        if let Some(f) = fast {
+            let c = &mut self.counters;
+            c.labelled_out += f.out_packets;
+            c.labelled_in += f.in_packets;
+            c.rewrites += f.rewrites;
+            self.fast_path = Some(f);
+        }
+        self
     }
 }
 
@@ -215,7 +234,13 @@ pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
 
 /// Parses one request line for a server's dataplane and applies it. The
 /// second value is the session to announce (gratuitous ARP), if asked.
-pub fn handle_server_line(engine: &mut ServerEngine, line: &str) -> (Response, Option<Ipv4Addr>) {
+///
+/// `fast_path`: the kernel fast path's counters, when it is on.
+pub fn handle_server_line(
+    engine: &mut ServerEngine,
+    fast_path: Option<&FastPath>,
+    line: &str,
+) -> (Response, Option<Ipv4Addr>) {
     let request: ServerRequest = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return (Response::error(format!("bad request: {e}")), None),
@@ -223,7 +248,9 @@ pub fn handle_server_line(engine: &mut ServerEngine, line: &str) -> (Response, O
     match request {
         ServerRequest::Stats {} => (
             Response {
-                server_stats: Some(ServerStats::of(engine)),
+                server_stats: Some(
+                    ServerStats::of(engine).with_fast_path(fast_path.map(FastPath::counters)),
+                ),
                 ..Response::ok()
             },
             None,

@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::{self, Response, MAX_REQUEST_LINE};
+use crate::io::fastpath::FastPath;
 use crate::io::steer::{ServerSteering, ServerSteeringConfig, Steering};
 use crate::io::tun::{Tun, TunConfig};
 use crate::io::{run_proxybox, run_server as run_server_loop, Shared};
@@ -42,6 +43,8 @@ pub enum DaemonError {
     Runtime(io::Error),
     #[error("tun device failed: {0}")]
     Device(io::Error),
+    #[error("server fast path (eBPF; set fast_path = false to run without): {0}")]
+    FastPath(#[from] crate::io::fastpath::FastPathError),
 }
 
 /// `[proxy]` of the dataplane's configuration file (see
@@ -239,7 +242,17 @@ pub struct ServerConfig {
     /// Connections whose labels are kept; the oldest go beyond.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// Label and rewrite labelled sessions' established TCP segments in the
+    /// kernel (eBPF on the uplink, `bpf/server_fastpath.c`) instead of in
+    /// this process. Off: every packet of a labelled session takes the
+    /// user-space path.
+    #[serde(default = "defaults::yes")]
+    pub fast_path: bool,
 }
+
+/// The packet mark of what the fast path handled on the uplink's ingress
+/// ("MDFP"): the steering leaves such packets alone.
+pub const FAST_PATH_MARK: u32 = 0x4d44_4650;
 
 impl ServerConfig {
     pub fn new(uplink: &str, control: PathBuf) -> Self {
@@ -255,6 +268,7 @@ impl ServerConfig {
             control,
             metrics: None,
             max_connections: defaults::max_connections(),
+            fast_path: true,
         }
     }
 
@@ -535,23 +549,42 @@ pub fn run_server(
                 session_links: config.session_links.clone(),
                 session_table: config.session_table,
                 uplink_table: config.uplink_table,
+                fast_path_mark: config.fast_path.then_some(FAST_PATH_MARK),
             })
             .map_err(DaemonError::Steering)?,
         );
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let engine = Rc::new(RefCell::new(ServerEngine::new(
-            config.max_connections,
-            seed,
-        )));
+        let mut engine = ServerEngine::new(config.max_connections, seed);
+        let fast_path = if config.fast_path {
+            engine.enable_fast_path();
+            let fp = FastPath::attach(
+                &config.uplink,
+                &config.session_tun,
+                &config.uplink_tun,
+                FAST_PATH_MARK,
+            )
+            .map_err(DaemonError::FastPath)?;
+            Some(Rc::new(RefCell::new(fp)))
+        } else {
+            None
+        };
+        let engine = Rc::new(RefCell::new(engine));
         let kick = Rc::new(tokio::sync::Notify::new());
         let control = ControlSocket::bind(&config.control)?;
-        let (handler_engine, handler_kick, uplink) =
-            (engine.clone(), kick.clone(), config.uplink.clone());
+        let (handler_engine, handler_fast, handler_kick, uplink) = (
+            engine.clone(),
+            fast_path.clone(),
+            kick.clone(),
+            config.uplink.clone(),
+        );
         tokio::task::spawn_local(control.serve(Rc::new(move |line: &str| {
-            let (response, announce) =
-                control::handle_server_line(&mut handler_engine.borrow_mut(), line);
+            let (response, announce) = control::handle_server_line(
+                &mut handler_engine.borrow_mut(),
+                handler_fast.as_ref().map(|f| f.borrow()).as_deref(),
+                line,
+            );
             if let Some(address) = announce {
                 announce_address(&uplink, address);
             }
@@ -559,14 +592,18 @@ pub fn run_server(
             handler_kick.notify_one();
             response
         })));
-        start_metrics(config.metrics, Source::Server(engine.clone())).await?;
+        start_metrics(
+            config.metrics,
+            Source::Server(engine.clone(), fast_path.clone()),
+        )
+        .await?;
         tracing::info!(
             uplink = %config.uplink, session_links = %config.session_links,
             control = %config.control.display(), metrics = ?config.metrics,
             "server dataplane up"
         );
         tokio::select! {
-            r = run_server_loop(session_tun, uplink_tun, engine, steering, kick) => {
+            r = run_server_loop(session_tun, uplink_tun, engine, steering, fast_path, kick) => {
                 r.map_err(DaemonError::Device)
             }
             () = shutdown => {

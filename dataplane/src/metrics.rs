@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::control::{ProxyStats, ServerStats};
+use crate::io::fastpath::FastPath;
 use crate::io::tun::READ_ERRORS;
 use crate::proxybox::ProxyEngine;
 use crate::server::ServerEngine;
@@ -136,7 +137,8 @@ const ECHO_SOCKET_STATES: [&str; 4] = ["datagram", "raw", "opening", "unavailabl
 #[derive(Clone)]
 pub enum Source {
     Proxy(Rc<RefCell<ProxyEngine>>),
-    Server(Rc<RefCell<ServerEngine>>),
+    /// A server's engine, and its kernel fast path when that is on.
+    Server(Rc<RefCell<ServerEngine>>, Option<Rc<RefCell<FastPath>>>),
 }
 
 impl Source {
@@ -145,7 +147,16 @@ impl Source {
     pub fn snapshot(&self) -> Option<Snapshot> {
         match self {
             Source::Proxy(e) => e.try_borrow().ok().map(|e| Snapshot::of_proxy(&e)),
-            Source::Server(e) => e.try_borrow().ok().map(|e| Snapshot::of_server(&e)),
+            Source::Server(e, fast) => {
+                let fast = match fast {
+                    Some(f) => Some(f.try_borrow().ok()?.counters()),
+                    None => None,
+                };
+                e.try_borrow().ok().map(|e| Snapshot {
+                    engine: EngineStats::Server(ServerStats::of(&e).with_fast_path(fast)),
+                    ..Snapshot::of_server(&e)
+                })
+            }
         }
     }
 }
@@ -254,7 +265,7 @@ fn proxy_table(s: &ProxyStats) -> Vec<Metric> {
 #[rustfmt::skip]
 fn server_table(s: &ServerStats) -> Vec<Metric> {
     let c = &s.counters;
-    vec![
+    let mut rows = vec![
         // The server engine counts what it reads, from both TUN devices.
         counter("packets", "IPv4 packets the engine read from its TUN devices")
             .by("direction", [("in", c.packets)]),
@@ -274,7 +285,20 @@ fn server_table(s: &ServerStats) -> Vec<Metric> {
             .value(s.labelled_sessions),
         counter("connections_evicted", "Connections whose labels were dropped to make room (the table was full)")
             .value(c.evicted),
-    ]
+    ];
+    if let Some(f) = &s.fast_path {
+        rows.extend([
+            counter("fast_path_packets", "Segments the kernel fast path labelled and rewrote (out) or checked, stripped and rewrote (in)")
+                .by("direction", [("in", f.in_packets), ("out", f.out_packets)]),
+            counter("fast_path_bytes", "Bytes of those segments (IP headers included)")
+                .by("direction", [("in", f.in_bytes), ("out", f.out_bytes)]),
+            counter("fast_path_to_engine_packets", "Packets of labelled sessions the fast path handed to the engine")
+                .value(f.to_engine),
+            counter("fast_path_adjust_failures", "Headers the kernel refused to grow or shrink for the fast path")
+                .value(f.adjust_failed),
+        ]);
+    }
+    rows
 }
 
 /// Every known reason (at 0 until counted), then any other counted one.

@@ -241,14 +241,20 @@ impl Dataplanes {
         })
     }
 
-    /// With the proxy box's configuration given, and the servers' offloads
-    /// on or off.
-    pub fn start_with(lab: &Lab, proxy: ProxyBoxConfig, server_offload: bool) -> Result<Self> {
+    /// With the proxy box's configuration given, and each server's
+    /// ([`Dataplane::server_config`]) changed by `server`.
+    pub fn start_with(
+        lab: &Lab,
+        proxy: ProxyBoxConfig,
+        server: impl Fn(&mut ServerConfig),
+    ) -> Result<Self> {
         let mut servers = Vec::new();
         for h in lab.topology().hosts_with_role(Role::Server) {
+            let mut config = Dataplane::server_config(lab, &h.name)?;
+            server(&mut config);
             servers.push((
                 h.name.clone(),
-                Dataplane::server_with(lab, &h.name, server_offload)?,
+                Dataplane::server_with_config(lab, &h.name, config)?,
             ));
         }
         Ok(Dataplanes {

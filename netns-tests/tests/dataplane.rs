@@ -79,10 +79,24 @@ fn transfer_both_ways(
 
 #[test]
 fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
+    cross_subnet_moves_during_a_transfer(true);
+}
+
+/// The same with the servers' kernel fast path off: the server engine
+/// labels and rewrites every packet itself.
+#[test]
+fn a_connection_survives_cross_subnet_moves_without_the_fast_path() {
+    cross_subnet_moves_during_a_transfer(false);
+}
+
+fn cross_subnet_moves_during_a_transfer(fast_path: bool) {
     require_root();
     let lab = Lab::for_test().unwrap();
     let s1 = lab.add_session("s1", "a").unwrap();
-    let dps = Dataplanes::start(&lab).unwrap();
+    let dps = Dataplanes::start_with(&lab, Dataplane::proxy_config(&lab).unwrap(), |s| {
+        s.fast_path = fast_path;
+    })
+    .unwrap();
     let web = lab.host("web").unwrap();
 
     let listener = listen(&web, "198.18.0.20:7600");
@@ -121,6 +135,17 @@ fn a_connection_survives_cross_subnet_moves_during_a_transfer() {
         b.counters.labelled_in > 0 && b.counters.labelled_out > 0,
         "{b:?}"
     );
+    if fast_path {
+        // Most of them in the kernel's fast path; the engine read little
+        // more than the packets in flight during the move.
+        let fast = b.fast_path.expect("the fast path is on");
+        assert!(fast.out_packets > 0 && fast.in_packets > 0, "{b:?}");
+        assert!(fast.out_bytes + fast.in_bytes > 24 << 20, "{b:?}");
+        assert!(b.counters.bytes < fast.out_bytes + fast.in_bytes, "{b:?}");
+    } else {
+        assert_eq!(b.fast_path, None);
+        assert!(b.counters.bytes > 24 << 20, "{b:?}");
+    }
     assert_eq!(b.labelled_sessions, 1);
     assert_eq!(
         dps.server("a").unwrap().server_stats().unwrap().connections,
@@ -492,4 +517,104 @@ fn the_vnic_of_a_session_that_vanished_is_reclaimed() {
     }
     drop(at_session);
     dp.stop().unwrap();
+}
+
+/// Forged labels sent to a migrated session's physical address from the
+/// server subnet: a label that exists but arrives with the wrong address
+/// tuple, and one that does not exist. Neither may reach the session by the
+/// kernel fast path; the engine counts both; the real connection carries on.
+#[test]
+fn forged_labels_towards_a_migrated_session_are_refused_and_counted() {
+    use mobidesk_dataplane::control::ServerRequest;
+    use mobidesk_dataplane::wire::{label::push_label, Label};
+    use socket2::{Domain, Protocol, Socket, Type};
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab).unwrap();
+    let web = lab.host("web").unwrap();
+    let listener = listen(&web, "198.18.0.20:7610");
+    let mut at_session = connect(&s1.netns(), "198.18.0.20:7610".parse().unwrap());
+    let (mut at_web, _) = listener.accept().unwrap();
+    let moved = dps.migrate(&lab, "s1", "b").unwrap();
+    transfer(&mut at_session, &mut at_web, 1 << 20, 90);
+    transfer(&mut at_web, &mut at_session, 1 << 20, 91);
+
+    // The connection's real server label: out and back in again.
+    let b = dps.server("b").unwrap();
+    let state = b
+        .request(&ServerRequest::ExportSession {
+            virtual_addr: s1.virtual_addr,
+        })
+        .unwrap()
+        .session
+        .unwrap();
+    let real = state.connections[0];
+    b.request(&ServerRequest::ImportSession {
+        session: state.clone(),
+        announce: false,
+    })
+    .unwrap();
+    let before = b.server_stats().unwrap();
+    let forged_before = before.counters.dropped.get("forged_label").copied();
+
+    let (remote, session_port) = (*real.remote.ip(), real.session.port());
+    let physical = moved.physical_addr;
+    let mut packets = Vec::new();
+    // The real label, from another port of the outside address.
+    let mut wrong_tuple = raw_packet(
+        remote,
+        physical,
+        6,
+        &raw_tcp(
+            remote,
+            real.remote.port() + 1,
+            physical,
+            session_port,
+            false,
+        ),
+    );
+    push_label(&mut wrong_tuple, Label::new(real.server_label).unwrap()).unwrap();
+    packets.push(wrong_tuple);
+    // A label nobody gave out.
+    let unknown = Label::new(real.server_label ^ 0x5a5a_5a5a).unwrap();
+    let mut made_up = raw_packet(
+        remote,
+        physical,
+        6,
+        &raw_tcp(remote, real.remote.port(), physical, session_port, false),
+    );
+    push_label(&mut made_up, unknown).unwrap();
+    packets.push(made_up);
+    lab.proxy()
+        .run(|| {
+            let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255))).unwrap();
+            for p in &packets {
+                raw.send_to(p, &SocketAddr::from((physical, 0)).into())
+                    .unwrap();
+            }
+        })
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let s = b.server_stats().unwrap();
+        let forged = s.counters.dropped.get("forged_label").copied();
+        if forged.unwrap_or(0) >= forged_before.unwrap_or(0) + 2 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "forged labels not counted: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (fast_before, fast_after) = (before.fast_path.unwrap(), after.fast_path.unwrap());
+    assert_eq!(
+        fast_after.in_packets, fast_before.in_packets,
+        "the fast path took a forged packet: {after:?}"
+    );
+    // The real connection is untouched.
+    transfer(&mut at_session, &mut at_web, 1 << 20, 92);
+    transfer(&mut at_web, &mut at_session, 1 << 20, 93);
 }

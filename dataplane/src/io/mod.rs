@@ -4,6 +4,7 @@
 //! across an await.
 
 mod alloc;
+pub mod fastpath;
 mod icmp;
 mod server_io;
 pub mod steer;
@@ -215,6 +216,7 @@ pub async fn run_server(
     uplink_tun: tun::Tun,
     engine: Rc<RefCell<crate::server::ServerEngine>>,
     steering: Rc<steer::ServerSteering>,
+    fast_path: Option<Rc<RefCell<fastpath::FastPath>>>,
     kick: Rc<Notify>,
 ) -> io::Result<()> {
     use crate::server::{Side, SteerChange};
@@ -230,10 +232,23 @@ pub async fn run_server(
             }
             () = kick.notified() => {}
         }
-        let (changes, mut outbox) = {
+        let (changes, fast_changes, mut outbox) = {
             let mut eng = engine.borrow_mut();
-            (eng.take_steer_changes(), std::mem::take(&mut eng.outbox))
+            (
+                eng.take_steer_changes(),
+                eng.take_fast_path_changes(),
+                std::mem::take(&mut eng.outbox),
+            )
         };
+        if let Some(fast) = &fast_path {
+            let mut fast = fast.borrow_mut();
+            for change in &changes {
+                fast.steer(change);
+            }
+            for change in &fast_changes {
+                fast.apply(change);
+            }
+        }
         for change in changes {
             let result = match change {
                 SteerChange::Add {

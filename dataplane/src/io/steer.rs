@@ -88,6 +88,11 @@ pub struct ServerSteeringConfig {
     /// Routing tables (and rule priorities and marks) for the two directions.
     pub session_table: u32,
     pub uplink_table: u32,
+    /// The kernel fast path (`io::fastpath`) is on: it takes the labelled
+    /// sessions' packets from the uplink's egress (so nftables must not
+    /// steer them away before), and marks what it handled on the uplink's
+    /// ingress with this mark (so nftables must not steer that either).
+    pub fast_path_mark: Option<u32>,
 }
 
 /// The nftables table the server dataplane owns.
@@ -123,6 +128,16 @@ impl ServerSteering {
         };
         s.remove_all();
         let (ms, mu) = (c.session_table, c.uplink_table);
+        let (from_labelled, not_done) = match c.fast_path_mark {
+            None => (
+                format!(
+                    "iifname \"{}\" ip saddr @labelled_virtual meta mark set {ms}",
+                    c.session_links
+                ),
+                String::new(),
+            ),
+            Some(mark) => (String::new(), format!("meta mark != {mark} ")),
+        };
         nft(&format!(
             r#"table ip {NFT_TABLE} {{
   set labelled_virtual {{ type ipv4_addr; }}
@@ -130,9 +145,9 @@ impl ServerSteering {
   chain prerouting {{
     type filter hook prerouting priority mangle; policy accept;
     iifname "{links}" tcp flags & syn == syn meta mark set {ms}
-    iifname "{links}" ip saddr @labelled_virtual meta mark set {ms}
+    {from_labelled}
     iifname "{uplink}" fib daddr type != local tcp flags & syn == syn meta mark set {mu}
-    iifname "{uplink}" ip daddr @labelled_physical meta mark set {mu}
+    iifname "{uplink}" ip daddr @labelled_physical {not_done}meta mark set {mu}
   }}
 }}
 "#,

@@ -116,6 +116,23 @@ pub enum SteerChange {
     },
 }
 
+/// What the kernel fast path (`io::fastpath`, server with eBPF) must learn:
+/// the established connections of labelled sessions whose labels are both
+/// known. The engine stays the authority; the fast path only mirrors it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPathChange {
+    /// Label and rewrite this connection's segments in the kernel.
+    Connection {
+        tuple: FourTuple,
+        /// The session's address on this subnet now.
+        physical: Ipv4Addr,
+        server_label: u32,
+        proxy_label: u32,
+    },
+    /// The connection left the engine's table (moved away, evicted).
+    Forget { tuple: FourTuple, server_label: u32 },
+}
+
 /// The server-side engine.
 pub struct ServerEngine {
     max_connections: usize,
@@ -127,6 +144,8 @@ pub struct ServerEngine {
     placed: HashMap<Ipv4Addr, Placement>,
     by_physical: HashMap<Ipv4Addr, Ipv4Addr>,
     steer: Vec<SteerChange>,
+    /// Some when a kernel fast path mirrors the table.
+    fast_path: Option<Vec<FastPathChange>>,
     rng: u64,
     pub outbox: Outbox,
     pub counters: ServerCounters,
@@ -142,6 +161,7 @@ impl ServerEngine {
             placed: HashMap::new(),
             by_physical: HashMap::new(),
             steer: Vec::new(),
+            fast_path: None,
             rng: seed | 1,
             outbox: Outbox::new(),
             counters: ServerCounters::default(),
@@ -159,6 +179,42 @@ impl ServerEngine {
 
     pub fn take_steer_changes(&mut self) -> Vec<SteerChange> {
         std::mem::take(&mut self.steer)
+    }
+
+    /// From now on, record what a kernel fast path must mirror
+    /// ([`ServerEngine::take_fast_path_changes`]).
+    pub fn enable_fast_path(&mut self) {
+        self.fast_path.get_or_insert_with(Vec::new);
+    }
+
+    pub fn take_fast_path_changes(&mut self) -> Vec<FastPathChange> {
+        self.fast_path
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Tells the fast path about `tuple` if its session is labelled here
+    /// and both labels are known.
+    fn mirror(&mut self, tuple: FourTuple) {
+        let Some(changes) = self.fast_path.as_mut() else {
+            return;
+        };
+        let Some(p) = self.placed.get(tuple.session.ip()).filter(|p| p.labelled) else {
+            return;
+        };
+        if let Some(Conn {
+            server_label,
+            proxy_label: Some(proxy_label),
+        }) = self.conns.get(&tuple).copied()
+        {
+            changes.push(FastPathChange::Connection {
+                tuple,
+                physical: p.physical,
+                server_label: server_label.get(),
+                proxy_label: proxy_label.get(),
+            });
+        }
     }
 
     /// Handles the packet at `buf[start..]`, with at least
@@ -302,6 +358,7 @@ impl ServerEngine {
                 if let Some(c) = self.conns.get_mut(&tuple) {
                     c.proxy_label = Some(label);
                 }
+                self.mirror(tuple);
                 self.counters.offers_received += 1;
             } else {
                 // Our own label: it must name this very connection, at the
@@ -357,6 +414,12 @@ impl ServerEngine {
     fn remove(&mut self, tuple: &FourTuple) {
         if let Some(c) = self.conns.remove(tuple) {
             self.by_label.remove(&c.server_label);
+            if let Some(changes) = self.fast_path.as_mut() {
+                changes.push(FastPathChange::Forget {
+                    tuple: *tuple,
+                    server_label: c.server_label.get(),
+                });
+            }
         }
     }
 
@@ -463,6 +526,12 @@ impl ServerEngine {
                 virtual_addr: state.virtual_addr,
                 physical: state.physical,
             });
+            for c in &state.connections {
+                self.mirror(FourTuple {
+                    session: c.session,
+                    remote: c.remote,
+                });
+            }
         }
         tracing::info!(
             virtual_addr = %state.virtual_addr, physical = %state.physical,

@@ -221,3 +221,68 @@ fn the_label_table_is_bounded() {
     assert_eq!(a.connections(), 10);
     assert_eq!(a.counters.evicted, 40);
 }
+
+#[test]
+fn the_fast_path_learns_labelled_connections_only_and_forgets_them() {
+    let tuple = FourTuple {
+        session: SocketAddrV4::new(VIRTUAL, 4000),
+        remote: SocketAddrV4::new(REMOTE, 80),
+    };
+    // Server a: the session was never labelled; nothing for the fast path.
+    let mut a = ServerEngine::new(100, 1);
+    a.enable_fast_path();
+    let (server_label, proxy_label) = exchanged(&mut a);
+    assert_eq!(a.take_fast_path_changes(), []);
+    let mut state = a.export_session(VIRTUAL);
+    let forget = FastPathChange::Forget {
+        tuple,
+        server_label: server_label.get(),
+    };
+    assert_eq!(a.take_fast_path_changes(), [forget]);
+
+    // Server b: labelled on import, with both labels known.
+    state.physical = PHYSICAL;
+    state.labelled = true;
+    let mut b = ServerEngine::new(100, 2);
+    b.enable_fast_path();
+    b.import_session(&state);
+    let learn = FastPathChange::Connection {
+        tuple,
+        physical: PHYSICAL,
+        server_label: server_label.get(),
+        proxy_label: proxy_label.get(),
+    };
+    assert_eq!(b.take_fast_path_changes(), [learn]);
+
+    // A new connection of the labelled session: learnt once the proxy's
+    // offer arrived (its SYN-ACK), not at the session's SYN.
+    let syn = run(
+        &mut b,
+        &tcp(VIRTUAL, 4001, REMOTE, 80, true, false),
+        Side::Session,
+    )
+    .unwrap();
+    let new_label = parse_ipv4(&syn).unwrap().label.unwrap();
+    assert_eq!(b.take_fast_path_changes(), []);
+    let mut synack = tcp(REMOTE, 80, PHYSICAL, 4001, true, true);
+    push_label(&mut synack, Label::new(0x0123_4567).unwrap()).unwrap();
+    run(&mut b, &synack, Side::Uplink).unwrap();
+    assert_eq!(
+        b.take_fast_path_changes(),
+        [FastPathChange::Connection {
+            tuple: FourTuple {
+                session: SocketAddrV4::new(VIRTUAL, 4001),
+                remote: SocketAddrV4::new(REMOTE, 80),
+            },
+            physical: PHYSICAL,
+            server_label: new_label.get(),
+            proxy_label: 0x0123_4567,
+        }]
+    );
+
+    // Without enable_fast_path nothing is recorded.
+    let mut c = ServerEngine::new(100, 3);
+    c.import_session(&state);
+    c.export_session(VIRTUAL);
+    assert_eq!(c.take_fast_path_changes(), []);
+}
