@@ -1,0 +1,24 @@
+//! MobiDesk-rs session servers: the session environment (DESIGN.md §3.2).
+//!
+//! - [`profile`]: what a session looks like (TOML): host name, read-only
+//!   system directories, home, limits;
+//! - [`environment`]: start a session — namespaces, root file system by
+//!   `pivot_root`, minimal `/dev`, private `/tmp` and `/dev/shm`, home bind
+//!   mount — and stop it with everything in it;
+//! - [`init`]: the session's PID 1 (a reaper running the session's command);
+//! - [`policy`]: the walls around privileged operations (seccomp and
+//!   capabilities) as one table, in the paper's three classes;
+//! - [`cgroup`]: per-session CPU, memory and pids limits on cgroup v1 or v2.
+//!
+//! All `unsafe` is in the private `sys` module.
+
+pub mod cgroup;
+pub mod environment;
+pub mod init;
+pub mod policy;
+pub mod profile;
+mod sys;
+
+pub use cgroup::{CgroupManager, SessionCgroup};
+pub use environment::{Launcher, Session, SessionError, SessionSpec, SessionStdio};
+pub use profile::{Limits, Profile};
