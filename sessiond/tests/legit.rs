@@ -1,0 +1,90 @@
+//! What session root may do: FIFOs, ping in its own network, root over its
+//! own files, the root file system as designed.
+
+use crate::support::{Fixture, ServerNet, TempDir, PROBE};
+
+#[test]
+fn mknod_of_a_fifo_works() {
+    let f = Fixture::new();
+    let out = f.run(&[
+        "sh",
+        "-c",
+        &format!("{PROBE} mknod-fifo /tmp/fifo && test -p /tmp/fifo && echo fifo"),
+    ]);
+    assert_eq!(out.stdout, "ok\nfifo\n", "{out:?}");
+}
+
+#[test]
+fn ping_works_inside_the_sessions_own_network() {
+    let f = Fixture::new();
+    let server = ServerNet::new();
+    let cmd = format!(
+        "ping -c 1 -W 10 {} && ping -c 1 -W 10 127.0.0.1",
+        ServerNet::GATEWAY
+    );
+    let out = f.run_spec(
+        &f.spec(f.profile(), &["sh", "-c", &cmd]),
+        Some((&server, "10.77.0.2")),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.matches("1 received").count(), 2, "{out:?}");
+}
+
+#[test]
+fn running_as_root_inside_works() {
+    let f = Fixture::new();
+    let home = TempDir::new();
+    let mut spec = f.spec(
+        f.profile(),
+        &["sh", "-c", "id -u; echo layer > /root/f && cat /root/f; echo mine > $HOME/note; chown 1000:1000 $HOME/note && echo chown"],
+    );
+    spec.home = Some(home.path().to_path_buf());
+    let out = f.run_spec(&spec, None);
+    assert_eq!(out.stdout, "0\nlayer\nchown\n", "{out:?}");
+    // The home is the shared-storage directory on the host.
+    let note = home.path().join("note");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "mine\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&note).unwrap().uid(), 1000);
+}
+
+#[test]
+fn the_root_file_system_is_as_designed() {
+    let f = Fixture::new();
+    let out = f.run(&[
+        "sh",
+        "-c",
+        "ls /dev | tr '\\n' ' '; echo; \
+        findmnt -rn -o TARGET,FSTYPE,OPTIONS | awk '{print $1, $2, substr($3,1,2)}'",
+    ]);
+    let mut lines = out.stdout.lines();
+    assert_eq!(
+        lines.next().unwrap().trim(),
+        "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero",
+        "{out:?}"
+    );
+    let mounts: Vec<&str> = lines.collect();
+    for want in [
+        "/usr ext4 ro",
+        "/etc ext4 ro",
+        "/proc proc rw",
+        "/dev tmpfs rw",
+        "/dev/pts devpts rw",
+        "/dev/shm tmpfs rw",
+        "/tmp tmpfs rw",
+        "/proc/sys proc ro",
+        "/.mobidesk/init ext4 ro",
+    ] {
+        let (target, rest) = want.split_once(' ').unwrap();
+        let (_, flag) = rest.rsplit_once(' ').unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.starts_with(&format!("{target} ")) && m.ends_with(flag)),
+            "missing {want} in {mounts:#?}"
+        );
+    }
+    // devpts is a new instance: no host pty is visible.
+    let pts = f.run(&["ls", "/dev/pts"]);
+    assert_eq!(pts.stdout, "ptmx\n", "{pts:?}");
+}
