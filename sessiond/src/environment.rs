@@ -39,7 +39,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::{CgroupError, CgroupManager, SessionCgroup};
-use crate::profile::Profile;
+use crate::profile::{Profile, UserNs};
 
 /// Where the reaper binary appears inside every session.
 pub const INIT_PATH: &str = "/.mobidesk/init";
@@ -80,7 +80,10 @@ pub struct SessionSpec {
     pub command: Vec<String>,
 }
 
-/// The standard streams of the session's command (default: all null).
+/// The standard streams of the session's command. `None`: the session's own
+/// `/dev/null`, opened inside the session (a descriptor of the host's
+/// `/dev/null` would be outside the session's mount tree, which CRIU
+/// refuses to checkpoint).
 #[derive(Debug, Default)]
 pub struct SessionStdio {
     pub stdin: Option<Stdio>,
@@ -105,6 +108,11 @@ pub struct LaunchSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// The host path of the sessiond binary, bind-mounted at [`INIT_PATH`].
     pub init_exe: PathBuf,
+    /// Which of stdin, stdout, stderr PID 1 points at the session's own
+    /// `/dev/null`.
+    pub own_null: [bool; 3],
+    /// The user namespace's mapping, when the session has one.
+    pub userns: Option<UserNs>,
     pub env: Vec<(String, String)>,
     pub command: Vec<String>,
 }
@@ -200,6 +208,11 @@ impl Launcher {
         std::fs::create_dir_all(&root).map_err(ioe("creating the writable layer"))?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
             .map_err(ioe("chmod of the writable layer"))?;
+        if let Some(u) = spec.profile.userns {
+            // The layer belongs to session root (host uid `uid_base`).
+            std::os::unix::fs::chown(&root, Some(u.uid_base), Some(u.gid_base))
+                .map_err(ioe("chown of the writable layer"))?;
+        }
 
         let p = &spec.profile;
         let mut env = vec![
@@ -232,6 +245,12 @@ impl Launcher {
             shm_mib: p.shm_mib,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_files()).unwrap_or_default(),
             init_exe: self.exe.clone(),
+            own_null: [
+                stdio.stdin.is_none(),
+                stdio.stdout.is_none(),
+                stdio.stderr.is_none(),
+            ],
+            userns: p.userns,
             env,
             command: spec.command.clone(),
         };
@@ -264,14 +283,28 @@ impl Launcher {
         })?;
         json.push(b'\n');
         control.write(&json)?;
+        if let Some(u) = p.userns {
+            // The helper has made its user namespace; only a process outside
+            // it may write the mapping.
+            let line = control.line(self.start_timeout)?;
+            if line != "mapme" {
+                return Err(setup_err(&id, &line));
+            }
+            let hp = session.helper.id();
+            for (file, base) in [("uid_map", u.uid_base), ("gid_map", u.gid_base)] {
+                std::fs::write(
+                    format!("/proc/{hp}/{file}"),
+                    format!("0 {base} {}\n", u.count),
+                )
+                .map_err(ioe(&format!("writing {file}")))?;
+            }
+            control.write(b"mapped\n")?;
+        }
         let line = control.line(self.start_timeout)?;
         let pid: u32 = line
             .strip_prefix("pid ")
             .and_then(|p| p.trim().parse().ok())
-            .ok_or_else(|| SessionError::Setup {
-                id: id.clone(),
-                detail: line.clone(),
-            })?;
+            .ok_or_else(|| setup_err(&id, &line))?;
         session.init_pid = Some(pid);
         tracing::debug!(init_pid = pid, "session namespaces created");
         network(pid).map_err(|detail| SessionError::Network {
@@ -281,13 +314,17 @@ impl Launcher {
         control.write(b"go\n")?;
         let line = control.line(self.start_timeout)?;
         if line != "ready" {
-            return Err(SessionError::Setup {
-                id,
-                detail: line.strip_prefix("error ").unwrap_or(&line).to_string(),
-            });
+            return Err(setup_err(&id, &line));
         }
         tracing::info!(init_pid = pid, "session started");
         Ok(session)
+    }
+}
+
+fn setup_err(id: &str, line: &str) -> SessionError {
+    SessionError::Setup {
+        id: id.to_string(),
+        detail: line.strip_prefix("error ").unwrap_or(line).to_string(),
     }
 }
 
@@ -530,13 +567,23 @@ pub fn helper_main() -> ! {
             fail(&mut control, &format!("joining {}: {e}", f.display()));
         }
     }
-    let flags = CloneFlags::CLONE_NEWNS
+    let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID;
+    if spec.userns.is_some() {
+        // In the same call: the other namespaces then belong to the new
+        // user namespace, so session root administers them and nothing else.
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     if let Err(e) = unshare(flags) {
         fail(&mut control, &format!("unshare: {e}"));
+    }
+    if spec.userns.is_some() {
+        if let Err(e) = become_mapped_root(&mut control) {
+            fail(&mut control, &e);
+        }
     }
     match crate::sys::fork_single_threaded() {
         Err(e) => fail(&mut control, &format!("fork: {e}")),
@@ -567,6 +614,23 @@ pub fn helper_main() -> ! {
             std::process::exit(status)
         }
     }
+}
+
+/// Asks sessiond for the id mapping, then becomes root of the new user
+/// namespace (host uid `uid_base`). The capabilities that unshare gave us in
+/// the namespace survive: no exec happens in between.
+fn become_mapped_root(control: &mut UnixStream) -> Result<(), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    control.write_all(b"mapme\n").map_err(err("control"))?;
+    match read_line_raw(control)?.as_str() {
+        "mapped" => {}
+        other => return Err(format!("expected mapped, got {other:?}")),
+    }
+    let (g, u) = (Gid::from_raw(0), Uid::from_raw(0));
+    setresgid(g, g, g).map_err(err("setresgid"))?;
+    setgroups(&[]).map_err(err("setgroups"))?;
+    setresuid(u, u, u).map_err(err("setresuid"))?;
+    Ok(())
 }
 
 fn unreachable_exit() -> ! {
@@ -619,9 +683,31 @@ fn pid1(spec: &LaunchSpec, control: &mut UnixStream) -> Result<(), String> {
     crate::sys::loopback_up().map_err(err("loopback up"))?;
     // ping without raw sockets: ICMP datagram sockets for every group
     // (per network namespace; the default "1 0" allows none).
-    std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647")
-        .map_err(err("ping_group_range"))?;
+    // (In a user namespace the range must be mapped gids.)
+    let last_gid = spec.userns.map_or(2_147_483_647, |u| u.count - 1);
+    std::fs::write(
+        "/proc/sys/net/ipv4/ping_group_range",
+        format!("0 {last_gid}"),
+    )
+    .map_err(err("ping_group_range"))?;
     mask_proc()?;
+    if spec.own_null.iter().any(|b| *b) {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(err("open /dev/null"))?;
+        let dups: [fn(&std::fs::File) -> nix::Result<()>; 3] = [
+            |f| nix::unistd::dup2_stdin(f),
+            |f| nix::unistd::dup2_stdout(f),
+            |f| nix::unistd::dup2_stderr(f),
+        ];
+        for (own, dup) in spec.own_null.iter().zip(dups) {
+            if *own {
+                dup(&null).map_err(err("dup2 of /dev/null"))?;
+            }
+        }
+    }
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
     // PID 1 leads its own session and process group (CRIU needs it).
     nix::unistd::setsid().map_err(err("setsid"))?;
@@ -773,13 +859,27 @@ fn build_root(spec: &LaunchSpec) -> Result<(), String> {
         ("tty", 5, 0),
     ] {
         let p = dev.join(name);
-        mknod(
-            &p,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
-        )
-        .map_err(mount_err("mknod", &p))?;
+        if spec.userns.is_some() {
+            // No mknod in a user namespace (and a tmpfs mounted there is
+            // nodev): bind the host's node, as rootless containers do.
+            make_mount_point(&p, false)?;
+            mount(
+                Some(Path::new("/dev").join(name).as_path()),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(mount_err("bind", &p))?;
+        } else {
+            mknod(
+                &p,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            )
+            .map_err(mount_err("mknod", &p))?;
+        }
     }
     let pts = dev.join("pts");
     mkdirs(&pts)?;

@@ -48,6 +48,11 @@ enum Cmd {
         /// Keep the writable layer after the session ends.
         #[arg(long)]
         keep_layer: bool,
+        /// Give the command the session's own /dev/null as stdin, stdout
+        /// and stderr instead of ours (a session to checkpoint with CRIU
+        /// must hold no descriptor from outside).
+        #[arg(long)]
+        null_stdio: bool,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -121,6 +126,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             runtime_dir,
             no_cgroups,
             keep_layer,
+            null_stdio,
             command,
         } => {
             let profile = match profile {
@@ -145,12 +151,22 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 home,
                 command,
             };
-            let stdio = SessionStdio {
-                stdin: Some(std::process::Stdio::inherit()),
-                stdout: Some(std::process::Stdio::inherit()),
-                stderr: Some(std::process::Stdio::inherit()),
+            let stdio = if null_stdio {
+                SessionStdio::default()
+            } else {
+                SessionStdio {
+                    stdin: Some(std::process::Stdio::inherit()),
+                    stdout: Some(std::process::Stdio::inherit()),
+                    stderr: Some(std::process::Stdio::inherit()),
+                }
             };
             let mut session = launcher.start(&spec, stdio)?;
+            eprintln!(
+                "mobidesk-sessiond: session {} started, PID 1 is host pid {}, layer {}",
+                session.id(),
+                session.init_pid().unwrap_or(0),
+                session.layer().display()
+            );
             let status = loop {
                 if let Some(s) = session.wait_timeout(Duration::from_millis(200))? {
                     break s;

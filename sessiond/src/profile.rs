@@ -59,6 +59,11 @@ pub struct Profile {
     pub shm_mib: u64,
     #[serde(default)]
     pub limits: Limits,
+    /// The session's user namespace: session root is host uid `uid_base`,
+    /// not host root. `userns = false` in TOML turns it off (session root
+    /// is then host root, behind capabilities and seccomp only).
+    #[serde(default = "default_userns", with = "userns_opt")]
+    pub userns: Option<UserNs>,
     /// Extra environment for the session's command (on top of PATH, HOME,
     /// USER, LANG, HOSTNAME and MOBIDESK_SESSION).
     #[serde(default)]
@@ -80,6 +85,66 @@ pub struct RootImage {
     /// session), e.g. a shared tool directory. Files or directories.
     #[serde(default)]
     pub binds: Vec<Bind>,
+}
+
+/// An id mapping: ids `0..count` inside are `base..base+count` on the host.
+/// Every server must use the same mapping (a migrated session keeps its
+/// file ownership), and the user's home on shared storage belongs to
+/// `uid_base + uid inside`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserNs {
+    pub uid_base: u32,
+    pub gid_base: u32,
+    #[serde(default = "default_id_count")]
+    pub count: u32,
+}
+
+impl Default for UserNs {
+    fn default() -> Self {
+        UserNs {
+            uid_base: 100_000,
+            gid_base: 100_000,
+            count: default_id_count(),
+        }
+    }
+}
+
+fn default_id_count() -> u32 {
+    65_536
+}
+
+fn default_userns() -> Option<UserNs> {
+    Some(UserNs::default())
+}
+
+/// `userns = false`, or a table.
+mod userns_opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::UserNs;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Flag(bool),
+        Map(UserNs),
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<UserNs>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(u) => u.serialize(s),
+            None => false.serialize(s),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UserNs>, D::Error> {
+        Ok(match Raw::deserialize(d)? {
+            Raw::Flag(false) => None,
+            Raw::Flag(true) => Some(UserNs::default()),
+            Raw::Map(m) => Some(m),
+        })
+    }
 }
 
 /// One extra read-only bind mount.
@@ -154,6 +219,7 @@ impl Default for Profile {
             tmp_mib: default_tmp_mib(),
             shm_mib: default_shm_mib(),
             limits: Limits::default(),
+            userns: default_userns(),
             env: Vec::new(),
         }
     }
@@ -216,6 +282,15 @@ impl Profile {
         }
         if self.tmp_mib == 0 || self.shm_mib == 0 {
             return bad("tmp_mib and shm_mib must be at least 1".into());
+        }
+        if let Some(u) = self.userns {
+            let ok = |base: u32| base > 0 && u.count >= 1 && base.checked_add(u.count).is_some();
+            if !ok(u.uid_base) || !ok(u.gid_base) {
+                return bad(format!(
+                    "userns {}/{}/{}: bases above 0 (host root is never mapped), count at least 1",
+                    u.uid_base, u.gid_base, u.count
+                ));
+            }
         }
         self.limits.validate()
     }
@@ -340,6 +415,33 @@ mod tests {
         assert_eq!(p.limits.memory_max, Some(512 << 20));
         assert_eq!(p.limits.pids_max, Some(100));
         assert_eq!(p.root.binds[0].target, PathBuf::from("/opt/tools"));
+        assert_eq!(p.userns, Some(UserNs::default()));
+    }
+
+    #[test]
+    fn user_namespace_can_be_mapped_or_turned_off() {
+        assert_eq!(Profile::parse("userns = false").unwrap().userns, None);
+        let p = Profile::parse("[userns]\nuid_base = 200000\ngid_base = 300000").unwrap();
+        assert_eq!(
+            p.userns,
+            Some(UserNs {
+                uid_base: 200_000,
+                gid_base: 300_000,
+                count: 65_536
+            })
+        );
+        assert!(Profile::parse("[userns]\nuid_base = 0\ngid_base = 1").is_err());
+        // Round trip through TOML (check-profile prints it).
+        let text = toml::to_string(&Profile::default()).unwrap();
+        assert_eq!(Profile::parse(&text).unwrap(), Profile::default());
+        let off = Profile {
+            userns: None,
+            ..Profile::default()
+        };
+        assert_eq!(
+            Profile::parse(&toml::to_string(&off).unwrap()).unwrap(),
+            off
+        );
     }
 
     #[test]

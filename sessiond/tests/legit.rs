@@ -34,6 +34,9 @@ fn ping_works_inside_the_sessions_own_network() {
 fn running_as_root_inside_works() {
     let f = Fixture::new();
     let home = TempDir::new();
+    // The home on shared storage belongs to session root's host uid.
+    let base = f.profile().userns.map_or(0, |u| u.uid_base);
+    std::os::unix::fs::chown(home.path(), Some(base), Some(base)).unwrap();
     let mut spec = f.spec(
         f.profile(),
         &["sh", "-c", "id -u; echo layer > /root/f && cat /root/f; echo mine > $HOME/note; chown 1000:1000 $HOME/note && echo chown"],
@@ -45,7 +48,8 @@ fn running_as_root_inside_works() {
     let note = home.path().join("note");
     assert_eq!(std::fs::read_to_string(&note).unwrap(), "mine\n");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(&note).unwrap().uid(), 1000);
+    // uid 1000 inside is host uid base + 1000 (host root owns nothing new).
+    assert_eq!(std::fs::metadata(&note).unwrap().uid(), base + 1000);
 }
 
 #[test]

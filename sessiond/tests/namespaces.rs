@@ -134,3 +134,33 @@ fn another_sessions_addresses_are_unreachable() {
     );
     a.finish();
 }
+
+#[test]
+fn session_root_is_not_host_root() {
+    let f = Fixture::new();
+    let base = f.profile().userns.unwrap().uid_base;
+    let mut s = f.hold(&[
+        "sh",
+        "-c",
+        &format!(
+            "cat /proc/self/uid_map; {PROBE} read /etc/shadow; touch /root/made; echo done; cat"
+        ),
+    ]);
+    let map: Vec<String> = s.line().split_whitespace().map(String::from).collect();
+    assert_eq!(
+        map,
+        vec!["0".to_string(), base.to_string(), "65536".to_string()]
+    );
+    // Root inside is host uid `base`: a host file only host root may read
+    // stays closed (without a user namespace this read would succeed).
+    assert_eq!(s.line(), "errno 13 EACCES");
+    assert_eq!(s.line(), "done");
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(s.session.layer().join("root/made")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (base, base),
+        "files of session root belong to the mapped uid"
+    );
+    s.finish();
+}

@@ -59,10 +59,24 @@ impl Drop for TempDir {
 pub(crate) struct Fixture {
     pub launcher: Launcher,
     pub dir: TempDir,
+    /// Sessions get a user namespace (the default profile's mapping).
+    pub userns: bool,
 }
 
 impl Fixture {
+    /// Sessions with a user namespace (the default).
     pub(crate) fn new() -> Fixture {
+        Fixture::with_userns(true)
+    }
+
+    /// One fixture per mode: with a user namespace and without (session
+    /// root = host root behind capabilities and seccomp). Every wall must
+    /// hold in both.
+    pub(crate) fn both() -> [Fixture; 2] {
+        [Fixture::with_userns(true), Fixture::with_userns(false)]
+    }
+
+    pub(crate) fn with_userns(userns: bool) -> Fixture {
         require_root();
         let dir = TempDir::new();
         let cgroups = CgroupManager::detect().expect("cgroups");
@@ -71,12 +85,19 @@ impl Fixture {
             dir.path().join("run"),
         )
         .with_cgroups(cgroups);
-        Fixture { launcher, dir }
+        Fixture {
+            launcher,
+            dir,
+            userns,
+        }
     }
 
     /// The default profile plus the probe at [`PROBE`].
     pub(crate) fn profile(&self) -> Profile {
         let mut p = Profile::default();
+        if !self.userns {
+            p.userns = None;
+        }
         p.root.binds.push(Bind {
             source: PathBuf::from(env!("CARGO_BIN_EXE_mobidesk-session-probe")),
             target: PathBuf::from(PROBE),
@@ -103,7 +124,11 @@ impl Fixture {
         let mut cmd = vec![PROBE];
         cmd.extend_from_slice(args);
         let out = self.run(&cmd);
-        assert_eq!(out.code, 0, "probe {args:?} failed: {out:?}");
+        assert_eq!(
+            out.code, 0,
+            "probe {args:?} (userns {}) failed: {out:?}",
+            self.userns
+        );
         out.stdout.trim().to_string()
     }
 
