@@ -457,7 +457,7 @@ pub fn table() -> String {
     }
     out.push_str("\nkept capabilities:\n");
     for (c, why) in KEPT {
-        out.push_str(&format!("  {c:<22} {why}\n"));
+        out.push_str(&format!("  {:<22} {why}\n", c.to_string()));
     }
     out
 }
