@@ -267,6 +267,7 @@ impl Launcher {
 
         let mut session = Session {
             id: id.clone(),
+            external_mounts: external_mounts(&launch),
             helper,
             init_pid: None,
             cgroup,
@@ -325,6 +326,96 @@ fn setup_err(id: &str, line: &str) -> SessionError {
     SessionError::Setup {
         id: id.to_string(),
         detail: line.strip_prefix("error ").unwrap_or(line).to_string(),
+    }
+}
+
+/// A mount of the session whose source is outside the session's tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalMount {
+    /// Where it is mounted inside the session.
+    pub target: PathBuf,
+    /// The host path it comes from (the same path on every server).
+    pub source: PathBuf,
+}
+
+impl ExternalMount {
+    /// A key naming the mount in a CRIU image: the target without slashes
+    /// and dots (`/dev/null` -> `dev_null`).
+    pub fn key(&self) -> String {
+        self.target
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .replace(['/', '.'], "_")
+    }
+
+    /// `mnt[TARGET]:KEY`, for `criu dump --external`.
+    pub fn criu_dump_arg(&self) -> String {
+        format!("mnt[{}]:{}", self.target.display(), self.key())
+    }
+
+    /// `mnt[KEY]:SOURCE`, for `criu restore --external`.
+    pub fn criu_restore_arg(&self) -> String {
+        format!("mnt[{}]:{}", self.key(), self.source.display())
+    }
+}
+
+/// What [`build_root`] and [`mask_proc`] bind from outside the tree.
+fn external_mounts(spec: &LaunchSpec) -> Vec<ExternalMount> {
+    let mut v = Vec::new();
+    let mut add = |target: PathBuf, source: PathBuf| v.push(ExternalMount { target, source });
+    for dir in &spec.system_dirs {
+        let is_link = std::fs::symlink_metadata(dir).map(|m| m.file_type().is_symlink());
+        if let Ok(false) = is_link {
+            add(dir.clone(), dir.clone());
+        }
+    }
+    for (source, target) in &spec.binds {
+        add(target.clone(), source.clone());
+    }
+    if let Some(h) = &spec.home {
+        add(spec.home_path.clone(), h.clone());
+    }
+    add(PathBuf::from(INIT_PATH), spec.init_exe.clone());
+    if spec.userns.is_some() {
+        for name in DEV_NODES.iter().map(|(n, _, _)| n) {
+            let p = Path::new("/dev").join(name);
+            add(p.clone(), p);
+        }
+        // The /proc masks are binds of the session's /dev/null, which is
+        // itself the host's node here.
+        for p in PROC_MASKED_FILES {
+            if Path::new(p).exists() {
+                add(PathBuf::from(p), PathBuf::from("/dev/null"));
+            }
+        }
+    }
+    v
+}
+
+/// Waits until a process (not necessarily our child, e.g. a session that
+/// CRIU restored) has exited, at most `timeout`. `Ok(false)`: still there.
+pub fn wait_for_exit(pid: u32, timeout: Duration) -> std::io::Result<bool> {
+    let pidfd = match crate::sys::pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    poll_readable(&pidfd, timeout)
+}
+
+/// Polls one descriptor for readability with a deadline (EINTR retried).
+fn poll_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) -> std::io::Result<bool> {
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(n) => return Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(std::io::Error::from(e)),
+        }
     }
 }
 
@@ -402,6 +493,7 @@ impl Control {
 #[derive(Debug)]
 pub struct Session {
     id: String,
+    external_mounts: Vec<ExternalMount>,
     helper: Child,
     init_pid: Option<u32>,
     cgroup: Option<SessionCgroup>,
@@ -413,6 +505,13 @@ pub struct Session {
 impl Session {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The session's bind mounts whose source lies outside its own tree:
+    /// what CRIU must be told about (`--external mnt[...]`) to checkpoint
+    /// and restore the session.
+    pub fn external_mounts(&self) -> &[ExternalMount] {
+        &self.external_mounts
     }
 
     /// The host pid of the session's PID 1 (for `/proc/PID/ns/*`, CRIU).
@@ -454,18 +553,7 @@ impl Session {
             source,
         };
         let pidfd = crate::sys::pidfd_open(self.helper.id()).map_err(ioe)?;
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [nix::poll::PollFd::new(
-            std::os::fd::AsFd::as_fd(&pidfd),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ready = loop {
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-                Ok(n) => break n > 0,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(ioe(std::io::Error::from(e))),
-            }
-        };
+        let ready = poll_readable(&pidfd, timeout).map_err(ioe)?;
         if !ready {
             return Ok(None);
         }
@@ -850,14 +938,7 @@ fn build_root(spec: &LaunchSpec) -> Result<(), String> {
         Some("mode=755,size=1m"),
     )
     .map_err(mount_err("mount tmpfs", &dev))?;
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    for &(name, major, minor) in DEV_NODES {
         let p = dev.join(name);
         if spec.userns.is_some() {
             // No mknod in a user namespace (and a tmpfs mounted there is
@@ -941,6 +1022,16 @@ fn build_root(spec: &LaunchSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The device nodes of a session's `/dev` (name, major, minor).
+const DEV_NODES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
 /// An empty file or directory to mount over.
 fn make_mount_point(target: &Path, dir: bool) -> Result<(), String> {
     if dir {
@@ -959,6 +1050,14 @@ fn make_mount_point(target: &Path, dir: bool) -> Result<(), String> {
 /// runtimes do). /proc/sys would let root set host-wide sysctls such as
 /// `kernel.core_pattern` (a host program run as root), /proc/sysrq-trigger
 /// reboots the host: file permissions are the only check on those.
+/// /proc files covered by `/dev/null`.
+const PROC_MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+];
+
 fn mask_proc() -> Result<(), String> {
     for p in [
         "/proc/sys",
@@ -977,12 +1076,7 @@ fn mask_proc() -> Result<(), String> {
             )?;
         }
     }
-    for p in [
-        "/proc/kcore",
-        "/proc/keys",
-        "/proc/timer_list",
-        "/proc/sched_debug",
-    ] {
+    for p in PROC_MASKED_FILES {
         let p = Path::new(p);
         if p.exists() {
             mount(

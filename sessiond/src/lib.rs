@@ -20,5 +20,5 @@ pub mod profile;
 mod sys;
 
 pub use cgroup::{CgroupManager, SessionCgroup};
-pub use environment::{Launcher, Session, SessionError, SessionSpec, SessionStdio};
+pub use environment::{ExternalMount, Launcher, Session, SessionError, SessionSpec, SessionStdio};
 pub use profile::{Limits, Profile};

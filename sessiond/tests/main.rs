@@ -6,6 +6,7 @@
 // Helpers of a test crate may unwrap: a panic is a failed test with a location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod checkpoint;
 mod cli;
 mod escapes;
 mod fds;
