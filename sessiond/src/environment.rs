@@ -262,7 +262,15 @@ impl Launcher {
         cmd.stdout(stdio.stdout.unwrap_or_else(Stdio::null));
         cmd.stderr(stdio.stderr.unwrap_or_else(Stdio::null));
         crate::sys::pass_fd_as_3(&mut cmd, theirs.as_raw_fd());
-        let helper = cmd.spawn().map_err(ioe("starting the session helper"))?;
+        let helper = match cmd.spawn() {
+            Ok(h) => h,
+            Err(e) => {
+                if !self.keep_layer {
+                    let _ = remove_layer(&session_dir);
+                }
+                return Err(ioe("starting the session helper")(e));
+            }
+        };
         drop(theirs);
 
         let mut session = Session {
@@ -276,7 +284,7 @@ impl Launcher {
             status: None,
         };
         let deadline = Instant::now() + self.start_timeout;
-        let mut control = Control::new(ours, id.clone(), deadline);
+        let mut control = Control::new(ours, id.clone(), deadline)?;
 
         let mut json = serde_json::to_vec(&launch).map_err(|e| SessionError::Setup {
             id: id.clone(),
@@ -428,20 +436,18 @@ struct Control {
 }
 
 impl Control {
-    fn new(stream: UnixStream, id: String, deadline: Instant) -> Control {
-        let reader = BufReader::new(stream.try_clone().unwrap_or_else(|_| {
-            // try_clone only fails when out of descriptors; reading from a
-            // fresh pair then fails cleanly with EOF.
-            UnixStream::pair()
-                .map(|p| p.0)
-                .unwrap_or_else(|_| std::process::abort())
-        }));
-        Control {
+    fn new(stream: UnixStream, id: String, deadline: Instant) -> Result<Control, SessionError> {
+        let reader = stream.try_clone().map_err(|source| SessionError::Io {
+            id: id.clone(),
+            what: "control socket".into(),
+            source,
+        })?;
+        Ok(Control {
             stream,
-            reader,
+            reader: BufReader::new(reader),
             id,
             deadline,
-        }
+        })
     }
 
     fn write(&mut self, b: &[u8]) -> Result<(), SessionError> {
@@ -659,7 +665,10 @@ pub fn helper_main() -> ! {
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWPID;
+        | CloneFlags::CLONE_NEWPID
+        // After joining the session's groups: they become its cgroup root,
+        // and the host's cgroup paths stay hidden.
+        | CloneFlags::CLONE_NEWCGROUP;
     if spec.userns.is_some() {
         // In the same call: the other namespaces then belong to the new
         // user namespace, so session root administers them and nothing else.

@@ -56,3 +56,17 @@ fn a_bad_profile_is_refused_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pids_maxx"), "{err}");
 }
+
+#[test]
+fn the_example_profile_is_valid() {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/profiles/desktop.toml");
+    let profile = mobidesk_sessiond::Profile::load(std::path::Path::new(p)).unwrap();
+    assert_eq!(profile.hostname, "desk");
+    assert_eq!(profile.limits.memory_max, Some(2 << 30));
+    let out = Command::new(BIN)
+        .arg("check-profile")
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

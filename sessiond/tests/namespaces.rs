@@ -164,3 +164,18 @@ fn session_root_is_not_host_root() {
     );
     s.finish();
 }
+
+#[test]
+fn the_sessions_cgroups_are_its_cgroup_root() {
+    let f = Fixture::new();
+    let out = f.run(&["cat", "/proc/self/cgroup"]);
+    // Every hierarchy's path is "/" inside: the host's cgroup tree (and the
+    // session's place in it) stays hidden.
+    let paths: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.rsplit_once(':').map(|(_, p)| p))
+        .collect();
+    assert!(!paths.is_empty(), "{out:?}");
+    assert!(paths.iter().all(|p| *p == "/"), "{out:?}");
+}
