@@ -177,6 +177,10 @@ fn further_walls_hold() {
     for f in Fixture::both() {
         // A user namespace would give every dropped capability back.
         assert_eq!(f.probe(&["new-userns"]), EPERM, "userns {}", f.userns);
+        // Typing into a terminal (stdin could be a host terminal): refused
+        // by seccomp before the kernel even looks at the descriptor (which
+        // is a pipe here: ENOTTY without the rule).
+        assert_eq!(f.probe(&["tiocsti"]), EPERM, "userns {}", f.userns);
         // Host-wide sysctls are read-only.
         assert_eq!(
             f.probe(&["write", "/proc/sys/kernel/core_pattern", "|/bin/sh"]),
