@@ -14,13 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::io::fastpath::{FastPath, FastPathCounters};
+use crate::io::publish::Publisher;
 use crate::proxybox::ProxyEngine;
 use crate::server::{ServerCounters, ServerEngine, SessionState};
 
@@ -41,6 +42,23 @@ pub enum ProxyRequest {
         from: Ipv4Addr,
         to: Ipv4Addr,
     },
+    /// Listen on `listen` and relay every connection that arrives to the
+    /// session's service `session` (virtual address and port).
+    Publish {
+        listen: SocketAddr,
+        session: SocketAddrV4,
+    },
+    /// Stop listening on `listen` (relayed connections go on).
+    Unpublish { listen: SocketAddr },
+    /// The published services.
+    Published {},
+}
+
+/// One published service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedService {
+    pub listen: SocketAddr,
+    pub session: SocketAddrV4,
 }
 
 /// The dataplane's counters as the control interface reports them.
@@ -179,6 +197,9 @@ pub struct Response {
     pub session: Option<SessionState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
+    /// Publish: where it listens; Published: every service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Vec<PublishedService>>,
 }
 
 impl Response {
@@ -190,6 +211,7 @@ impl Response {
             server_stats: None,
             session: None,
             connections: None,
+            published: None,
         }
     }
 
@@ -211,7 +233,14 @@ impl Response {
 }
 
 /// Parses one request line and applies it to the engine.
-pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
+///
+/// `publisher`: the published services (None: the publish requests are
+/// refused, as in tests of the engine alone).
+pub fn handle_line(
+    engine: &mut ProxyEngine,
+    publisher: Option<&Publisher>,
+    line: &str,
+) -> Response {
     let request: ProxyRequest = match serde_json::from_str(line) {
         Ok(r) => r,
         Err(e) => return Response::error(format!("bad request: {e}")),
@@ -227,6 +256,33 @@ pub fn handle_line(engine: &mut ProxyEngine, line: &str) -> Response {
             to,
         } => Response {
             connections: Some(engine.session_moved(virtual_addr, from, to)),
+            ..Response::ok()
+        },
+        ProxyRequest::Publish { listen, session } => {
+            let Some(publisher) = publisher else {
+                return Response::error("publishing is not available here");
+            };
+            match publisher.publish(listen, session) {
+                Ok(listen) => Response {
+                    published: Some(vec![PublishedService { listen, session }]),
+                    ..Response::ok()
+                },
+                Err(e) => Response::error(e.to_string()),
+            }
+        }
+        ProxyRequest::Unpublish { listen } => match publisher {
+            Some(p) if p.unpublish(listen) => Response::ok(),
+            _ => Response::error(format!("{listen} is not published")),
+        },
+        ProxyRequest::Published {} => Response {
+            published: Some(
+                publisher
+                    .map(|p| p.list())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(listen, session)| PublishedService { listen, session })
+                    .collect(),
+            ),
             ..Response::ok()
         },
     }
@@ -297,11 +353,12 @@ mod tests {
     #[test]
     fn requests_parse_and_bad_ones_get_a_reason() {
         let mut engine = ProxyEngine::new(ProxyConfig::default(), 1);
-        let r = handle_line(&mut engine, r#"{"op":"stats"}"#);
+        let r = handle_line(&mut engine, None, r#"{"op":"stats"}"#);
         assert!(r.ok);
         assert_eq!(r.stats.unwrap().vnics, 0);
         let r = handle_line(
             &mut engine,
+            None,
             r#"{"op":"session_moved","virtual":"10.1.0.100","from":"10.1.0.100","to":"10.2.0.100"}"#,
         );
         assert_eq!(r.connections, Some(0));
@@ -313,7 +370,7 @@ mod tests {
             r#"{"op":"session_moved","virtual":"10.1.0.999","from":"1.1.1.1","to":"1.1.1.1"}"#,
             "\u{0}\u{ff}",
         ] {
-            let r = handle_line(&mut engine, bad);
+            let r = handle_line(&mut engine, None, bad);
             assert!(!r.ok, "{bad:?} was accepted");
             assert!(r.error.unwrap().starts_with("bad request"));
         }

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::{self, Response, MAX_REQUEST_LINE};
 use crate::io::fastpath::FastPath;
+use crate::io::publish::Publisher;
 use crate::io::steer::{ServerSteering, ServerSteeringConfig, Steering};
 use crate::io::tun::{Tun, TunConfig};
 use crate::io::{run_proxybox, run_server as run_server_loop, Shared};
@@ -89,6 +90,15 @@ pub struct ProxyBoxConfig {
     pub udp: UdpTuning,
     #[serde(default)]
     pub icmp: IcmpTuning,
+    /// The address sessions see as the peer of connections the proxy box
+    /// opens to their services (published services). Not an address of the
+    /// proxy box itself: sessions route it back through their servers, and
+    /// the steering brings it to the dataplane.
+    #[serde(default = "defaults::publish_source")]
+    pub publish_source: std::net::Ipv4Addr,
+    /// At most this many published services at once.
+    #[serde(default = "defaults::max_published")]
+    pub max_published: usize,
 }
 
 /// `[proxy.vnic]`: the tuning of every VNIC.
@@ -162,6 +172,14 @@ impl Default for IcmpTuning {
 
 mod defaults {
     use std::path::PathBuf;
+    pub(super) fn publish_source() -> std::net::Ipv4Addr {
+        // RFC 6598 shared address space: never a session's or the
+        // Internet's address.
+        std::net::Ipv4Addr::new(100, 64, 0, 1)
+    }
+    pub(super) fn max_published() -> usize {
+        256
+    }
     pub(super) fn tun() -> String {
         "mdp0".into()
     }
@@ -378,6 +396,8 @@ impl ProxyBoxConfig {
             vnic: VnicTuning::default(),
             udp: UdpTuning::default(),
             icmp: IcmpTuning::default(),
+            publish_source: defaults::publish_source(),
+            max_published: defaults::max_published(),
         }
     }
 
@@ -388,6 +408,15 @@ impl ProxyBoxConfig {
         }
         if self.steer_from.is_empty() {
             return bad("steer_from: name at least one interface facing a server subnet".into());
+        }
+        let p = self.publish_source;
+        if p.is_unspecified() || p.is_loopback() || p.is_multicast() || p.is_broadcast() {
+            return bad(format!(
+                "publish_source {p}: a unicast address (e.g. 100.64.0.1)"
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_published) {
+            return bad(format!("max_published {}: 1..=65536", self.max_published));
         }
         if !(576..=65535).contains(&usize::from(self.mtu)) {
             return bad(format!("mtu {}: 576..=65535", self.mtu));
@@ -492,9 +521,15 @@ pub fn run_proxy(
         let engine = Rc::new(RefCell::new(ProxyEngine::new(config.engine_config(), seed)));
         let shared = Shared::new(Duration::from_millis(config.connect_timeout_ms));
         let control = ControlSocket::bind(&config.control)?;
+        let publisher = Publisher::new(
+            engine.clone(),
+            shared.clone(),
+            config.publish_source,
+            config.max_published,
+        );
         let handler_engine = engine.clone();
         tokio::task::spawn_local(control.serve(Rc::new(move |line: &str| {
-            control::handle_line(&mut handler_engine.borrow_mut(), line)
+            control::handle_line(&mut handler_engine.borrow_mut(), Some(&publisher), line)
         })));
         // Last: a scrape of /ready means everything above is up.
         start_metrics(config.metrics, Source::Proxy(engine.clone())).await?;

@@ -82,6 +82,7 @@ pub const PROXY_DROP_REASONS: &[&str] = &[
     "bad_syn",
     "vnic_limit",
     "handshake_limit",
+    "offer_mismatch",
     // UDP and ICMP echo relays, and their replies to sessions.
     "unexpected_label",
     "bad_destination",

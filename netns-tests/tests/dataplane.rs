@@ -618,3 +618,79 @@ fn forged_labels_towards_a_migrated_session_are_refused_and_counted() {
     transfer(&mut at_session, &mut at_web, 1 << 20, 92);
     transfer(&mut at_web, &mut at_session, 1 << 20, 93);
 }
+
+/// A session's service published on the proxy box: an outside host
+/// connects to the proxy box, which opens a connection from a VNIC to the
+/// session (seen there as coming from the service address 100.64.0.1).
+/// Bytes both ways by checksum, during a cross-subnet move too; after
+/// unpublishing, new connections are refused and the old one goes on.
+#[test]
+fn a_published_service_of_a_session_is_reachable_from_outside_across_a_move() {
+    use mobidesk_dataplane::control::ProxyRequest;
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab).unwrap();
+    let web = lab.host("web").unwrap();
+    let service = SocketAddr::from((s1.virtual_addr, 7620));
+    let listener = listen(&s1.netns(), &service.to_string());
+
+    let published = dps
+        .proxy
+        .request(&ProxyRequest::Publish {
+            listen: "198.18.0.1:0".parse().unwrap(),
+            session: match service {
+                SocketAddr::V4(v4) => v4,
+                SocketAddr::V6(_) => unreachable!(),
+            },
+        })
+        .unwrap()
+        .published
+        .unwrap();
+    let entry = published[0].listen;
+    assert_ne!(entry.port(), 0);
+
+    let at_web = connect(&web, entry);
+    let (at_session, peer) = listener.accept().unwrap();
+    assert_eq!(
+        peer.ip(),
+        IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)),
+        "the session sees the service address"
+    );
+    let (mut at_web, mut at_session) = (at_web, at_session);
+    transfer(&mut at_web, &mut at_session, 4 << 20, 100);
+    transfer(&mut at_session, &mut at_web, 4 << 20, 101);
+
+    // Across subnets while 16 MiB go each way.
+    let running = transfer_both_ways(at_session, at_web, 16 << 20, 102);
+    let bytes = dps.proxy.stats().unwrap().bytes_in;
+    dps.proxy
+        .wait_stats("the transfer to be under way", |s| {
+            s.bytes_in > bytes + (2 << 20)
+        })
+        .unwrap();
+    dps.migrate(&lab, "s1", "b").unwrap();
+    let (mut at_session, mut at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    let proxy = dps.proxy.stats().unwrap();
+    assert_eq!(proxy.labels_in_use, 1, "{proxy:?}");
+    let b = dps.server("b").unwrap().server_stats().unwrap();
+    assert!(
+        b.counters.labelled_in > 0 && b.counters.labelled_out > 0,
+        "{b:?}"
+    );
+
+    // Unpublished: the proxy box no longer listens; the relayed
+    // connection carries on.
+    dps.proxy
+        .request(&ProxyRequest::Unpublish { listen: entry })
+        .unwrap();
+    let refused = web
+        .run(|| TcpStream::connect_timeout(&entry, Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        refused.map_err(|e| e.kind()).err(),
+        Some(ErrorKind::ConnectionRefused)
+    );
+    transfer(&mut at_web, &mut at_session, 1 << 20, 103);
+    transfer(&mut at_session, &mut at_web, 1 << 20, 104);
+}

@@ -6,6 +6,7 @@
 mod alloc;
 pub mod fastpath;
 mod icmp;
+pub mod publish;
 mod server_io;
 pub mod steer;
 mod stream;

@@ -57,7 +57,7 @@ impl Splice {
                 return Poll::Ready(Err(gone()));
             };
             match socket.state() {
-                State::Listen | State::SynReceived => {
+                State::Listen | State::SynReceived | State::SynSent => {
                     socket.register_recv_waker(cx.waker());
                     Poll::Pending
                 }
@@ -107,6 +107,7 @@ impl Splice {
                 break match socket.state() {
                     State::Listen
                     | State::SynReceived
+                    | State::SynSent
                     | State::Established
                     | State::FinWait1
                     | State::FinWait2 => {
@@ -159,7 +160,7 @@ impl Splice {
             };
             if !socket.may_send() {
                 break match socket.state() {
-                    State::Listen | State::SynReceived => {
+                    State::Listen | State::SynReceived | State::SynSent => {
                         socket.register_send_waker(cx.waker());
                         Poll::Pending
                     }

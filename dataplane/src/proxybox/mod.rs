@@ -47,6 +47,21 @@ pub struct VnicId {
     generation: u64,
 }
 
+/// Ports the proxy box opens connections to sessions from (Linux's default
+/// ephemeral range).
+pub const EPHEMERAL_PORTS: std::ops::Range<u16> = 32768..61000;
+
+/// Why [`ProxyEngine::open`] could not open a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("no VNIC left (max_vnics reached)")]
+    VnicLimit,
+    #[error("no free source port towards this service")]
+    NoFreePort,
+    #[error("not a session service address")]
+    BadAddress,
+}
+
 /// Limits and tuning of the proxy box engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
@@ -140,6 +155,10 @@ struct Entry {
     deadline: Option<Instant>,
     /// Took packets since its last poll: [`ProxyEngine::flush`] polls it.
     pending: bool,
+    /// The proxy box opened this connection (to a session's service), see
+    /// [`ProxyEngine::open`]: its SYN carries the proxy's offer, the
+    /// session's SYN-ACK the server's.
+    initiated: bool,
 }
 
 impl Entry {
@@ -148,11 +167,10 @@ impl Entry {
             rewrite_dst: self.physical.map(|p| (*self.vnic.tuple().session.ip(), p)),
             label: self.physical.and(self.server_label),
             // The proxy's label goes back in the handshake to a server that
-            // offered one.
-            offer: self
-                .server_label
-                .filter(|_| self.handshaking)
-                .map(|_| self.proxy_label),
+            // offered one, and out first on a connection the proxy opens
+            // (on SYNs only: see `apply_egress`).
+            offer: (self.handshaking && (self.initiated || self.server_label.is_some()))
+                .then_some(self.proxy_label),
         }
     }
 }
@@ -347,7 +365,33 @@ impl ProxyEngine {
         partial: bool,
     ) {
         if let Some(&id) = self.by_tuple.get(&tuple) {
-            return self.deliver(now, id, packet);
+            return self.deliver_offered(now, id, packet, offer, None, partial);
+        }
+        let synack = flags.contains(TcpFlags::SYN) && flags.contains(TcpFlags::ACK);
+        if synack {
+            // A session that migrated answers a connection the proxy opened
+            // from its physical address.
+            if let Some(&virtual_addr) = self.migrated.get(tuple.session.ip()) {
+                let opened = FourTuple {
+                    session: SocketAddrV4::new(virtual_addr, tuple.session.port()),
+                    remote: tuple.remote,
+                };
+                if let Some(&id) = self.by_tuple.get(&opened) {
+                    let from_physical = self
+                        .entry(id)
+                        .is_some_and(|e| e.initiated && e.physical == Some(*tuple.session.ip()));
+                    if from_physical {
+                        return self.deliver_offered(
+                            now,
+                            id,
+                            packet,
+                            offer,
+                            Some(virtual_addr),
+                            partial,
+                        );
+                    }
+                }
+            }
         }
         if !flags.contains(TcpFlags::SYN) || flags.contains(TcpFlags::ACK) {
             return self.counters.drop("no_connection");
@@ -394,6 +438,100 @@ impl ProxyEngine {
         self.deliver(now, id, packet);
     }
 
+    /// Delivers a packet of a connection found by its tuple. A label on it
+    /// can only be an offer (SYN set): the server's, answering a connection
+    /// the proxy opened — taken; a retransmitted one — checked. The source
+    /// is rewritten to `virtual_addr` if given (a migrated session).
+    fn deliver_offered(
+        &mut self,
+        now: Instant,
+        id: VnicId,
+        packet: &mut [u8],
+        offer: Option<Label>,
+        virtual_addr: Option<Ipv4Addr>,
+        partial: bool,
+    ) {
+        let mut start = 0;
+        if let Some(offer) = offer {
+            start = match strip_label(packet, 0) {
+                Ok(Some((_, start))) => start,
+                _ => return self.counters.drop("bad_label"),
+            };
+            let Some(entry) = self.entry_mut(id) else {
+                return self.counters.drop("no_connection");
+            };
+            match entry.server_label {
+                None if entry.initiated => {
+                    entry.server_label = Some(offer);
+                    self.counters.labelled_packets += 1;
+                }
+                Some(l) if l == offer => {}
+                None if !entry.initiated => {}
+                _ => return self.counters.drop("offer_mismatch"),
+            }
+        }
+        let packet = &mut packet[start..];
+        if let Some(v) = virtual_addr {
+            if rewrite_source(packet, v, partial).is_err() {
+                return self.counters.drop("rewrite_failed");
+            }
+            self.counters.rewrites += 1;
+        }
+        self.deliver(now, id, packet);
+    }
+
+    /// Opens a connection from the proxy box to a session's service at
+    /// `session` (its virtual address and port), from `source` (an address
+    /// of the proxy box's service range, which the session routes back
+    /// through its server) and a free port. Its SYN goes out at the next
+    /// [`ProxyEngine::flush`]; relay it once the socket is established.
+    /// A session that migrated is reached at its physical address, with
+    /// labels, like every connection of it.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        session: SocketAddrV4,
+        source: Ipv4Addr,
+    ) -> Result<VnicId, OpenError> {
+        if session.port() == 0 || session.ip().is_unspecified() {
+            return Err(OpenError::BadAddress);
+        }
+        if self.vnics() >= self.config.max_vnics {
+            self.counters.drop("vnic_limit");
+            return Err(OpenError::VnicLimit);
+        }
+        let virtual_addr = *session.ip();
+        let physical = self
+            .migrated
+            .iter()
+            .find(|(_, v)| **v == virtual_addr)
+            .map(|(p, _)| *p);
+        let mut tuple = None;
+        for _ in 0..64 {
+            let port = EPHEMERAL_PORTS.start
+                + (self.next_random() >> 48) as u16 % (EPHEMERAL_PORTS.end - EPHEMERAL_PORTS.start);
+            let t = FourTuple {
+                session,
+                remote: SocketAddrV4::new(source, port),
+            };
+            if !self.by_tuple.contains_key(&t) {
+                tuple = Some(t);
+                break;
+            }
+        }
+        let tuple = tuple.ok_or(OpenError::NoFreePort)?;
+        let seed = self.next_random();
+        let vnic = Vnic::connect_on(tuple, &self.config.vnic, self.offload, seed, now)
+            .map_err(|_| OpenError::BadAddress)?;
+        let id = self.insert_entry(vnic, None, physical, true);
+        // Found by its tuple during the handshake even if the session
+        // migrated (its SYN-ACK comes with an offer, not a label); by label
+        // only once the handshake is over.
+        self.by_tuple.insert(tuple, id);
+        self.schedule(id);
+        Ok(id)
+    }
+
     fn create(
         &mut self,
         now: Instant,
@@ -403,6 +541,17 @@ impl ProxyEngine {
     ) -> VnicId {
         let seed = self.next_random();
         let vnic = Vnic::listen_on(tuple, &self.config.vnic, self.offload, seed, now);
+        self.insert_entry(vnic, server_label, physical, false)
+    }
+
+    fn insert_entry(
+        &mut self,
+        vnic: Vnic,
+        server_label: Option<Label>,
+        physical: Option<Ipv4Addr>,
+        initiated: bool,
+    ) -> VnicId {
+        let tuple = vnic.tuple();
         let proxy_label = self.fresh_label();
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -413,9 +562,11 @@ impl ProxyEngine {
             server_label,
             physical,
             handshaking: true,
-            accepted: false,
+            // Nothing to wait for on a connection the proxy opens.
+            accepted: initiated,
             deadline: None,
             pending: false,
+            initiated,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -435,7 +586,7 @@ impl ProxyEngine {
         self.counters.vnics_created += 1;
         tracing::debug!(
             session = %tuple.session, remote = %tuple.remote, label = %proxy_label,
-            server_label = ?server_label.map(|l| l.to_string()), "vnic created"
+            server_label = ?server_label.map(|l| l.to_string()), initiated, "vnic created"
         );
         id
     }
@@ -594,11 +745,16 @@ impl ProxyEngine {
         let handshake_over = entry.handshaking
             && !matches!(
                 entry.vnic.state(),
-                tcp::State::Listen | tcp::State::SynReceived
+                tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
             );
         if handshake_over {
             entry.handshaking = false;
         }
+        // Counted against the session's SYN budget: connections it opened.
+        let release = handshake_over && !entry.initiated;
+        // A connection the proxy opened to a migrated session is found by
+        // label from now on.
+        let unlist = handshake_over && entry.initiated && entry.physical.is_some();
         // Finished, and the relay has read everything the session sent.
         let finished = entry.vnic.is_finished() && !entry.vnic.socket().can_recv();
         // A held handshake would ask to be polled at once, forever.
@@ -626,8 +782,15 @@ impl ProxyEngine {
         if idle {
             self.counters.idle_polls += 1;
         }
-        if handshake_over {
+        if release {
             self.release_handshake(session);
+        }
+        if unlist {
+            if let Some(tuple) = self.entry(id).map(|e| e.vnic.tuple()) {
+                if self.by_tuple.get(&tuple) == Some(&id) {
+                    self.by_tuple.remove(&tuple);
+                }
+            }
         }
         if finished {
             self.reclaim(id);
@@ -657,7 +820,7 @@ impl ProxyEngine {
         if let Some(at) = entry.deadline {
             self.timers.remove(&(at, id));
         }
-        if entry.handshaking {
+        if entry.handshaking && !entry.initiated {
             self.release_handshake(*tuple.session.ip());
         }
         self.counters.vnics_reclaimed += 1;

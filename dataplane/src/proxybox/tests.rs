@@ -589,3 +589,124 @@ fn a_super_packet_with_a_partial_checksum_is_taken_whole_and_acked_once() {
     assert_eq!(&got[..n], &data[..]);
     assert!(c.engine.counters.dropped.is_empty());
 }
+
+const SERVICE_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+
+/// The proxy box opens a connection to a session's service; returns the
+/// engine, the VNIC, its SYN (as sent) and the session's SYN-ACK (labelled
+/// with the server's offer), from `from` (the session's virtual or physical
+/// address).
+fn opened(engine: &mut ProxyEngine, from: Ipv4Addr, server_label: Label) -> (VnicId, Label, u32) {
+    let id = engine
+        .open(t(0), SocketAddrV4::new(SESSION, 5901), SERVICE_SOURCE)
+        .unwrap();
+    engine.flush(t(0));
+    let syn = sent(engine).swap_remove(0).1;
+    let info = parse_ipv4(&syn).unwrap();
+    let Transport::Tcp {
+        src_port, flags, ..
+    } = info.transport
+    else {
+        panic!("not TCP: {info:?}");
+    };
+    assert!(flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK));
+    assert_eq!(info.src_addr, SERVICE_SOURCE);
+    assert!(EPHEMERAL_PORTS.contains(&src_port));
+    let proxy_label = info.label.expect("the proxy offers its label on its SYN");
+    let (isn, _) = seq_ack(&syn);
+    let mut synack = labelled(
+        tcp(
+            from,
+            5901,
+            SERVICE_SOURCE,
+            src_port,
+            Seg {
+                syn: true,
+                ack: true,
+                seq: 7000,
+                ack_no: isn.wrapping_add(1),
+            },
+            b"",
+        ),
+        server_label,
+    );
+    engine.handle_packet(t(1), &mut synack);
+    assert_eq!(
+        engine.socket_mut(id).unwrap().state(),
+        tcp::State::Established,
+        "{:?}",
+        engine.counters
+    );
+    // The handshake's last ACK carries no label (the session never moved).
+    let ack = sent(engine).swap_remove(0).1;
+    let ack_info = parse_ipv4(&ack).unwrap();
+    assert_eq!(ack_info.dst_addr, from);
+    (id, proxy_label, isn.wrapping_add(1))
+}
+
+#[test]
+fn the_proxy_box_opens_a_connection_to_a_session_and_it_follows_a_move() {
+    let mut engine = ProxyEngine::new(ProxyConfig::default(), 11);
+    let server_label = Label::new(0x5e5e_0042).unwrap();
+    let (id, _, vnic_seq) = opened(&mut engine, SESSION, server_label);
+    assert_eq!(engine.counters.dropped, BTreeMap::new());
+
+    // Data from the session, unlabelled, found by its tuple.
+    let tuple = engine.entry(id).unwrap().vnic.tuple();
+    let mut data = tcp(
+        SESSION,
+        5901,
+        SERVICE_SOURCE,
+        tuple.remote.port(),
+        Seg {
+            ack: true,
+            seq: 7001,
+            ack_no: vnic_seq,
+            ..Seg::default()
+        },
+        b"hello",
+    );
+    engine.handle_packet(t(2), &mut data);
+    assert_eq!(received(&mut engine, id), b"hello");
+
+    // The session moves across subnets: what the VNIC sends now goes to
+    // its physical address with the server's label.
+    assert_eq!(engine.session_moved(SESSION, SESSION, PHYSICAL), 1);
+    engine.socket_mut(id).unwrap().send_slice(b"world").unwrap();
+    engine.poll_vnic(t(3), id);
+    let out = sent(&mut engine);
+    let info = parse_ipv4(&out.last().unwrap().1).unwrap();
+    assert_eq!(info.dst_addr, PHYSICAL);
+    assert_eq!(info.label, Some(server_label));
+}
+
+#[test]
+fn a_connection_opened_to_a_migrated_session_is_answered_from_its_physical_address() {
+    let mut engine = ProxyEngine::new(ProxyConfig::default(), 12);
+    engine.session_moved(SESSION, SESSION, PHYSICAL);
+    let server_label = Label::new(0x5e5e_0043).unwrap();
+    let (id, proxy_label, vnic_seq) = opened(&mut engine, PHYSICAL, server_label);
+    let tuple = engine.entry(id).unwrap().vnic.tuple();
+    assert_eq!(tuple.session, SocketAddrV4::new(SESSION, 5901));
+    // From now on found by label only: the tuple is free for a new session
+    // at the old address.
+    assert!(!engine.by_tuple.contains_key(&tuple));
+    let mut data = labelled(
+        tcp(
+            PHYSICAL,
+            5901,
+            SERVICE_SOURCE,
+            tuple.remote.port(),
+            Seg {
+                ack: true,
+                seq: 7001,
+                ack_no: vnic_seq,
+                ..Seg::default()
+            },
+            b"moved",
+        ),
+        proxy_label,
+    );
+    engine.handle_packet(t(2), &mut data);
+    assert_eq!(received(&mut engine, id), b"moved");
+}

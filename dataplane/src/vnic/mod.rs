@@ -112,6 +112,53 @@ impl Vnic {
         seed: u64,
         now: Instant,
     ) -> Vnic {
+        let mut vnic = Vnic::new(tuple, config, offload, seed, now);
+        let endpoint = IpEndpoint::new(
+            IpAddress::Ipv4(ipv4(*tuple.remote.ip())),
+            tuple.remote.port(),
+        );
+        let socket = vnic.socket_mut();
+        socket.pause_synack(true);
+        // INVARIANT: a fresh socket in state Closed with a non-zero port
+        // always accepts listen(); port 0 never reaches here (the classifier
+        // refuses it).
+        let _ = socket.listen(endpoint);
+        vnic
+    }
+
+    /// A VNIC that opens the connection `tuple` itself: from `tuple.remote`
+    /// (an address and port of the proxy box's choosing) to the session's
+    /// service at `tuple.session`. Its SYN goes out at the first poll.
+    pub fn connect_on(
+        tuple: FourTuple,
+        config: &VnicConfig,
+        offload: bool,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Vnic, tcp::ConnectError> {
+        let mut vnic = Vnic::new(tuple, config, offload, seed, now);
+        let local = IpEndpoint::new(
+            IpAddress::Ipv4(ipv4(*tuple.remote.ip())),
+            tuple.remote.port(),
+        );
+        let remote = IpEndpoint::new(
+            IpAddress::Ipv4(ipv4(*tuple.session.ip())),
+            tuple.session.port(),
+        );
+        let Vnic {
+            iface,
+            sockets,
+            handle,
+            ..
+        } = &mut vnic;
+        sockets
+            .get_mut::<tcp::Socket>(*handle)
+            .connect(iface.context(), remote, local)?;
+        Ok(vnic)
+    }
+
+    /// The interface and its one socket, not yet listening or connecting.
+    fn new(tuple: FourTuple, config: &VnicConfig, offload: bool, seed: u64, now: Instant) -> Vnic {
         let link = Link {
             mtu: config.mtu,
             max_burst: config.max_burst,
@@ -140,20 +187,11 @@ impl Vnic {
             tcp::SocketBuffer::new(vec![0; config.rx_buffer.min(cap)]),
             tcp::SocketBuffer::new(vec![0; config.tx_buffer.min(cap)]),
         );
-        socket.pause_synack(true);
         socket.set_nagle_enabled(false);
         socket.set_ack_delay(Some(SmolDuration::from_millis(1)));
         socket.set_keep_alive(config.keep_alive.map(to_smol));
         socket.set_timeout(Some(to_smol(config.idle_timeout)));
         socket.set_congestion_control(tcp::CongestionControl::Cubic);
-        let endpoint = IpEndpoint::new(
-            IpAddress::Ipv4(Ipv4Address::from(remote_ip)),
-            tuple.remote.port(),
-        );
-        // INVARIANT: a fresh socket in state Closed with a non-zero port
-        // always accepts listen(); port 0 never reaches here (the classifier
-        // refuses it).
-        let _ = socket.listen(endpoint);
         let mut sockets = SocketSet::new(Vec::with_capacity(1));
         let handle = sockets.add(socket);
         Vnic {
