@@ -180,6 +180,10 @@ fn cross_subnet_moves_during_a_transfer(fast_path: bool) {
 
 /// A TCP connection from `ns`, bound to `from` (address and port) first.
 fn connect_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> TcpStream {
+    try_connect_from(ns, from, to).unwrap()
+}
+
+fn try_connect_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = ns
         .run(|| -> std::io::Result<TcpStream> {
@@ -189,10 +193,9 @@ fn connect_from(ns: &Netns, from: SocketAddr, to: SocketAddr) -> TcpStream {
             socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
             Ok(socket.into())
         })
-        .unwrap()
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s
+        .unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
 }
 
 #[test]
@@ -693,4 +696,49 @@ fn a_published_service_of_a_session_is_reachable_from_outside_across_a_move() {
     );
     transfer(&mut at_web, &mut at_session, 1 << 20, 103);
     transfer(&mut at_session, &mut at_web, 1 << 20, 104);
+}
+
+/// A migrated session opens connection after connection from the same
+/// source port (the tuple reused each time: the outside host closes first,
+/// so the port is free at once). Each new connection gets new labels; the
+/// server's fast path must know them before the session's first segment
+/// after the handshake, or the proxy box sees the previous connection's
+/// label on it and drops it.
+#[test]
+fn a_migrated_session_reusing_a_tuple_gets_fresh_labels_every_time() {
+    use std::io::{Read, Write};
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab).unwrap();
+    let web = lab.host("web").unwrap();
+    dps.migrate(&lab, "s1", "b").unwrap();
+    let listener = listen(&web, "198.18.0.20:7630");
+    let to: SocketAddr = "198.18.0.20:7630".parse().unwrap();
+    let from = SocketAddr::from((s1.virtual_addr, 47_630));
+    for round in 0..20u8 {
+        // The last round's socket may still be in LAST_ACK for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut at_session = loop {
+            match try_connect_from(&s1.netns(), from, to) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == ErrorKind::AddrNotAvailable && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        };
+        let (mut at_web, _) = listener.accept().unwrap();
+        at_session.write_all(&[round; 100]).unwrap();
+        let mut got = [0u8; 100];
+        at_web.read_exact(&mut got).unwrap();
+        assert_eq!(got, [round; 100]);
+        // The outside host closes first; the session sees the end.
+        drop(at_web);
+        assert_eq!(at_session.read(&mut got).unwrap(), 0);
+    }
+    let proxy = dps.proxy.stats().unwrap();
+    for reason in ["forged_label", "unknown_label"] {
+        assert_eq!(proxy.dropped.get(reason), None, "{proxy:?}");
+    }
 }

@@ -226,10 +226,10 @@ pub async fn run_server(
     loop {
         tokio::select! {
             r = session_tun.recv_raw(&mut rx_session[server_io::ROOM..]) => {
-                server_io::forward_batch(r, &session_tun, &uplink_tun, &mut rx_session, &engine, Side::Session).await?;
+                server_io::forward_batch(r, &session_tun, &uplink_tun, &mut rx_session, &engine, fast_path.as_deref(), Side::Session).await?;
             }
             r = uplink_tun.recv_raw(&mut rx_uplink[server_io::ROOM..]) => {
-                server_io::forward_batch(r, &uplink_tun, &uplink_tun, &mut rx_uplink, &engine, Side::Uplink).await?;
+                server_io::forward_batch(r, &uplink_tun, &uplink_tun, &mut rx_uplink, &engine, fast_path.as_deref(), Side::Uplink).await?;
             }
             () = kick.notified() => {}
         }

@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::io;
 
+use super::fastpath::FastPath;
 use super::tun::{self, Tun};
 use crate::server::{ServerEngine, Side};
 use crate::wire::label::LABEL_OPTION_SPACE;
@@ -32,6 +33,7 @@ pub(super) async fn forward_batch(
     to: &Tun,
     buf: &mut [u8],
     engine: &RefCell<ServerEngine>,
+    fast_path: Option<&RefCell<FastPath>>,
     side: Side,
 ) -> io::Result<()> {
     let mut read = first;
@@ -39,7 +41,7 @@ pub(super) async fn forward_batch(
     for _ in 0..BATCH {
         match read {
             Ok(n) => {
-                if let Err(e) = forward(buf, n, from.offload(), to, engine, side).await {
+                if let Err(e) = forward(buf, n, from.offload(), to, engine, fast_path, side).await {
                     write_error.get_or_insert(e);
                 }
             }
@@ -63,6 +65,7 @@ async fn forward(
     offload: bool,
     to: &Tun,
     engine: &RefCell<ServerEngine>,
+    fast_path: Option<&RefCell<FastPath>>,
     side: Side,
 ) -> io::Result<()> {
     let end = ROOM + n;
@@ -75,9 +78,24 @@ async fn forward(
         (None, ROOM)
     };
     let partial = header.is_some_and(|h| h.needs_csum());
-    let forwarded = engine
-        .borrow_mut()
-        .forward(&mut buf[..end], start, side, partial);
+    let forwarded = {
+        let mut engine = engine.borrow_mut();
+        let forwarded = engine.forward(&mut buf[..end], start, side, partial);
+        // Before the packet goes on: the proxy's SYN-ACK that taught the
+        // engine a connection's labels makes the session answer at once,
+        // and that answer takes the fast path, which must know them by then
+        // (a reused tuple would still carry the old connection's label).
+        if let Some(fast) = fast_path {
+            let changes = engine.take_fast_path_changes();
+            if !changes.is_empty() {
+                let mut fast = fast.borrow_mut();
+                for change in &changes {
+                    fast.apply(change);
+                }
+            }
+        }
+        forwarded
+    };
     let Some(start) = forwarded else {
         return Ok(());
     };
