@@ -8,12 +8,15 @@
 //!   VIDEO, and the YUV 4:2:0 conversion and scaling of VIDEO.
 //!
 //! - [`encode`]: what the server does to pixels — a damaged area of the
-//!   screen into SFILL and RAW commands, and the bounded damage [`encode::Region`]
-//!   of a client.
+//!   screen into COPY, SFILL, BITMAP, PFILL and RAW commands against an image
+//!   of what the client has, and the bounded damage [`encode::Region`] of a
+//!   client.
+//! - [`schedule`]: the per-client queue of commands, Shortest-Remaining-Size-
+//!   First, preemptive between commands, bounded in bytes.
 //! - `server` (feature `server`): the display server — an X client of the
 //!   session's Xvfb (x11rb) and server push over TCP (tokio).
 //!
-//! `protocol`, `codec` and `encode` build without any feature and without
+//! `protocol`, `codec`, `encode` and `schedule` build without any feature and without
 //! I/O, for native and WebAssembly clients alike.
 
 #![deny(unsafe_code)]
@@ -21,6 +24,7 @@
 pub mod codec;
 pub mod encode;
 pub mod protocol;
+pub mod schedule;
 
 #[cfg(feature = "server")]
 pub mod server;

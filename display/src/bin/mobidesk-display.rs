@@ -25,9 +25,13 @@ struct Args {
     /// framebuffer instead of `GetImage`.
     #[arg(long)]
     fbdir: Option<PathBuf>,
-    /// Encoded bytes in flight per viewer.
+    /// Encoded bytes queued per viewer (the SRSF queue's bound).
     #[arg(long, default_value_t = 256 * 1024)]
-    batch_bytes: usize,
+    queue_bytes: usize,
+    /// Kernel send buffer per viewer socket in bytes (0: kernel autotuning).
+    /// Bytes in the kernel can no longer be overtaken by smaller updates.
+    #[arg(long, default_value_t = 128 * 1024)]
+    send_buffer: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,7 +45,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::new(args.display, args.listen);
     config.fbdir = args.fbdir;
-    config.batch_bytes = args.batch_bytes;
+    config.queue_bytes = args.queue_bytes;
+    config.send_buffer = (args.send_buffer > 0).then_some(args.send_buffer);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

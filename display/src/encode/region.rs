@@ -73,6 +73,18 @@ impl Region {
         }
     }
 
+    /// Takes the rectangle of the smallest area out (small updates first:
+    /// text and widgets before images, PROTOCOL.md §11).
+    pub fn take_smallest(&mut self) -> Option<Rect> {
+        let i = self
+            .rects
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, r)| r.area())
+            .map(|(i, _)| i)?;
+        Some(self.rects.swap_remove(i))
+    }
+
     /// Takes every rectangle out, leaving the region empty.
     pub fn take(&mut self) -> Vec<Rect> {
         std::mem::take(&mut self.rects)
@@ -149,6 +161,11 @@ mod test {
         region.add(Rect::new(50, 0, 1, 1));
         region.add(Rect::new(20, 20, 1, 1));
         assert_eq!(region.rects(), [Rect::new(0, 0, 100, 100)]);
+        assert_eq!(region.take_smallest(), Some(Rect::new(0, 0, 100, 100)));
+        assert_eq!(region.take_smallest(), None);
+        region.add(Rect::new(0, 0, 10, 10));
+        region.add(Rect::new(50, 50, 2, 2));
+        assert_eq!(region.take_smallest(), Some(Rect::new(50, 50, 2, 2)));
         assert_eq!(region.take().len(), 1);
         assert!(region.is_empty());
         // Outside the screen: ignored.

@@ -8,11 +8,15 @@
 //!   on two threads of its own.
 //! - [`net`]: the viewer side — TCP (TLS comes later), the hellos, the full
 //!   state on connect, then server push. Each viewer has its own damage
-//!   [`Region`](crate::encode::Region) and at most `batch_bytes` of encoded
-//!   commands in flight: while a slow viewer's socket is full, new damage only
-//!   grows its region (bounded, coalesced), and the area is encoded from the
-//!   current screen when the viewer can take it. Stale updates are never
-//!   queued, so memory per viewer is bounded.
+//!   [`Region`](crate::encode::Region) (with the window moves seen since it
+//!   was last emptied, as COPY hints), its own
+//!   [`Encoder`](crate::encode::Encoder) (an image of what it has) and its
+//!   own SRSF [`Scheduler`](crate::schedule::Scheduler) of at most
+//!   `queue_bytes` (plus one update): damage is encoded, smallest area
+//!   first, only while the queue has room, so while a slow viewer's socket
+//!   is full new damage only grows its region (bounded, coalesced) and is
+//!   encoded from the current screen when the viewer can take it. Memory per
+//!   viewer is bounded.
 //! - The first viewer is the owner (its input is injected); the others are
 //!   view-only (their input is ignored, PROTOCOL.md §8). When the owner
 //!   leaves, the next viewer to connect becomes the owner.
@@ -26,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use crate::encode::{PixelView, Region};
+use crate::encode::{Move, PixelView, Region};
 use crate::protocol::{CursorShapeRepr, Rect};
 
 pub use self::net::DisplayServer;
@@ -78,9 +82,14 @@ pub struct Config {
     pub fbdir: Option<PathBuf>,
     /// Where viewers connect.
     pub listen: SocketAddr,
-    /// Encoded bytes in flight per viewer before the server waits for its
-    /// socket (the bounded per-viewer queue).
-    pub batch_bytes: usize,
+    /// Encoded bytes queued per viewer (its SRSF scheduler's limit); new
+    /// damage is encoded only while the queue holds less.
+    pub queue_bytes: usize,
+    /// The kernel send buffer of each viewer's socket (`SO_SNDBUF`, set on
+    /// the listener and inherited; Linux doubles it). Bytes in the kernel
+    /// can no longer be overtaken, so it is kept small; `None` leaves the
+    /// kernel's autotuning.
+    pub send_buffer: Option<u32>,
     /// The most damage rectangles kept per viewer before they collapse into
     /// their bounding box.
     pub max_region_rects: usize,
@@ -93,7 +102,8 @@ impl Config {
             display: display.into(),
             fbdir: None,
             listen,
-            batch_bytes: 256 * 1024,
+            queue_bytes: 256 * 1024,
+            send_buffer: Some(128 * 1024),
             max_region_rects: 64,
         }
     }
@@ -162,10 +172,21 @@ pub(crate) struct Hub {
     pub(crate) input: std::sync::mpsc::Sender<Inject>,
 }
 
+/// Damage not yet encoded for one viewer, and the window moves seen with
+/// it (COPY hints; at most [`MAX_MOVES`], the oldest forgotten first).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) region: Region,
+    pub(crate) moves: Vec<Move>,
+}
+
+/// The most move hints kept per viewer.
+pub(crate) const MAX_MOVES: usize = 16;
+
 /// One viewer's share of the hub.
 #[derive(Debug)]
 pub(crate) struct ClientShared {
-    pub(crate) dirty: Mutex<Region>,
+    pub(crate) dirty: Mutex<Pending>,
     pub(crate) cursor_dirty: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
 }
@@ -204,7 +225,10 @@ impl Hub {
     pub(crate) fn join(&self) -> (u64, Arc<ClientShared>, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(ClientShared {
-            dirty: Mutex::new(Region::new(self.width, self.height, self.max_region_rects)),
+            dirty: Mutex::new(Pending {
+                region: Region::new(self.width, self.height, self.max_region_rects),
+                moves: Vec::new(),
+            }),
             cursor_dirty: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
         });
@@ -234,13 +258,20 @@ impl Hub {
         lock(&self.clients).len()
     }
 
-    /// Adds damage to every viewer's region and wakes them.
-    pub(crate) fn damage(&self, rects: &[Rect]) {
+    /// Adds damage (and the window moves behind it) to every viewer's
+    /// pending damage and wakes them.
+    pub(crate) fn damage(&self, rects: &[Rect], moves: &[Move]) {
         for (_, client) in lock(&self.clients).iter() {
             {
                 let mut dirty = lock(&client.dirty);
                 for r in rects {
-                    dirty.add(*r);
+                    dirty.region.add(*r);
+                }
+                for m in moves {
+                    if dirty.moves.len() >= MAX_MOVES {
+                        dirty.moves.remove(0);
+                    }
+                    dirty.moves.push(*m);
                 }
             }
             client.notify.notify_one();
@@ -282,8 +313,14 @@ mod test {
         let (b, _sb, owner_b) = hub.join();
         assert!(owner_a && !owner_b);
         assert!(hub.is_owner(a) && !hub.is_owner(b));
-        hub.damage(&[Rect::new(0, 0, 2, 2)]);
-        assert_eq!(lock(&sa.dirty).rects(), [Rect::new(0, 0, 2, 2)]);
+        let mv = Move {
+            dst: Rect::new(0, 0, 2, 2),
+            dx: 1,
+            dy: 0,
+        };
+        hub.damage(&[Rect::new(0, 0, 2, 2)], &[mv]);
+        assert_eq!(lock(&sa.dirty).region.rects(), [Rect::new(0, 0, 2, 2)]);
+        assert_eq!(lock(&sa.dirty).moves, [mv]);
         hub.leave(a);
         assert!(!hub.is_owner(b));
         let (c, _sc, owner_c) = hub.join();

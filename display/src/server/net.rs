@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -20,18 +20,22 @@ use crate::protocol::{
     FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender, ServerHelloRepr,
     SUPPORTED_VERSIONS,
 };
+use crate::schedule::Scheduler;
 
 /// How long a viewer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The capabilities this server offers (no VIDEO, no CLIPBOARD yet).
 const SERVER_CAPABILITIES: Capabilities = Capabilities::CURSOR;
+/// Bytes of messages written to the socket at once: the most a newly queued
+/// small update waits behind, besides what the kernel already holds.
+const WRITE_CHUNK: usize = 16 * 1024;
 
 /// A running display server: connected to X, listening for viewers.
 pub struct DisplayServer {
     hub: Arc<Hub>,
     listener: TcpListener,
     x_failed: oneshot::Receiver<ServerError>,
-    batch_bytes: usize,
+    queue_bytes: usize,
 }
 
 impl std::fmt::Debug for DisplayServer {
@@ -56,13 +60,10 @@ impl DisplayServer {
             config.max_region_rects,
             input_tx,
         ));
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Io {
-                    what: "bind",
-                    source,
-                })?;
+        let listener = listen(&config).map_err(|source| ServerError::Io {
+            what: "bind",
+            source,
+        })?;
         let (failed_tx, x_failed) = oneshot::channel();
         let event_hub = hub.clone();
         std::thread::Builder::new()
@@ -89,7 +90,7 @@ impl DisplayServer {
             hub,
             listener,
             x_failed,
-            batch_bytes: config.batch_bytes.max(64 * 1024),
+            queue_bytes: config.queue_bytes.max(64 * 1024),
         })
     }
 
@@ -120,12 +121,27 @@ impl DisplayServer {
                     };
                     let _ = stream.set_nodelay(true);
                     let hub = self.hub.clone();
-                    let batch = self.batch_bytes;
-                    tokio::spawn(async move { serve(hub, stream, peer, batch).await });
+                    let queue = self.queue_bytes;
+                    tokio::spawn(async move { serve(hub, stream, peer, queue).await });
                 }
             }
         }
     }
+}
+
+/// The listening socket; accepted sockets inherit its send buffer size.
+fn listen(config: &Config) -> std::io::Result<TcpListener> {
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = config.send_buffer {
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(128)
 }
 
 /// What the reader tells the writer.
@@ -183,13 +199,20 @@ struct Out {
 }
 
 impl Out {
-    async fn push(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
+    /// Adds a message to the buffer without writing.
+    fn append(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
         let start = self.buf.len();
         self.buf.resize(start + msg.buffer_len(), 0);
         if let Err(e) = msg.emit(self.buf.get_mut(start..).unwrap_or_default()) {
             self.buf.truncate(start);
             return Err(std::io::Error::other(e.to_string()));
         }
+        Ok(())
+    }
+
+    /// Adds a message; writes the buffer once it reaches its limit.
+    async fn push(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
+        self.append(msg)?;
         if self.buf.len() >= self.limit {
             self.flush().await?;
         }
@@ -222,7 +245,7 @@ fn truncate(s: &str, max: usize) -> String {
     s.get(..end).unwrap_or_default().to_owned()
 }
 
-async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, batch: usize) {
+async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, queue_bytes: usize) {
     let (rd, wr) = stream.into_split();
     let mut incoming = Incoming {
         rd,
@@ -233,7 +256,7 @@ async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, batch: usize)
     let mut out = Out {
         wr,
         buf: Vec::new(),
-        limit: batch,
+        limit: WRITE_CHUNK,
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.next()).await {
         Err(_) => {
@@ -287,7 +310,16 @@ async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, batch: usize)
     ));
     let result = async {
         out.push(&server_hello).await?;
-        write_loop(&hub, &shared, &mut out, ctrl_rx, capabilities, peer).await
+        write_loop(
+            &hub,
+            &shared,
+            &mut out,
+            ctrl_rx,
+            capabilities,
+            peer,
+            queue_bytes,
+        )
+        .await
     }
     .await;
     if let Err(e) = result {
@@ -471,50 +503,132 @@ async fn write_loop(
     mut ctrl: mpsc::Receiver<Ctrl>,
     capabilities: Capabilities,
     peer: SocketAddr,
+    queue_bytes: usize,
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
     let mut encoder = Encoder::new(hub.width, hub.height);
-    send_full_state(hub, shared, &mut encoder, out, cursor).await?;
+    let mut queue = Scheduler::new(queue_bytes);
+    send_full_state(hub, shared, &mut encoder, &mut queue, out, cursor).await?;
     loop {
+        // Control first: a Pong or a Close never waits behind updates.
+        let msg = match ctrl.try_recv() {
+            Ok(msg) => Some(msg),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(Ctrl::Stop),
+        };
+        if let Some(msg) = msg {
+            let mut state = (&mut encoder, &mut queue, &mut *out);
+            if handle_ctrl(msg, hub, shared, &mut state, cursor, peer).await? {
+                return Ok(());
+            }
+            continue;
+        }
+        if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
+            out.push(&Message::CursorShape(hub.cursor().shape)).await?;
+        }
+        refill(hub, shared, &mut encoder, &mut queue);
+        if !queue.is_empty() {
+            // One chunk to the socket, then look for control messages and
+            // new (possibly smaller) updates again: preemption between
+            // commands.
+            while out.buf.len() < WRITE_CHUNK {
+                match queue.poll_command() {
+                    Some(command) => out.append(&Message::Command(command))?,
+                    None => break,
+                }
+            }
+            out.flush().await?;
+            continue;
+        }
+        out.flush().await?;
         tokio::select! {
             biased;
-            msg = ctrl.recv() => match msg {
-                Some(Ctrl::Pong(token)) => {
-                    out.push(&Message::Pong(PingRepr { token })).await?;
-                    out.flush().await?;
-                }
-                Some(Ctrl::FullState) => send_full_state(hub, shared, &mut encoder, out, cursor).await?,
-                Some(Ctrl::Close(code, reason)) => {
-                    out.close(code, &reason).await;
+            msg = ctrl.recv() => {
+                let mut state = (&mut encoder, &mut queue, &mut *out);
+                let msg = msg.unwrap_or(Ctrl::Stop);
+                if handle_ctrl(msg, hub, shared, &mut state, cursor, peer).await? {
                     return Ok(());
                 }
-                Some(Ctrl::Stop) | None => {
-                    debug!(%peer, "reader ended");
-                    return Ok(());
-                }
-            },
-            () = shared.notify.notified() => {
-                if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
-                    out.push(&Message::CursorShape(hub.cursor().shape)).await?;
-                }
-                let rects = lock(&shared.dirty).take();
-                send_rects(hub, &mut encoder, out, &rects).await?;
-                out.flush().await?;
             }
+            () = shared.notify.notified() => {}
         }
     }
 }
 
-/// PROTOCOL.md §3.4: size, cursor, every pixel, StateComplete.
+/// Handles a message from the reader; returns whether the writer stops.
+async fn handle_ctrl(
+    msg: Ctrl,
+    hub: &Hub,
+    shared: &ClientShared,
+    (encoder, queue, out): &mut (&mut Encoder, &mut Scheduler, &mut Out),
+    cursor: bool,
+    peer: SocketAddr,
+) -> std::io::Result<bool> {
+    match msg {
+        Ctrl::Pong(token) => {
+            out.push(&Message::Pong(PingRepr { token })).await?;
+            out.flush().await?;
+        }
+        Ctrl::FullState => send_full_state(hub, shared, encoder, queue, out, cursor).await?,
+        Ctrl::Close(code, reason) => {
+            out.close(code, &reason).await;
+            return Ok(true);
+        }
+        Ctrl::Stop => {
+            let stats = queue.stats();
+            debug!(%peer, sent = stats.sent, overtaken = stats.overtaken,
+                   dropped = stats.dropped, dropped_bytes = stats.dropped_bytes,
+                   "reader ended");
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Encodes pending damage into the queue while it has room: the smallest
+/// damaged rectangle first; COPY over the whole rectangle, then at most one
+/// band of [`TILE`] rows painted per update, the rest back into the region.
+fn refill(hub: &Hub, shared: &ClientShared, encoder: &mut Encoder, queue: &mut Scheduler) {
+    while queue.has_room() {
+        let (rect, moves) = {
+            let mut dirty = lock(&shared.dirty);
+            let Some(rect) = dirty.region.take_smallest() else {
+                dirty.moves.clear();
+                return;
+            };
+            (rect, dirty.moves.clone())
+        };
+        let band = Rect::new(rect.x, rect.y, rect.w, rect.h.min(TILE));
+        let commands = hub
+            .pixels
+            .with_view(|view| {
+                let mut commands = encoder.copies(view, rect, &moves);
+                commands.extend(encoder.paint(view, band));
+                commands
+            })
+            .unwrap_or_default();
+        if rect.h > band.h {
+            let rest = Rect::new(rect.x, rect.y + band.h, rect.w, rect.h - band.h);
+            lock(&shared.dirty).region.add(rest);
+        }
+        if !commands.is_empty() {
+            queue.push_update(commands);
+        }
+    }
+}
+
+/// PROTOCOL.md §3.4: size, cursor, every pixel, StateComplete. Straight to
+/// the socket in bands (the queue is cleared: the full state replaces it).
 async fn send_full_state(
     hub: &Hub,
     shared: &ClientShared,
     encoder: &mut Encoder,
+    queue: &mut Scheduler,
     out: &mut Out,
     cursor: bool,
 ) -> std::io::Result<()> {
     encoder.reset();
-    let full = Rect::new(0, 0, hub.width, hub.height);
+    queue.clear();
     out.push(&Message::FramebufferSize(FramebufferSizeRepr {
         width: hub.width,
         height: hub.height,
@@ -532,43 +646,20 @@ async fn send_full_state(
         }))
         .await?;
     }
-    send_rects(hub, encoder, out, &[full]).await?;
-    out.push(&Message::StateComplete).await?;
-    out.flush().await
-}
-
-/// Encodes `rects` from the current screen in bands of [`TILE`] rows; the
-/// batch goes to the socket whenever it reaches its limit.
-async fn send_rects(
-    hub: &Hub,
-    encoder: &mut Encoder,
-    out: &mut Out,
-    rects: &[Rect],
-) -> std::io::Result<()> {
-    for rect in rects {
-        let copies = hub
+    let mut y = 0;
+    while y < hub.height {
+        let band = Rect::new(0, y, hub.width, TILE.min(hub.height - y));
+        let commands = hub
             .pixels
-            .with_view(|view| encoder.copies(view, *rect, &[]))
+            .with_view(|view| encoder.paint(view, band))
             .unwrap_or_default();
-        for command in copies {
+        for command in commands {
             out.push(&Message::Command(command)).await?;
         }
-        let bottom = rect.y.saturating_add(rect.h);
-        let mut y = rect.y;
-        while y < bottom {
-            let h = TILE.min(bottom - y);
-            let band = Rect::new(rect.x, y, rect.w, h);
-            let commands = hub
-                .pixels
-                .with_view(|view| encoder.paint(view, band))
-                .unwrap_or_default();
-            for command in commands {
-                out.push(&Message::Command(command)).await?;
-            }
-            y += h;
-        }
+        y += band.h;
     }
-    Ok(())
+    out.push(&Message::StateComplete).await?;
+    out.flush().await
 }
 
 #[cfg(test)]

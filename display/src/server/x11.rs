@@ -2,9 +2,10 @@
 //! (x11rb's pure-Rust `RustConnection`), shared by the event thread (DAMAGE,
 //! cursor) and the input thread (XTEST).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tracing::{debug, warn};
 use x11rb::connection::{Connection, RequestConnection as _};
@@ -16,7 +17,8 @@ use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 
 use super::fbdir::FbdirScreen;
-use super::{Cursor, Hub, Inject, Pixels, ServerError};
+use super::{lock, Cursor, Hub, Inject, Pixels, ServerError};
+use crate::encode::Move;
 use crate::protocol::{CursorShapeRepr, Payload, Rect, MAX_CURSOR_DIMENSION};
 
 /// The session's X display, connected and set up.
@@ -27,6 +29,9 @@ pub(crate) struct XSession {
     pub(crate) height: u16,
     damage: damage::Damage,
     parts: xfixes::Region,
+    /// Outer geometry (border included) of the root's children, to turn
+    /// their moves into COPY hints.
+    windows: Mutex<HashMap<Window, xproto::Rectangle>>,
 }
 
 impl XSession {
@@ -94,6 +99,26 @@ impl XSession {
             .map_err(ServerError::x11)?
             .check()
             .map_err(ServerError::x11)?;
+        // Top-level windows' moves (ConfigureNotify) are COPY hints.
+        conn.change_window_attributes(
+            root,
+            &xproto::ChangeWindowAttributesAux::new()
+                .event_mask(xproto::EventMask::SUBSTRUCTURE_NOTIFY),
+        )
+        .map_err(ServerError::x11)?
+        .check()
+        .map_err(ServerError::x11)?;
+        let mut windows = HashMap::new();
+        let tree = conn
+            .query_tree(root)
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        for child in tree.children {
+            if let Ok(Ok(g)) = conn.get_geometry(child).map(|c| c.reply()) {
+                windows.insert(child, outer(g.x, g.y, g.width, g.height, g.border_width));
+            }
+        }
         Ok(XSession {
             conn: Arc::new(conn),
             root,
@@ -101,6 +126,7 @@ impl XSession {
             height,
             damage,
             parts,
+            windows: Mutex::new(windows),
         })
     }
 
@@ -209,10 +235,35 @@ impl XSession {
     fn wait_and_handle(&self, hub: &Hub) -> Result<(), ServerError> {
         let mut event = Some(self.conn.wait_for_event().map_err(ServerError::x11)?);
         let (mut damaged, mut cursor) = (false, false);
+        let mut moves = Vec::new();
         while let Some(ev) = event {
             match ev {
                 Event::DamageNotify(_) => damaged = true,
                 Event::XfixesCursorNotify(_) => cursor = true,
+                Event::CreateNotify(e) if e.parent == self.root => {
+                    let g = outer(e.x, e.y, e.width, e.height, e.border_width);
+                    lock(&self.windows).insert(e.window, g);
+                }
+                Event::ConfigureNotify(e) if e.event == self.root => {
+                    let g = outer(e.x, e.y, e.width, e.height, e.border_width);
+                    let old = lock(&self.windows).insert(e.window, g);
+                    if let Some(old) = old {
+                        moves.extend(window_move(old, g, self.width, self.height));
+                    }
+                }
+                Event::ReparentNotify(e) if e.event == self.root => {
+                    if e.parent == self.root {
+                        if let Ok(Ok(g)) = self.conn.get_geometry(e.window).map(|c| c.reply()) {
+                            let g = outer(g.x, g.y, g.width, g.height, g.border_width);
+                            lock(&self.windows).insert(e.window, g);
+                        }
+                    } else {
+                        lock(&self.windows).remove(&e.window);
+                    }
+                }
+                Event::DestroyNotify(e) => {
+                    lock(&self.windows).remove(&e.window);
+                }
                 Event::Error(e) => warn!(error = ?e, "x11 error"),
                 other => debug!(event = ?other, "ignored x11 event"),
             }
@@ -237,7 +288,7 @@ impl XSession {
                 .filter_map(|r| clip_rect(r, self.width, self.height))
                 .collect();
             self.refresh_shadow(&hub.pixels, &rects)?;
-            hub.damage(&rects);
+            hub.damage(&rects, &moves);
         }
         if cursor {
             hub.set_cursor(self.cursor()?);
@@ -249,6 +300,44 @@ impl XSession {
     pub(crate) fn injector(&self) -> Result<Injector, ServerError> {
         Injector::new(self.conn.clone(), self.root)
     }
+}
+
+/// A window's outer rectangle (its border included).
+fn outer(x: i16, y: i16, width: u16, height: u16, border: u16) -> xproto::Rectangle {
+    xproto::Rectangle {
+        x,
+        y,
+        width: width.saturating_add(border.saturating_mul(2)),
+        height: height.saturating_add(border.saturating_mul(2)),
+    }
+}
+
+/// The COPY hint of a window that went from `old` to `new` (same size,
+/// another place), clipped to the screen.
+fn window_move(
+    old: xproto::Rectangle,
+    new: xproto::Rectangle,
+    width: u16,
+    height: u16,
+) -> Option<Move> {
+    let (dx, dy) = (
+        i32::from(new.x) - i32::from(old.x),
+        i32::from(new.y) - i32::from(old.y),
+    );
+    if (dx, dy) == (0, 0) {
+        return None;
+    }
+    // A resize that also moves still moves the top-left part.
+    let kept = xproto::Rectangle {
+        width: new.width.min(old.width),
+        height: new.height.min(old.height),
+        ..new
+    };
+    Some(Move {
+        dst: clip_rect(&kept, width, height)?,
+        dx,
+        dy,
+    })
 }
 
 fn to_i16(v: u16) -> i16 {
@@ -424,6 +513,21 @@ mod test {
         assert_eq!((c.shape.w, c.shape.h, c.shape.hot_x), (256, 2, 255));
         let c = cursor_from_image(0, 0, 0, 0, &[], 0, 0);
         assert!(c.shape.is_hidden());
+    }
+
+    #[test]
+    fn window_moves_become_hints() {
+        let old = outer(10, 20, 100, 50, 1);
+        let new = outer(-30, 200, 100, 50, 1);
+        assert_eq!(
+            window_move(old, new, 640, 480),
+            Some(Move {
+                dst: Rect::new(0, 200, 72, 52),
+                dx: -40,
+                dy: 180
+            })
+        );
+        assert_eq!(window_move(old, old, 640, 480), None);
     }
 
     #[test]

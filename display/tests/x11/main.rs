@@ -393,12 +393,13 @@ fn slow_viewer_gets_fewer_newer_frames_and_does_not_slow_a_fast_one() {
     let slow_before = slow.viewer().stats().bytes;
     let fast_before = fast.viewer().stats().bytes;
 
-    // 40 full screens of noise (~1 MB each after LZ4) while `slow` does not
-    // read: its socket fills, and the server stops encoding for it.
-    for frame in 0..40 {
+    // 10 full screens of noise (~1.2 MB each after LZ4) while `slow` does
+    // not read: its socket fills, its queue fills, and the server stops
+    // encoding for it. The fast viewer gets every one of them.
+    for frame in 0..10 {
         painter.image(0, 0, 640, 480, frame);
         painter.sync();
-        fast.poll(Duration::from_millis(1)).unwrap();
+        assert_catches_up(&mut fast, &painter);
     }
     assert_catches_up(&mut fast, &painter);
     // Now the slow viewer reads: it gets the current screen, pixel-exact,
@@ -406,9 +407,9 @@ fn slow_viewer_gets_fewer_newer_frames_and_does_not_slow_a_fast_one() {
     assert_catches_up(&mut slow, &painter);
     let slow_bytes = slow.viewer().stats().bytes - slow_before;
     let fast_bytes = fast.viewer().stats().bytes - fast_before;
-    eprintln!("40 noisy frames: fast viewer {fast_bytes} bytes, slow viewer {slow_bytes} bytes");
+    eprintln!("10 noisy frames: fast viewer {fast_bytes} bytes, slow viewer {slow_bytes} bytes");
     assert!(
-        slow_bytes < fast_bytes * 3 / 4,
+        slow_bytes < fast_bytes / 3,
         "slow {slow_bytes} bytes, fast {fast_bytes} bytes"
     );
 }
