@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mobidesk_display::codec::Framebuffer;
 use mobidesk_display::protocol::{CloseCode, Message};
 
-use super::viewer::{Viewer, ViewerConfig, ViewerError};
+use super::viewer::{keysyms_for, Viewer, ViewerConfig, ViewerError};
 
 /// Why a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,9 @@ impl ConnectionError {
         move |source| ConnectionError::Io { what, source }
     }
 }
+
+/// The Shift_L keysym.
+const SHIFT_L: u32 = 0xffe1;
 
 /// A viewer connected to a display server.
 #[derive(Debug)]
@@ -76,6 +79,38 @@ impl Connection {
     pub fn send(&mut self, message: &Message<'_>) -> Result<(), ConnectionError> {
         self.viewer.send(message)?;
         self.flush()
+    }
+
+    /// Types `text`, one character at a time (KEY messages, PROTOCOL.md
+    /// §8.1): sends the character's key events, times its key press until
+    /// the first display command received after it (at most `timeout`,
+    /// else it counts as unanswered), then reads until the stream has been
+    /// quiet for `idle`, so each character is timed on an idle screen.
+    pub fn type_text(
+        &mut self,
+        text: &str,
+        idle: Duration,
+        timeout: Duration,
+    ) -> Result<(), ConnectionError> {
+        for c in text.chars() {
+            for key in keysyms_for(c) {
+                let message = Message::Key(key);
+                // The character's own key press (not Shift's) is timed.
+                if key.down && key.keysym != SHIFT_L {
+                    self.viewer.send_timed(&message, Instant::now())?;
+                } else {
+                    self.viewer.send(&message)?;
+                }
+            }
+            self.flush()?;
+            let start = Instant::now();
+            while self.viewer.pending_inputs() > 0 && start.elapsed() < timeout {
+                self.poll(Duration::from_millis(5))?;
+            }
+            self.viewer.expire_inputs(Instant::now(), timeout);
+            self.run_until_idle(idle, timeout.max(Duration::from_secs(10)))?;
+        }
+        Ok(())
     }
 
     /// Sends bytes as they are (tests of the server's error handling).

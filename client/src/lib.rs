@@ -16,5 +16,6 @@ mod viewer;
 
 pub use self::connection::{Connection, ConnectionError};
 pub use self::image::{write_png, PngError};
-pub use self::stats::{Stats, TypeStats};
+pub use self::stats::{InputLatency, Stats, TypeStats};
+pub use self::viewer::keysyms_for;
 pub use self::viewer::{Event, Viewer, ViewerConfig, ViewerError};

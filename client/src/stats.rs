@@ -14,16 +14,54 @@ pub struct TypeStats {
 }
 
 /// Everything a viewer received.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
     /// Bytes received in all, headers included.
     pub bytes: u64,
-    /// Per message type (PROTOCOL.md names: `Raw`, `SFill`, ...).
+    /// Per message type (PROTOCOL.md names: `Raw`, `Copy`, `SFill`,
+    /// `Bitmap`, `PFill`, ... — every display command has its own entry).
     pub by_type: BTreeMap<String, TypeStats>,
     /// Display commands applied (RAW, COPY, SFILL, BITMAP, PFILL, VIDEO).
     pub updates: u64,
     /// Full states completed (`StateComplete` received).
     pub full_states: u64,
+    /// Input events whose effect was timed: for each, the time from sending
+    /// it to the first display command received after it.
+    pub input: InputLatency,
+}
+
+/// Input-to-first-update latency (`--type`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct InputLatency {
+    /// Input events timed.
+    pub events: u64,
+    /// Of those, events after which no update came in time.
+    pub unanswered: u64,
+    /// Milliseconds from each answered event to the first update after it,
+    /// in order.
+    pub samples_ms: Vec<f64>,
+    /// The smallest sample (0 when there is none).
+    pub min_ms: f64,
+    /// The median sample.
+    pub median_ms: f64,
+    /// The largest sample.
+    pub max_ms: f64,
+}
+
+impl InputLatency {
+    pub(crate) fn record(&mut self, ms: Option<f64>) {
+        self.events += 1;
+        let Some(ms) = ms else {
+            self.unanswered += 1;
+            return;
+        };
+        self.samples_ms.push(ms);
+        let mut sorted = self.samples_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        self.min_ms = sorted.first().copied().unwrap_or(0.0);
+        self.max_ms = sorted.last().copied().unwrap_or(0.0);
+        self.median_ms = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    }
 }
 
 impl Stats {
@@ -43,5 +81,23 @@ impl Stats {
     /// As pretty JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn latency_summary() {
+        let mut l = InputLatency::default();
+        for ms in [Some(3.0), None, Some(1.0), Some(2.0)] {
+            l.record(ms);
+        }
+        assert_eq!((l.events, l.unanswered), (4, 1));
+        assert_eq!((l.min_ms, l.median_ms, l.max_ms), (1.0, 2.0, 3.0));
+        assert_eq!(l.samples_ms, [3.0, 1.0, 2.0]);
+        let json = Stats::default().to_json();
+        assert!(json.contains("\"input\""), "{json}");
     }
 }

@@ -1,9 +1,12 @@
 //! The client side of PROTOCOL.md, sans I/O.
 
+use std::time::{Duration, Instant};
+
 use mobidesk_display::codec::{ApplyError, Framebuffer};
 use mobidesk_display::protocol::{
-    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, DecodeError, Error, FrameDecoder, Message,
-    MessageType, PingRepr, Sender, ServerHelloRepr, HEADER_LEN, MAX_REASON_LEN, SUPPORTED_VERSIONS,
+    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, DecodeError, Error, FrameDecoder, KeyRepr,
+    Message, MessageType, PingRepr, Sender, ServerHelloRepr, HEADER_LEN, MAX_REASON_LEN,
+    SUPPORTED_VERSIONS,
 };
 
 /// What a viewer asks for in its hello.
@@ -107,6 +110,8 @@ pub struct Viewer {
     cursor_position: (u16, u16),
     stats: super::Stats,
     transmit: Vec<u8>,
+    /// When the timed input events not yet followed by an update were sent.
+    pending_inputs: Vec<Instant>,
 }
 
 impl Viewer {
@@ -123,6 +128,7 @@ impl Viewer {
             cursor_position: (0, 0),
             stats: super::Stats::default(),
             transmit: Vec::new(),
+            pending_inputs: Vec::new(),
         };
         let hello = Message::ClientHello(ClientHelloRepr {
             capabilities: config.capabilities,
@@ -156,6 +162,32 @@ impl Viewer {
             .map_err(|e| ViewerError::Unexpected(e.to_string()))?;
         self.transmit.extend_from_slice(&bytes);
         Ok(())
+    }
+
+    /// Like [`Self::send`], and times the input: the first display command
+    /// received after `now` answers it (`Stats::input`). Every command
+    /// counts, whatever caused it: time inputs on an otherwise idle screen.
+    pub fn send_timed(&mut self, message: &Message<'_>, now: Instant) -> Result<(), ViewerError> {
+        self.send(message)?;
+        self.pending_inputs.push(now);
+        Ok(())
+    }
+
+    /// Timed inputs still waiting for an update.
+    pub fn pending_inputs(&self) -> usize {
+        self.pending_inputs.len()
+    }
+
+    /// Gives up on timed inputs older than `timeout` (counted unanswered).
+    pub fn expire_inputs(&mut self, now: Instant, timeout: Duration) {
+        let (old, young): (Vec<Instant>, Vec<Instant>) = self
+            .pending_inputs
+            .iter()
+            .partition(|&&t| now.saturating_duration_since(t) >= timeout);
+        for _ in old {
+            self.stats.input.record(None);
+        }
+        self.pending_inputs = young;
     }
 
     /// Bytes to send to the server, taken out.
@@ -193,14 +225,30 @@ impl Viewer {
         self.state == State::Closed
     }
 
-    /// Feeds bytes from the server. On an error the viewer queues a `Close`
-    /// (unless the server closed) and is closed.
+    /// Feeds bytes from the server, received now. On an error the viewer
+    /// queues a `Close` (unless the server closed) and is closed.
     pub fn handle_bytes(&mut self, input: &[u8]) -> Result<Vec<Event>, ViewerError> {
+        self.handle_bytes_at(input, Instant::now())
+    }
+
+    /// [`Self::handle_bytes`] for bytes received at `now` (the time that
+    /// answers timed inputs).
+    pub fn handle_bytes_at(
+        &mut self,
+        input: &[u8],
+        now: Instant,
+    ) -> Result<Vec<Event>, ViewerError> {
         let mut events = Vec::new();
         if self.state == State::Closed {
             return Ok(events);
         }
         let result = self.feed(input, &mut events);
+        if events.iter().any(|e| matches!(e, Event::Update(_))) {
+            for sent in std::mem::take(&mut self.pending_inputs) {
+                let ms = now.saturating_duration_since(sent).as_secs_f64() * 1000.0;
+                self.stats.input.record(Some(ms));
+            }
+        }
         if let Err(e) = result {
             if let Some(code) = e.close_code() {
                 let mut reason = e.to_string();
@@ -320,6 +368,32 @@ impl Viewer {
     }
 }
 
+/// The KEY messages that type `c` on a US layout: press and release of its
+/// keysym, wrapped in Shift_L for capitals and shifted symbols (the server
+/// maps keysyms to keycodes but does not add modifiers). `\n` is Return,
+/// `\t` Tab; other characters outside ASCII use their Unicode keysym.
+pub fn keysyms_for(c: char) -> Vec<KeyRepr> {
+    const SHIFT_L: u32 = 0xffe1;
+    let keysym = match c {
+        '\n' => 0xff0d,
+        '\t' => 0xff09,
+        ' '..='~' => u32::from(c),
+        _ => 0x0100_0000 + u32::from(c),
+    };
+    let shifted = c.is_ascii_uppercase() || "~!@#$%^&*()_+{}|:\"<>?".contains(c);
+    let key = |keysym, down| KeyRepr { keysym, down };
+    let mut out = Vec::new();
+    if shifted {
+        out.push(key(SHIFT_L, true));
+    }
+    out.push(key(keysym, true));
+    out.push(key(keysym, false));
+    if shifted {
+        out.push(key(SHIFT_L, false));
+    }
+    out
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
@@ -372,6 +446,77 @@ mod test {
             viewer.take_transmit(),
             bytes(&[Message::Pong(PingRepr { token: 9 })])
         );
+    }
+
+    #[test]
+    fn input_latency_is_the_first_update_after_the_input() {
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        viewer.take_transmit();
+        let t0 = Instant::now();
+        let setup = bytes(&[
+            Message::ServerHello(ServerHelloRepr {
+                version: VERSION_1,
+                capabilities: Capabilities::CURSOR,
+                view_only: false,
+                codecs: vec![],
+            }),
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 4,
+                height: 2,
+                session_width: 4,
+                session_height: 2,
+            }),
+            Message::StateComplete,
+        ]);
+        viewer.handle_bytes_at(&setup, t0).unwrap();
+        for k in keysyms_for('a') {
+            viewer.send_timed(&Message::Key(k), t0).unwrap();
+        }
+        assert_eq!(viewer.pending_inputs(), 2);
+        // A Ping answers nothing; the first command answers both events.
+        viewer
+            .handle_bytes_at(
+                &bytes(&[Message::Ping(PingRepr { token: 1 })]),
+                t0 + Duration::from_millis(3),
+            )
+            .unwrap();
+        let fill = bytes(&[Message::Command(Command::SFill(SFillRepr {
+            colour: 1,
+            rects: vec![Rect::new(0, 0, 1, 1)],
+        }))]);
+        viewer
+            .handle_bytes_at(&fill, t0 + Duration::from_millis(7))
+            .unwrap();
+        viewer
+            .handle_bytes_at(&fill, t0 + Duration::from_millis(9))
+            .unwrap();
+        let input = &viewer.stats().input;
+        assert_eq!(input.events, 2);
+        assert_eq!(input.samples_ms, [7.0, 7.0]);
+        // One that nothing answers.
+        viewer
+            .send_timed(
+                &Message::Key(KeyRepr {
+                    keysym: 0x61,
+                    down: true,
+                }),
+                t0,
+            )
+            .unwrap();
+        viewer.expire_inputs(t0 + Duration::from_secs(3), Duration::from_secs(2));
+        assert_eq!(viewer.stats().input.unanswered, 1);
+        assert_eq!(viewer.pending_inputs(), 0);
+    }
+
+    #[test]
+    fn keysyms_for_capitals_use_shift() {
+        assert_eq!(keysyms_for('a').len(), 2);
+        let k = keysyms_for('A');
+        assert_eq!(k.len(), 4);
+        assert_eq!((k[0].keysym, k[0].down), (0xffe1, true));
+        assert_eq!(k[1].keysym, 0x41);
+        assert_eq!(keysyms_for('\n')[0].keysym, 0xff0d);
+        assert_eq!(keysyms_for('é')[0].keysym, 0x0100_00e9);
     }
 
     #[test]

@@ -2,7 +2,14 @@
 //!
 //! ```text
 //! mobidesk-client --headless --connect 127.0.0.1:5905 --png out.png --stats stats.json
+//! mobidesk-client --headless --connect 127.0.0.1:5905 --type 'ls -l\n' --stats stats.json
 //! ```
+//!
+//! `--stats` is JSON: bytes in all, messages and bytes per message type
+//! (every display command: `Raw`, `Copy`, `SFill`, `Bitmap`, `PFill`,
+//! `Video`), display commands applied (`updates`), full states, and with
+//! `--type` the time from each typed key press to the first display command
+//! after it (`input`: samples, min, median, max in ms; unanswered events).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -40,6 +47,12 @@ struct Args {
     /// Give up waiting for idle after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     timeout: f64,
+    /// After the full state, type this text through KEY messages (`\n` is
+    /// Return), one character at a time on an idle stream, timing each key
+    /// press to the first update after it. Needs the owner seat (the first
+    /// viewer).
+    #[arg(long, value_name = "TEXT")]
+    r#type: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,15 +69,30 @@ fn main() -> anyhow::Result<()> {
     }
     let mut connection = Connection::connect(args.connect, &ViewerConfig::default())
         .with_context(|| format!("connecting to {}", args.connect))?;
+    let idle = Duration::from_millis(args.idle_ms);
+    let timeout = Duration::try_from_secs_f64(args.timeout).context("--timeout")?;
+    if let Some(text) = &args.r#type {
+        connection
+            .run_until_idle(idle, timeout)
+            .context("receiving the full state")?;
+        if connection
+            .viewer()
+            .server_hello()
+            .is_some_and(|h| h.view_only)
+        {
+            bail!("--type: this viewer is view-only (another viewer owns the input)");
+        }
+        let text = text.replace("\\n", "\n");
+        connection
+            .type_text(&text, Duration::from_millis(100), Duration::from_secs(2))
+            .context("typing")?;
+    }
     match args.seconds {
         Some(s) => connection
             .run_for(Duration::try_from_secs_f64(s).context("--seconds")?)
             .context("receiving")?,
         None => connection
-            .run_until_idle(
-                Duration::from_millis(args.idle_ms),
-                Duration::try_from_secs_f64(args.timeout).context("--timeout")?,
-            )
+            .run_until_idle(idle, timeout)
             .context("receiving")?,
     }
     if let Some(path) = &args.png {

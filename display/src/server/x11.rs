@@ -99,6 +99,14 @@ impl XSession {
             .map_err(ServerError::x11)?
             .check()
             .map_err(ServerError::x11)?;
+        // The viewers draw the cursor themselves (PROTOCOL.md §7): hide it on
+        // the X screen, so Xvfb does not draw its sprite into the `-fbdir`
+        // framebuffer (GetImage never shows it; XFIXES still reports the
+        // shape). X shows it again when this connection ends.
+        conn.xfixes_hide_cursor(root)
+            .map_err(ServerError::x11)?
+            .check()
+            .map_err(ServerError::x11)?;
         // Top-level windows' moves (ConfigureNotify) are COPY hints.
         conn.change_window_attributes(
             root,
