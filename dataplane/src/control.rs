@@ -65,6 +65,12 @@ pub struct PublishedService {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyStats {
     pub vnics: usize,
+    /// Socket buffer bytes of the live VNICs (within `vnic.memory_budget`).
+    #[serde(default)]
+    pub vnic_buffer_bytes: usize,
+    /// VNICs made with `vnic.min_buffer`: the budget was short.
+    #[serde(default)]
+    pub vnics_reduced: u64,
     pub labels_in_use: usize,
     pub vnics_created: u64,
     pub vnics_reclaimed: u64,
@@ -97,6 +103,8 @@ impl ProxyStats {
         let c = &engine.counters;
         ProxyStats {
             vnics: engine.vnics(),
+            vnic_buffer_bytes: engine.vnic_buffer_bytes(),
+            vnics_reduced: c.vnics_reduced,
             labels_in_use: engine.labels_in_use(),
             vnics_created: c.vnics_created,
             vnics_reclaimed: c.vnics_reclaimed,

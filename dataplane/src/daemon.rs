@@ -111,6 +111,8 @@ pub struct VnicTuning {
     pub max_burst: usize,
     pub keep_alive_secs: u64,
     pub idle_timeout_secs: u64,
+    pub memory_budget: usize,
+    pub min_buffer: usize,
 }
 
 impl Default for VnicTuning {
@@ -123,6 +125,8 @@ impl Default for VnicTuning {
             max_burst: d.max_burst,
             keep_alive_secs: d.keep_alive.map_or(0, |k| k.as_secs()),
             idle_timeout_secs: d.idle_timeout.as_secs(),
+            memory_budget: d.memory_budget,
+            min_buffer: d.min_buffer,
         }
     }
 }
@@ -430,6 +434,20 @@ impl ProxyBoxConfig {
         if self.vnic.rx_buffer < 4096 || self.vnic.tx_buffer < 4096 {
             return bad("vnic buffers: at least 4096 bytes".into());
         }
+        let v = &self.vnic;
+        if v.min_buffer < 4096 || v.min_buffer > v.rx_buffer.min(v.tx_buffer) {
+            return bad(format!(
+                "vnic.min_buffer {}: 4096..=the smaller of rx_buffer and tx_buffer",
+                v.min_buffer
+            ));
+        }
+        if v.memory_budget < v.rx_buffer + v.tx_buffer {
+            return bad(format!(
+                "vnic.memory_budget {}: at least rx_buffer + tx_buffer ({})",
+                v.memory_budget,
+                v.rx_buffer + v.tx_buffer
+            ));
+        }
         if self.vnic.max_burst == 0 || self.max_vnics == 0 || self.max_handshakes_per_session == 0 {
             return bad("vnic.max_burst, max_vnics, max_handshakes_per_session: at least 1".into());
         }
@@ -474,6 +492,8 @@ impl ProxyBoxConfig {
                 keep_alive: (self.vnic.keep_alive_secs > 0)
                     .then(|| Duration::from_secs(self.vnic.keep_alive_secs)),
                 idle_timeout: Duration::from_secs(self.vnic.idle_timeout_secs.max(1)),
+                memory_budget: self.vnic.memory_budget,
+                min_buffer: self.vnic.min_buffer,
             },
             max_vnics: self.max_vnics,
             max_handshakes_per_session: self.max_handshakes_per_session,

@@ -83,6 +83,7 @@ pub const PROXY_DROP_REASONS: &[&str] = &[
     "vnic_limit",
     "handshake_limit",
     "offer_mismatch",
+    "memory_limit",
     // UDP and ICMP echo relays, and their replies to sessions.
     "unexpected_label",
     "bad_destination",
@@ -233,6 +234,10 @@ fn proxy_table(s: &ProxyStats) -> Vec<Metric> {
             .value(s.vnics_created),
         counter("vnics_reclaimed", "VNICs reclaimed (closed, reset, refused or timed out)")
             .value(s.vnics_reclaimed),
+        gauge("vnic_buffer_bytes", "Socket buffer bytes of the live VNICs, both directions (bounded by vnic.memory_budget)")
+            .value(s.vnic_buffer_bytes),
+        counter("vnics_reduced", "VNICs made with vnic.min_buffer buffers because the memory budget was short")
+            .value(s.vnics_reduced),
         gauge("labels_in_use", "Connections of migrated sessions, found by their label")
             .value(s.labels_in_use),
         counter("rewrites", "Packets whose address was rewritten virtual <-> physical, either direction")

@@ -140,11 +140,12 @@ fn cross_subnet_moves_during_a_transfer(fast_path: bool) {
         // more than the packets in flight during the move.
         let fast = b.fast_path.expect("the fast path is on");
         assert!(fast.out_packets > 0 && fast.in_packets > 0, "{b:?}");
-        assert!(fast.out_bytes + fast.in_bytes > 24 << 20, "{b:?}");
+        // (How much is left after the move depends on when it happened.)
+        assert!(fast.out_bytes + fast.in_bytes > 1 << 20, "{b:?}");
         assert!(b.counters.bytes < fast.out_bytes + fast.in_bytes, "{b:?}");
     } else {
         assert_eq!(b.fast_path, None);
-        assert!(b.counters.bytes > 24 << 20, "{b:?}");
+        assert!(b.counters.bytes > 1 << 20, "{b:?}");
     }
     assert_eq!(b.labelled_sessions, 1);
     assert_eq!(

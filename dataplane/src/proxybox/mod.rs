@@ -58,6 +58,8 @@ pub enum OpenError {
     VnicLimit,
     #[error("no free source port towards this service")]
     NoFreePort,
+    #[error("the VNICs' memory budget is spent")]
+    MemoryLimit,
     #[error("not a session service address")]
     BadAddress,
 }
@@ -117,6 +119,8 @@ pub struct Counters {
     pub labelled_packets: u64,
     /// Polls that sent nothing though the VNIC asked for one at once.
     pub idle_polls: u64,
+    /// VNICs made with `min_buffer` buffers: the memory budget was short.
+    pub vnics_reduced: u64,
     /// UDP flows opened, and closed after their idle timeout.
     pub udp_flows_created: u64,
     pub udp_flows_expired: u64,
@@ -159,6 +163,8 @@ struct Entry {
     /// [`ProxyEngine::open`]: its SYN carries the proxy's offer, the
     /// session's SYN-ACK the server's.
     initiated: bool,
+    /// Its socket buffers' bytes, counted in the memory budget.
+    buffers: usize,
 }
 
 impl Entry {
@@ -201,6 +207,8 @@ pub struct ProxyEngine {
     pub counters: Counters,
     /// The TUN device takes virtio-net headers (see [`ProxyEngine::set_offload`]).
     offload: bool,
+    /// Socket buffer bytes of every live VNIC (see `VnicConfig::memory_budget`).
+    buffer_bytes: usize,
 }
 
 impl ProxyEngine {
@@ -224,7 +232,45 @@ impl ProxyEngine {
             outbox: Outbox::new(),
             counters: Counters::default(),
             offload: false,
+            buffer_bytes: 0,
         }
+    }
+
+    /// Socket buffer bytes of every live VNIC (at most the memory budget).
+    pub fn vnic_buffer_bytes(&self) -> usize {
+        self.buffer_bytes
+    }
+
+    /// The VNIC configuration for the next VNIC: full buffers while they
+    /// fit the first half of the memory budget, then the minimum while it
+    /// fits the budget, then none (None). With the
+    /// offloads off the buffers are capped (see `NO_OFFLOAD_BUFFER`), and
+    /// counted as capped.
+    fn vnic_config_within_budget(&mut self) -> Option<VnicConfig> {
+        let c = &self.config.vnic;
+        let cap = if self.offload {
+            usize::MAX
+        } else {
+            crate::vnic::NO_OFFLOAD_BUFFER
+        };
+        let full = c.rx_buffer.min(cap) + c.tx_buffer.min(cap);
+        // Full size only in the first half of the budget: the second half
+        // keeps room for many small VNICs (a busy box degrades to smaller
+        // windows before it refuses connections).
+        if self.buffer_bytes + full <= c.memory_budget / 2 {
+            return Some(c.clone());
+        }
+        let room = c.memory_budget.saturating_sub(self.buffer_bytes);
+        let min = c.min_buffer.min(c.rx_buffer).min(c.tx_buffer).min(cap);
+        if 2 * min <= room {
+            self.counters.vnics_reduced += 1;
+            return Some(VnicConfig {
+                rx_buffer: min,
+                tx_buffer: min,
+                ..c.clone()
+            });
+        }
+        None
     }
 
     /// Whether the TUN device takes virtio-net headers (its offloads are
@@ -413,11 +459,17 @@ impl ProxyEngine {
             },
             None => tuple,
         };
-        let handshakes = self.handshakes.entry(*tuple.session.ip()).or_default();
-        if *handshakes >= self.config.max_handshakes_per_session {
+        if self
+            .handshakes
+            .get(tuple.session.ip())
+            .is_some_and(|n| *n >= self.config.max_handshakes_per_session)
+        {
             return self.counters.drop("handshake_limit");
         }
-        *handshakes += 1;
+        let Some(config) = self.vnic_config_within_budget() else {
+            return self.counters.drop("memory_limit");
+        };
+        *self.handshakes.entry(*tuple.session.ip()).or_default() += 1;
         // A SYN offer is stripped: the VNIC's socket is not to see it.
         let start = match offer {
             Some(_) => match strip_label(packet, 0) {
@@ -433,7 +485,7 @@ impl ProxyEngine {
             }
             self.counters.rewrites += 1;
         }
-        let id = self.create(now, tuple, offer, moved_from.map(|_| physical));
+        let id = self.create(now, tuple, offer, moved_from.map(|_| physical), &config);
         self.events.push(Event::Connect { id, tuple });
         self.deliver(now, id, packet);
     }
@@ -520,8 +572,12 @@ impl ProxyEngine {
             }
         }
         let tuple = tuple.ok_or(OpenError::NoFreePort)?;
+        let Some(config) = self.vnic_config_within_budget() else {
+            self.counters.drop("memory_limit");
+            return Err(OpenError::MemoryLimit);
+        };
         let seed = self.next_random();
-        let vnic = Vnic::connect_on(tuple, &self.config.vnic, self.offload, seed, now)
+        let vnic = Vnic::connect_on(tuple, &config, self.offload, seed, now)
             .map_err(|_| OpenError::BadAddress)?;
         let id = self.insert_entry(vnic, None, physical, true);
         // Found by its tuple during the handshake even if the session
@@ -538,9 +594,10 @@ impl ProxyEngine {
         tuple: FourTuple,
         server_label: Option<Label>,
         physical: Option<Ipv4Addr>,
+        config: &VnicConfig,
     ) -> VnicId {
         let seed = self.next_random();
-        let vnic = Vnic::listen_on(tuple, &self.config.vnic, self.offload, seed, now);
+        let vnic = Vnic::listen_on(tuple, config, self.offload, seed, now);
         self.insert_entry(vnic, server_label, physical, false)
     }
 
@@ -552,6 +609,8 @@ impl ProxyEngine {
         initiated: bool,
     ) -> VnicId {
         let tuple = vnic.tuple();
+        let buffers = vnic.buffer_bytes();
+        self.buffer_bytes += buffers;
         let proxy_label = self.fresh_label();
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -567,6 +626,7 @@ impl ProxyEngine {
             deadline: None,
             pending: false,
             initiated,
+            buffers,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -812,6 +872,7 @@ impl ProxyEngine {
             return;
         };
         self.free.push(id.index);
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(entry.buffers);
         let tuple = entry.vnic.tuple();
         if self.by_tuple.get(&tuple) == Some(&id) {
             self.by_tuple.remove(&tuple);

@@ -710,3 +710,81 @@ fn a_connection_opened_to_a_migrated_session_is_answered_from_its_physical_addre
     engine.handle_packet(t(2), &mut data);
     assert_eq!(received(&mut engine, id), b"moved");
 }
+
+#[test]
+fn vnic_buffers_stay_within_the_memory_budget() {
+    // Half of it holds 2 full VNICs (2 x 2 x 64 KiB); the other half 16
+    // small ones (2 x 8 KiB).
+    let vnic = VnicConfig {
+        rx_buffer: 64 * 1024,
+        tx_buffer: 64 * 1024,
+        min_buffer: 8 * 1024,
+        memory_budget: 512 * 1024,
+        ..VnicConfig::default()
+    };
+    let mut engine = ProxyEngine::new(
+        ProxyConfig {
+            vnic,
+            ..ProxyConfig::default()
+        },
+        5,
+    );
+    engine.set_offload(true);
+    let mut ids = Vec::new();
+    for port in 1..=20u16 {
+        let mut syn = tcp(
+            SESSION,
+            port,
+            REMOTE,
+            DPORT,
+            Seg {
+                syn: true,
+                seq: 1,
+                ..Seg::default()
+            },
+            b"",
+        );
+        engine.handle_packet(t(0), &mut syn);
+        for event in engine.take_events() {
+            if let Event::Connect { id, .. } = event {
+                ids.push(id);
+            }
+        }
+    }
+    let sizes: Vec<usize> = ids
+        .iter()
+        .map(|id| engine.socket_mut(*id).unwrap().recv_capacity())
+        .collect();
+    let mut expected = vec![65536; 2];
+    expected.extend([8192; 16]);
+    assert_eq!(sizes, expected, "two full, sixteen small");
+    assert_eq!(engine.counters.dropped.get("memory_limit"), Some(&2));
+    assert_eq!(engine.counters.vnics_reduced, 16);
+    assert_eq!(engine.vnic_buffer_bytes(), 512 * 1024);
+    // A reclaimed VNIC gives its bytes back: a new one fits again (small:
+    // the first half of the budget is still taken).
+    engine.refuse(ids[0]);
+    engine.flush(t(1));
+    assert_eq!(engine.vnic_buffer_bytes(), 384 * 1024);
+    let mut syn = tcp(
+        SESSION,
+        21,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            seq: 1,
+            ..Seg::default()
+        },
+        b"",
+    );
+    engine.handle_packet(t(2), &mut syn);
+    let Some(Event::Connect { id, .. }) = engine
+        .take_events()
+        .into_iter()
+        .find(|e| matches!(e, Event::Connect { .. }))
+    else {
+        panic!("no VNIC after the budget was freed");
+    };
+    assert_eq!(engine.socket_mut(id).unwrap().recv_capacity(), 8192);
+}

@@ -36,6 +36,14 @@ pub struct VnicConfig {
     /// retransmissions) for this long is aborted and its VNIC reclaimed; a
     /// connection that is merely quiet is left alone.
     pub idle_timeout: std::time::Duration,
+    /// All VNICs' socket buffers together (bytes, both directions): a new
+    /// VNIC gets `rx_buffer` + `tx_buffer` while those fit in the first
+    /// half of it, then `min_buffer` each way while that fits, then none is
+    /// made. Bounds the worst case (every buffer full) whatever `max_vnics`
+    /// allows.
+    pub memory_budget: usize,
+    /// Each way, for VNICs made once full-size buffers no longer fit.
+    pub min_buffer: usize,
 }
 
 impl Default for VnicConfig {
@@ -48,6 +56,10 @@ impl Default for VnicConfig {
             max_burst: 64,
             keep_alive: Some(std::time::Duration::from_secs(60)),
             idle_timeout: std::time::Duration::from_secs(300),
+            // 1 GiB: 512 connections at full size (half of it), then
+            // 16 384 more at 16 KiB each way.
+            memory_budget: 1 << 30,
+            min_buffer: 16 * 1024,
         }
     }
 }
@@ -205,6 +217,12 @@ impl Vnic {
 
     pub fn tuple(&self) -> FourTuple {
         self.tuple
+    }
+
+    /// Bytes of its socket buffers, both directions.
+    pub fn buffer_bytes(&self) -> usize {
+        let s = self.socket();
+        s.recv_capacity() + s.send_capacity()
     }
 
     /// Lets the held handshake complete (the real destination answered).
