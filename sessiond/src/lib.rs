@@ -8,13 +8,21 @@
 //! - [`init`]: the session's PID 1 (a reaper running the session's command);
 //! - [`policy`]: the walls around privileged operations (seccomp and
 //!   capabilities) as one table, in the paper's three classes;
-//! - [`cgroup`]: per-session CPU, memory and pids limits on cgroup v1 or v2.
+//! - [`cgroup`]: per-session CPU, memory and pids limits on cgroup v1 or v2;
+//! - [`ipam`]: the sessions' addresses from the server's pool (sans I/O);
+//! - [`network`]: a session's veth, address and routes, proxy ARP and
+//!   gratuitous ARP on the server;
+//! - [`desktop`]: Xvfb, window manager, applications and the display server
+//!   inside a session, from the profile's `[desktop]`.
 //!
 //! All `unsafe` is in the private `sys` module.
 
 pub mod cgroup;
+pub mod desktop;
 pub mod environment;
 pub mod init;
+pub mod ipam;
+pub mod network;
 pub mod policy;
 pub mod profile;
 mod sys;

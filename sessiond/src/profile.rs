@@ -68,6 +68,10 @@ pub struct Profile {
     /// USER, LANG, HOSTNAME and MOBIDESK_SESSION).
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// The desktop started in the session (`[desktop]`, see
+    /// [`crate::desktop`]); absent: the session runs only its command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<crate::desktop::DesktopProfile>,
 }
 
 /// The read-only system part of the root file system, taken from the
@@ -221,6 +225,7 @@ impl Default for Profile {
             limits: Limits::default(),
             userns: default_userns(),
             env: Vec::new(),
+            desktop: None,
         }
     }
 }
@@ -291,6 +296,10 @@ impl Profile {
                     u.uid_base, u.gid_base, u.count
                 ));
             }
+        }
+        if let Some(d) = &self.desktop {
+            d.validate()
+                .map_err(|e| ProfileError::Invalid(e.to_string()))?;
         }
         self.limits.validate()
     }
@@ -454,6 +463,20 @@ mod tests {
         assert!(Profile::parse("[root]\nsystem_dirs = [\"/usr/../etc\"]").is_err());
         assert!(Profile::parse("[root]\nsystem_dirs = [\"/proc\"]").is_err());
         assert!(Profile::parse("home_path = \"/tmp/home\"").is_err());
+        assert!(Profile::parse("[desktop]\nscreen = \"1x1x24\"").is_err());
+        assert!(Profile::parse("[desktop]\nwm = [\"openbox\"]").is_err());
+    }
+
+    #[test]
+    fn a_desktop_table_round_trips() {
+        let p = Profile::parse(
+            "[desktop]\nscreen = \"800x600x24\"\napps = [[\"xterm\"], [\"xclock\"]]",
+        )
+        .unwrap();
+        let d = p.desktop.clone().unwrap();
+        assert_eq!(d.screen.to_string(), "800x600x24");
+        assert_eq!(d.window_manager, ["openbox"]);
+        assert_eq!(Profile::parse(&toml::to_string(&p).unwrap()).unwrap(), p);
     }
 
     #[test]
