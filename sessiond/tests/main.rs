@@ -13,4 +13,5 @@ mod fds;
 mod legit;
 mod limits;
 mod namespaces;
+mod network;
 mod support;
