@@ -13,18 +13,25 @@
 //! - [`network`]: a session's veth, address and routes, proxy ARP and
 //!   gratuitous ARP on the server;
 //! - [`desktop`]: Xvfb, window manager, applications and the display server
-//!   inside a session, from the profile's `[desktop]`.
+//!   inside a session, from the profile's `[desktop]`;
+//! - [`daemon`]: the `--config` daemon: sessions managed through the
+//!   control API ([`api`]), state persisted ([`state`]) so that sessions
+//!   outlive a daemon restart, Prometheus metrics ([`metrics`]).
 //!
 //! All `unsafe` is in the private `sys` module.
 
+pub mod api;
 pub mod cgroup;
+pub mod daemon;
 pub mod desktop;
 pub mod environment;
 pub mod init;
 pub mod ipam;
+pub mod metrics;
 pub mod network;
 pub mod policy;
 pub mod profile;
+pub mod state;
 mod sys;
 
 pub use cgroup::{CgroupManager, SessionCgroup};
