@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod cli;
+mod daemon;
 mod escapes;
 mod fds;
 mod legit;
