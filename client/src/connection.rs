@@ -75,6 +75,12 @@ impl Connection {
         self.viewer.framebuffer()
     }
 
+    /// Reads at most `len` bytes per [`Self::poll`] (256 KiB by default);
+    /// tests that watch the order of updates read in small steps.
+    pub fn set_read_size(&mut self, len: usize) {
+        self.buf = vec![0; len.max(1)];
+    }
+
     /// Sends a message (input, `ViewportRequest`, `Ping`).
     pub fn send(&mut self, message: &Message<'_>) -> Result<(), ConnectionError> {
         self.viewer.send(message)?;

@@ -6,9 +6,11 @@
 //! on a free display number (a Drop guard kills it), draws with x11rb,
 //! starts the display server in-process and compares the viewer's
 //! framebuffer with the X server's (`GetImage` on the root), pixel for pixel.
+//! `apps.rs` does the same with real applications (xterm, openbox, xclock).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod apps;
 mod xvfb;
 
 use std::net::SocketAddr;
@@ -158,6 +160,24 @@ impl Painter {
             .collect()
     }
 
+    /// Whether the root window has the property `name`.
+    fn has_root_property(&self, name: &str) -> bool {
+        let atom = self
+            .conn
+            .intern_atom(false, name.as_bytes())
+            .unwrap()
+            .reply()
+            .unwrap()
+            .atom;
+        let reply = self
+            .conn
+            .get_property(false, self.root, atom, x11rb::NONE, 0, 1)
+            .unwrap()
+            .reply()
+            .unwrap();
+        reply.type_ != x11rb::NONE
+    }
+
     fn pointer(&self) -> (i16, i16) {
         let reply = self.conn.query_pointer(self.root).unwrap().reply().unwrap();
         (reply.root_x, reply.root_y)
@@ -166,10 +186,16 @@ impl Painter {
 
 /// Starts the display server in-process on its own thread.
 fn start_server(xvfb: &Xvfb, fbdir: bool) -> SocketAddr {
+    start_server_with(xvfb, fbdir, |_| {})
+}
+
+/// [`start_server`] with the configuration changed by `tune`.
+fn start_server_with(xvfb: &Xvfb, fbdir: bool, tune: impl FnOnce(&mut Config)) -> SocketAddr {
     let mut config = Config::new(xvfb.display(), "127.0.0.1:0".parse().unwrap());
     if fbdir {
         config.fbdir = Some(xvfb.fbdir().to_owned());
     }
+    tune(&mut config);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
