@@ -11,6 +11,10 @@
 //! - [`latency`]: sockperf TCP ping-pong with 64-byte messages, p50/p99;
 //! - [`connect_rate`]: new TCP connections per second, session → outside host.
 //!
+//! [`sessiond`] is of another kind: it compares a session with the bare
+//! server (the paper's Table 2, a build, idle desktop sessions) and needs no
+//! lab.
+//!
 //! Everything needs root: each path builds its own lab of network namespaces
 //! ([`mobidesk_lab::Lab`]), which is removed again when the path is done —
 //! also when a benchmark fails. The binary additionally removes the labs of
@@ -26,6 +30,7 @@ pub mod latency;
 pub mod path;
 mod process;
 pub mod report;
+pub mod sessiond;
 pub mod throughput;
 
 pub use path::{interrupt, interrupted, live_labs, Path, PathSetup, Role, Testbed};

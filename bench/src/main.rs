@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use mobidesk_bench::sessiond::SessiondOptions;
 use mobidesk_bench::{live_labs, Benchmark, Options, Path, Settings};
 use mobidesk_lab::Lab;
 use nix::sys::signal::{SigSet, Signal};
@@ -55,7 +56,7 @@ struct Cli {
     json: Option<PathBuf>,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Bulk TCP, one iperf3 stream, session -> outside host and back (Gbit/s).
     Throughput,
@@ -63,8 +64,28 @@ enum Command {
     Latency,
     /// New TCP connections per second, session -> outside host.
     ConnectRate,
-    /// Every benchmark, one after the other.
+    /// Every packet-path benchmark above, one after the other.
     All,
+    /// A session against the bare server, same run: the paper's Table 2
+    /// micro-benchmarks, a parallel build, and the memory and CPU of idle
+    /// desktop sessions (no lab; `--path` does not apply).
+    #[command(alias = "table2")]
+    Sessiond {
+        /// Run only this part (repeatable). Default: all of them.
+        #[arg(long = "part", value_enum)]
+        parts: Vec<mobidesk_bench::sessiond::Part>,
+        /// Rounds per side, bare and session alternating (default 5, the
+        /// build at most 3; smoke 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Idle desktop sessions to start (default 5; smoke 1).
+        #[arg(long)]
+        sessions: Option<usize>,
+        /// The mobidesk-sessiond binary (default: $MOBIDESK_SESSIOND, else
+        /// next to this program).
+        #[arg(long, value_name = "PATH")]
+        sessiond: Option<PathBuf>,
+    },
 }
 
 /// The signal that interrupted the run (0: none).
@@ -108,6 +129,35 @@ fn run(cli: Cli) -> Result<()> {
         Command::Latency => vec![Benchmark::Latency],
         Command::ConnectRate => vec![Benchmark::ConnectRate],
         Command::All => Benchmark::ALL.to_vec(),
+        Command::Sessiond {
+            ref parts,
+            rounds,
+            sessions,
+            ref sessiond,
+        } => {
+            let mut o = SessiondOptions::all(cli.smoke)?;
+            if !parts.is_empty() {
+                o.parts = parts.clone();
+            }
+            if let Some(p) = sessiond {
+                o.sessiond = p.clone();
+            }
+            o.rounds = rounds;
+            o.sessions = sessions;
+            if cli.no_pin {
+                o.settings.endpoints_cpu = None;
+            } else if cli.cpu.is_some() {
+                o.settings.endpoints_cpu = cli.cpu;
+            }
+            o.settings.daemons_cpu = None;
+            let report = mobidesk_bench::sessiond::run(&o)?;
+            print!("{}", report.table());
+            if let Some(file) = &cli.json {
+                std::fs::write(file, report.to_json() + "\n")
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            return Ok(());
+        }
     };
     let mut paths = if cli.paths.is_empty() {
         Path::ALL.to_vec()
@@ -161,6 +211,7 @@ fn remove_labs_on_signal() -> Result<()> {
             let Ok(signal) = set.wait() else { return };
             SIGNAL.store(signal as i32, Ordering::SeqCst);
             mobidesk_bench::interrupt();
+            mobidesk_bench::sessiond::interrupt();
             std::thread::spawn(move || {
                 // A watchdog: normally the process has exited before it fires.
                 std::thread::sleep(UNWIND_TIMEOUT);

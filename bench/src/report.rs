@@ -2,13 +2,46 @@
 //! candidate figure to the baseline's, a table for people and JSON for
 //! machines.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::path::{Path, Role};
 use crate::{Benchmark, Settings};
+
+/// What a report compares: the packet paths ([`Path`], the default), or
+/// where the sessiond benchmarks ran ([`crate::sessiond::Where`]). One of
+/// them is the baseline; every candidate's figures are divided by its.
+pub trait Subject:
+    Copy + PartialEq + fmt::Debug + fmt::Display + Serialize + DeserializeOwned
+{
+    fn role(self) -> Role;
+    /// One line for the report.
+    fn describe(self) -> &'static str;
+    /// The report's line about CPU pinning.
+    fn pinning(settings: &Settings) -> String {
+        let pinned = |cpu: Option<usize>| match cpu {
+            Some(cpu) => format!("pinned to CPU {cpu}"),
+            None => "not pinned".into(),
+        };
+        format!(
+            "endpoints (clients and servers) {}; the paths' daemons {}",
+            pinned(settings.endpoints_cpu),
+            pinned(settings.daemons_cpu)
+        )
+    }
+}
+
+impl Subject for Path {
+    fn role(self) -> Role {
+        Path::role(self)
+    }
+    fn describe(self) -> &'static str {
+        Path::describe(self)
+    }
+}
 
 /// A figure a benchmark reports.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,8 +81,8 @@ pub enum Status {
 
 /// A path in this run and whether it could be measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PathReport {
-    pub path: Path,
+pub struct PathReport<P = Path> {
+    pub path: P,
     pub role: Role,
     pub status: Status,
     pub description: String,
@@ -63,9 +96,9 @@ pub struct PathReport {
 
 /// One metric on one path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResultRow {
+pub struct ResultRow<P = Path> {
     pub name: String,
-    pub path: Path,
+    pub path: P,
     pub role: Role,
     pub status: Status,
     /// None when the path is not implemented.
@@ -146,35 +179,27 @@ fn busy_share(window: Duration) -> f64 {
 
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+#[serde(bound = "P: Subject")]
+pub struct Report<P = Path> {
     /// When the run started, UTC (RFC 3339).
     pub date: String,
     pub settings: Settings,
     pub machine: Machine,
-    pub paths: Vec<PathReport>,
-    pub results: Vec<ResultRow>,
+    pub paths: Vec<PathReport<P>>,
+    pub results: Vec<ResultRow<P>>,
+    /// Conclusions drawn from the figures (goals met or missed), shown
+    /// under the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
-impl Report {
+impl Report<Path> {
     pub fn new(settings: Settings) -> Report {
-        Report {
-            date: utc_now(),
-            settings,
-            machine: Machine::this(),
-            paths: Vec::new(),
-            results: Vec::new(),
-        }
+        Report::of(settings)
     }
 
     pub(crate) fn add_path(&mut self, path: Path, lab: &str) {
-        self.paths.push(PathReport {
-            path,
-            role: path.role(),
-            status: Status::Measured,
-            description: path.describe().into(),
-            lab: Some(lab.into()),
-            reason: None,
-        });
+        self.add_subject(path, Some(lab));
     }
 
     /// A path that cannot run: one "not implemented" row per metric it
@@ -203,8 +228,34 @@ impl Report {
             });
         }
     }
+}
 
-    pub(crate) fn add_measurements(&mut self, path: Path, measured: Vec<Measurement>) {
+impl<P: Subject> Report<P> {
+    /// An empty report comparing subjects of type `P`.
+    pub fn of(settings: Settings) -> Report<P> {
+        Report {
+            date: utc_now(),
+            settings,
+            machine: Machine::this(),
+            paths: Vec::new(),
+            results: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// A subject measured in this run (on `lab`, if it had one).
+    pub(crate) fn add_subject(&mut self, path: P, lab: Option<&str>) {
+        self.paths.push(PathReport {
+            path,
+            role: path.role(),
+            status: Status::Measured,
+            description: path.describe().into(),
+            lab: lab.map(String::from),
+            reason: None,
+        });
+    }
+
+    pub(crate) fn add_measurements(&mut self, path: P, measured: Vec<Measurement>) {
         for m in measured {
             self.results.push(ResultRow {
                 name: m.metric.name.into(),
@@ -243,7 +294,7 @@ impl Report {
     }
 
     /// The row of `metric` on `path`.
-    pub fn get(&self, metric: &str, path: Path) -> Option<&ResultRow> {
+    pub fn get(&self, metric: &str, path: P) -> Option<&ResultRow<P>> {
         self.results
             .iter()
             .find(|r| r.name == metric && r.path == path)
@@ -273,16 +324,7 @@ impl Report {
             self.machine.cpu_model,
             self.machine.busy_before_run * 100.0
         );
-        let pinned = |cpu: Option<usize>| match cpu {
-            Some(cpu) => format!("pinned to CPU {cpu}"),
-            None => "not pinned".into(),
-        };
-        let _ = writeln!(
-            out,
-            "  endpoints (clients and servers) {}; the paths' daemons {}",
-            pinned(self.settings.endpoints_cpu),
-            pinned(self.settings.daemons_cpu)
-        );
+        let _ = writeln!(out, "  {}", P::pinning(&self.settings));
         if self.machine.busy_before_run > 0.1 {
             let _ = writeln!(
                 out,
@@ -302,7 +344,7 @@ impl Report {
         out.push('\n');
 
         let has_baseline = self.paths.iter().any(|p| p.role == Role::Baseline);
-        let candidates: Vec<Path> = self
+        let candidates: Vec<P> = self
             .paths
             .iter()
             .filter(|p| p.role == Role::Candidate)
@@ -385,6 +427,12 @@ impl Report {
         }
         if !has_baseline {
             let _ = writeln!(out, "  (no baseline in this run: no ratios)");
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                let _ = writeln!(out, "{note}");
+            }
         }
         out
     }

@@ -151,3 +151,93 @@ fn a_failing_benchmark_leaves_no_lab_behind() {
     );
     assert!(!live_labs().contains(&lab));
 }
+
+/// The `mobidesk-sessiond` binary, built (or found up to date) by cargo in
+/// this test's target directory and profile: `cargo test -p mobidesk-bench`
+/// does not build other packages' binaries.
+fn sessiond_binary() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "mobidesk-sessiond",
+            "--bin",
+            "mobidesk-sessiond",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "cargo build -p mobidesk-sessiond failed");
+    mobidesk_bench::sessiond::find_binary("mobidesk-sessiond", "MOBIDESK_SESSIOND").unwrap()
+}
+
+#[test]
+fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
+    use mobidesk_bench::sessiond::{self, SessiondOptions, Where, METRICS};
+    require_root();
+    let o = SessiondOptions {
+        sessiond: sessiond_binary(),
+        syscall_bench: env!("CARGO_BIN_EXE_mobidesk-syscall-bench").into(),
+        ..SessiondOptions::all(true).unwrap()
+    };
+    let started = Instant::now();
+    let report = sessiond::run(&o).unwrap();
+    let table = report.table();
+    println!("{table}\n(sessiond smoke run took {:?})", started.elapsed());
+    assert!(report.settings.smoke);
+    // Every metric measured in the session; all but the idle desktop's
+    // also on the bare server, with a ratio.
+    for m in METRICS {
+        let row = report
+            .get(m.name, Where::Session)
+            .unwrap_or_else(|| panic!("no session row for {}", m.name));
+        assert_eq!(row.status, Status::Measured);
+        assert_eq!(row.unit, m.unit);
+        let v = row.value.unwrap();
+        assert!(v.is_finite() && v > 0.0, "{} = {v}", m.name);
+        if m.name.starts_with("idle_desktop.") {
+            assert!(report.get(m.name, Where::BareServer).is_none());
+        } else {
+            let bare = report.get(m.name, Where::BareServer).unwrap();
+            assert_eq!(bare.role, Role::Baseline);
+            let b = bare.value.unwrap();
+            assert!(b.is_finite() && b > 0.0, "{} bare = {b}", m.name);
+            let ratio = row.ratio_vs_baseline.unwrap();
+            assert!((ratio - v / b).abs() < 1e-9, "{} ratio {ratio}", m.name);
+        }
+    }
+    // Plausible magnitudes (not timings): a system call is more than a
+    // nanosecond and less than a millisecond; fork+sh costs more than fork.
+    let v = |name: &str, w| report.get(name, w).unwrap().value.unwrap();
+    for w in [Where::BareServer, Where::Session] {
+        assert!((1.0..1e6).contains(&v("table2.getpid", w)));
+        assert!(v("table2.fork_sh", w) > v("table2.getpid", w));
+    }
+    // An idle desktop (Xvfb + openbox + xterm) takes megabytes, not bytes
+    // or gigabytes.
+    let pss = v("idle_desktop.memory_pss", Where::Session);
+    assert!((1.0..4096.0).contains(&pss), "PSS {pss} MiB");
+    assert!(table.contains("session / baseline"), "{table}");
+    assert!(report.notes.iter().any(|n| n.contains("sessions per core")));
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["paths"][0]["path"], "bare-server");
+    assert_eq!(json["paths"][1]["path"], "session");
+    // Nothing left behind: no session cgroup or layer of this run.
+    let me = format!("bench-{}-", std::process::id());
+    for dir in [
+        "/sys/fs/cgroup/memory/mobidesk",
+        "/sys/fs/cgroup/pids/mobidesk",
+        "/run/mobidesk/sessions",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                assert!(!name.starts_with(&me), "{dir}/{name} left behind");
+            }
+        }
+    }
+    assert!(
+        !std::path::Path::new(&format!("/var/tmp/mobidesk-bench-{}", std::process::id())).exists()
+    );
+}
