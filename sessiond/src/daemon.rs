@@ -102,6 +102,12 @@ pub struct Config {
     /// Profiles named in `create` requests are files inside this directory.
     #[serde(default = "defaults::profiles_dir")]
     pub profiles_dir: PathBuf,
+    /// Whether `create` may carry a profile inline (a JSON object) instead
+    /// of naming a file in `profiles_dir`. An inline profile chooses its own
+    /// read-only binds and user namespace: turn this off where the API's
+    /// clients should only pick among the administrator's profiles.
+    #[serde(default = "defaults::yes")]
+    pub inline_profiles: bool,
     /// Homes given in `create` requests must be directories inside this one
     /// (shared storage); absent: `create` takes no `home`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +191,7 @@ impl Default for Config {
             runtime_dir: defaults::runtime_dir(),
             default_profile: None,
             profiles_dir: defaults::profiles_dir(),
+            inline_profiles: true,
             homes_dir: None,
             metrics: None,
             cgroups: true,
@@ -612,6 +619,11 @@ impl Daemon {
     fn resolve_profile(&self, source: Option<ProfileSource>) -> Result<Profile, ApiError> {
         match source {
             None => Ok(self.default_profile.clone()),
+            Some(ProfileSource::Inline(_)) if !self.config.inline_profiles => {
+                Err(ApiError::bad_request(
+                    "profile: inline profiles are off (inline_profiles = false); name a file",
+                ))
+            }
             Some(ProfileSource::Inline(p)) => Ok(*p),
             Some(ProfileSource::Path(p)) => {
                 let path = inside(&self.config.profiles_dir, &p, "profile", false)?;
@@ -641,8 +653,9 @@ impl Daemon {
         let id = match id {
             Some(id) => id,
             None => format!(
-                "s{:x}{:x}",
+                "s{:x}-{:x}-{:x}",
                 now_unix(),
+                std::process::id(),
                 self.ids.fetch_add(1, Ordering::Relaxed)
             ),
         };
@@ -728,11 +741,14 @@ impl Daemon {
     }
 
     fn list(&self) -> Vec<SessionInfo> {
+        // A session that ended is not listed, even between reaper ticks.
+        self.reap();
         let mut reg = self.registry();
         reg.sessions.values_mut().map(info_of).collect()
     }
 
     fn inspect(&self, id: &str) -> Result<SessionInfo, ApiError> {
+        self.reap();
         let mut reg = self.registry();
         let entry = reg
             .sessions
@@ -893,17 +909,21 @@ impl Daemon {
         {
             let mut reg = self.registry();
             for (id, entry) in reg.sessions.iter_mut() {
+                let r = &entry.record;
+                let init_alive = matches!(
+                    (r.init_pid, r.init_start_time),
+                    (Some(p), Some(t)) if is_alive(p, t)
+                );
                 let status = match &mut entry.phase {
+                    // Our child: its status when the helper has ended; PID 1
+                    // (the helper's child) may end a moment before.
                     Phase::Running(Handle::Started(s)) => match s.wait_timeout(Duration::ZERO) {
                         Ok(Some(st)) => Some(format!("{st}")),
+                        _ if !init_alive => Some("PID 1 ended".to_string()),
                         _ => None,
                     },
-                    Phase::Running(Handle::Adopted(_)) => {
-                        let r = &entry.record;
-                        match (r.init_pid, r.init_start_time) {
-                            (Some(p), Some(t)) if is_alive(p, t) => None,
-                            _ => Some("PID 1 gone".to_string()),
-                        }
+                    Phase::Running(Handle::Adopted(_)) if !init_alive => {
+                        Some("PID 1 ended".to_string())
                     }
                     _ => None,
                 };
@@ -1583,6 +1603,12 @@ fn child_main(spec: &ExecSpec, filters: &[seccompiler::BpfProgram]) -> ! {
     }
     if let Err(err) = crate::sys::cloexec_from(3) {
         die(126, format!("close_range: {err}"));
+    }
+    // The daemon's threads block SIGTERM and SIGINT (it waits for them
+    // with sigwait); a blocked mask survives exec: the command starts with
+    // none blocked.
+    if let Err(err) = SigSet::empty().thread_set_mask() {
+        die(126, format!("sigprocmask: {err}"));
     }
     let err = Command::new(&spec.argv[0])
         .args(&spec.argv[1..])

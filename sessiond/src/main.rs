@@ -292,7 +292,13 @@ fn ctl(socket: &std::path::Path, token_file: &std::path::Path, op: CtlOp) -> Res
             Ok(ExitCode::from(u8::try_from(x.exit_code).unwrap_or(255)))
         }
         _ => {
-            println!("{}", serde_json::to_string_pretty(&response)?);
+            use std::io::Write;
+            // A closed stdout (`| head`) is not an error of the request.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&response)?
+            );
             Ok(if response.ok {
                 ExitCode::SUCCESS
             } else {

@@ -569,6 +569,37 @@ fn two_concurrent_destroys_one_wins() {
     assert_eq!(existing(&s.cgroups), Vec::<&PathBuf>::new());
 }
 
+#[test]
+fn a_session_whose_command_ends_is_cleaned_up() {
+    let mut d = TestDaemon::new("");
+    d.start();
+    // No id (the daemon picks one), an inline profile.
+    let s = d
+        .ok(json!({"op": "create", "profile": {"hostname": "inline-host"}}))
+        .session
+        .unwrap();
+    assert!(s.id.starts_with('s'), "{}", s.id);
+    let init = s.init_pid.unwrap();
+    assert_eq!(d.exec(&s.id, &["hostname"]).1, "inline-host\n");
+    // An exec'd command starts with no signal blocked.
+    let (_, status, _) = d.exec(&s.id, &["cat", "/proc/self/status"]);
+    assert_eq!(status_field(&status, "SigBlk"), "0000000000000000");
+    // PID 2 is the session's command (sleep infinity): when it ends, so
+    // does the session. (SIGKILL: the reaper's command inherits its blocked
+    // signals, see the README's known limits.)
+    assert_eq!(d.exec(&s.id, &["kill", "-KILL", "2"]).0, 0);
+    assert!(mobidesk_sessiond::environment::wait_for_exit(init, DEADLINE).unwrap());
+    assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
+    assert_eq!(
+        d.err(json!({"op": "inspect", "id": s.id})),
+        ErrorKind::UnknownSession
+    );
+    assert_eq!(existing(&s.cgroups), Vec::<&PathBuf>::new());
+    assert!(!d.layer_dir(&s.id).exists());
+    assert!(d.state().sessions.is_empty());
+    assert!(d.log().contains("session ended"), "{}", d.log());
+}
+
 /// The pid of PID 1's first child (the session's command) on the host.
 fn first_child(pid: u32) -> u32 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
