@@ -752,3 +752,50 @@ fn ctl_runs_a_command_with_its_exit_status() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown_session"));
 }
+
+#[test]
+fn a_bad_configuration_is_refused_before_anything_starts() {
+    let dir = TempDir::new();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "socket = \"/run/x.sock\"\ntypo = 1\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
+    // --check-config prints the configuration with every default.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[limits]\nmax_sessions = 3\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("max_sessions = 3") && text.contains("token_file"),
+        "{text}"
+    );
+    // A token file others can read: the daemon does not start.
+    let d = TestDaemon::new("");
+    std::fs::set_permissions(
+        d.dir.path().join("token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{out:?}"
+    );
+    assert!(!d.socket.exists());
+}
