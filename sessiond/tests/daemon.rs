@@ -799,3 +799,35 @@ fn a_bad_configuration_is_refused_before_anything_starts() {
     );
     assert!(!d.socket.exists());
 }
+
+#[test]
+fn execs_are_bounded_and_a_destroy_ends_a_running_one() {
+    let mut d = TestDaemon::new("max_execs = 1");
+    d.start();
+    let s = d.create("probe.toml");
+    // A FIFO in the layer (the session's /root), visible from the host.
+    assert_eq!(d.exec(&s.id, &["mkfifo", "/root/gate"]).0, 0);
+    let d = Arc::new(d);
+    let running = {
+        let (d, id) = (d.clone(), s.id.clone());
+        std::thread::spawn(move || {
+            d.call(json!({"op": "exec", "id": id, "argv": ["cat", "/root/gate"]}))
+        })
+    };
+    // Opening the FIFO for writing returns once `cat` has opened it: the
+    // first exec runs now.
+    let gate = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.layer.join("root/gate"))
+        .unwrap();
+    assert_eq!(
+        d.err(json!({"op": "exec", "id": s.id, "argv": ["true"]})),
+        ErrorKind::Busy
+    );
+    d.ok(json!({"op": "destroy", "id": s.id}));
+    let r = running.join().unwrap();
+    let x = r.exec.clone().unwrap_or_else(|| panic!("{r:?}"));
+    assert_eq!((x.exit_code, x.signal), (137, Some(9)), "{x:?}");
+    drop(gate);
+    assert_eq!(existing(&s.cgroups), Vec::<&PathBuf>::new());
+}
