@@ -528,7 +528,19 @@ impl Daemon {
                 match self.cleanup(&rec, None) {
                     Ok(()) => tracing::info!(session = %id, "an ended session's leftovers removed"),
                     Err(e) => {
-                        tracing::warn!(session = %id, error = %e, "an ended session's leftovers not removed")
+                        // Kept (listed as destroying): a `destroy` retries.
+                        tracing::warn!(session = %id, error = %e, "an ended session's leftovers not removed");
+                        let mut record = rec;
+                        record.destroying = true;
+                        reg.sessions.insert(
+                            id,
+                            Entry {
+                                record,
+                                phase: Phase::Destroying { in_progress: false },
+                                adopted: true,
+                                cpu_seen: 0.0,
+                            },
+                        );
                     }
                 }
             }
