@@ -301,6 +301,116 @@ impl Model {
     }
 }
 
+/// The server side end to end on a small screen: random edits of the screen
+/// (fills, noise, two-colour text, scrolls and moves of a band), each
+/// encoded for a damage rectangle that covers it (sometimes with a move
+/// hint, right or wrong) by an [`Encoder`](crate::encode::Encoder), queued
+/// in a [`Scheduler`](crate::schedule::Scheduler) with random limits, and
+/// sent in SRSF order a random number of commands at a time to a client
+/// [`Framebuffer`]. The encoder never panics, its image always equals what
+/// the client will have once the queue is drained, and after the last edit
+/// the client equals the screen.
+pub fn encode_oracle(data: &[u8]) {
+    use crate::encode::{Encoder, Move, PixelView};
+    use crate::schedule::Scheduler;
+
+    let mut u = Unstructured::new(data);
+    let width = 8 + u16::from(u.byte() % 120);
+    let height = 8 + u16::from(u.byte() % 120);
+    let (w, h) = (usize::from(width), usize::from(height));
+    let mut screen: Vec<u32> = (0..w * h)
+        .map(|i| if (i % w) / 6 % 2 == 0 { 0x00ff_ffff } else { 0 })
+        .collect();
+    let mut encoder = Encoder::new(width, height);
+    let mut queue = Scheduler::new(1024 * (1 + usize::from(u.byte())));
+    let mut client = Framebuffer::new(width, height).unwrap();
+    let bytes_of = |px: &[u32]| -> Vec<u8> { px.iter().flat_map(|p| p.to_le_bytes()).collect() };
+    let mut first = true;
+    for _ in 0..24 {
+        if u.is_empty() && !first {
+            break;
+        }
+        let rect = if first {
+            Rect::new(0, 0, width, height)
+        } else {
+            let x = u16::from(u.byte()) % width;
+            let y = u16::from(u.byte()) % height;
+            let rw = 1 + u16::from(u.byte()) % (width - x);
+            let rh = 1 + u16::from(u.byte()) % (height - y);
+            Rect::new(x, y, rw, rh)
+        };
+        let mut hint = None;
+        if !first {
+            let kind = u.byte() % 5;
+            let colour = u.u32() & 0x00ff_ffff;
+            let (dx, dy) = (i32::from(u.byte() % 9) - 4, i32::from(u.byte() % 9) - 4);
+            let old = screen.clone();
+            for y in rect.y..rect.y + rect.h {
+                for x in rect.x..rect.x + rect.w {
+                    let (xi, yi) = (usize::from(x), usize::from(y));
+                    screen[yi * w + xi] = match kind {
+                        0 => colour,
+                        1 => u.u32() & 0x00ff_ffff,
+                        2 => {
+                            if (xi * 7 + yi * 3) % 5 < 2 {
+                                colour
+                            } else {
+                                0x00ff_ffff
+                            }
+                        }
+                        // Content moved by (dx, dy) from where it was.
+                        _ => {
+                            let sx = (i32::from(x) - dx).clamp(0, i32::from(width) - 1) as usize;
+                            let sy = (i32::from(y) - dy).clamp(0, i32::from(height) - 1) as usize;
+                            old[sy * w + sx]
+                        }
+                    };
+                }
+            }
+            if kind >= 3 {
+                hint = Some(Move {
+                    dst: rect,
+                    dx: if kind == 4 { dx } else { -dx },
+                    dy,
+                });
+            }
+        }
+        first = false;
+        let data = bytes_of(&screen);
+        let view = PixelView::new(&data, w * 4, width, height).unwrap();
+        // The damage sometimes comes in bands, as the server takes it.
+        let moves: Vec<Move> = hint.into_iter().collect();
+        let mut commands = encoder.copies(&view, rect, &moves);
+        let mut y = rect.y;
+        while y < rect.y + rect.h {
+            let band = Rect::new(rect.x, y, rect.w, (rect.y + rect.h - y).min(40));
+            commands.extend(encoder.paint(&view, band));
+            y += band.h;
+        }
+        for c in &commands {
+            let message = Message::Command(c.clone());
+            check_round_trip(&message);
+        }
+        queue.push_update(commands);
+        for _ in 0..u.byte() % 4 {
+            if let Some(c) = queue.poll_command() {
+                client.apply(&c).unwrap();
+            }
+        }
+    }
+    while let Some(c) = queue.poll_command() {
+        client.apply(&c).unwrap();
+    }
+    assert!(
+        client.pixels() == encoder.model().pixels(),
+        "the encoder's image differs from the client"
+    );
+    assert!(
+        client.pixels() == screen.as_slice(),
+        "the client differs from the screen"
+    );
+}
+
 /// Takes values from the fuzz input; zeros once it runs out.
 pub struct Unstructured<'a> {
     data: &'a [u8],

@@ -1,11 +1,11 @@
 //! Replays `tests/data/fuzz_regression/` through the fuzz oracles. File
-//! names start with the target: `decode-*` or `apply-*`; other files go
-//! through both.
+//! names start with the target: `decode-*`, `apply-*` or `encode-*`; other
+//! files go through all three.
 
 use std::fs;
 use std::path::Path;
 
-use mobidesk_display::fuzzing::{apply_oracle, decode_oracle};
+use mobidesk_display::fuzzing::{apply_oracle, decode_oracle, encode_oracle};
 
 #[test]
 fn fuzz_regression() {
@@ -18,12 +18,18 @@ fn fuzz_regression() {
             continue;
         }
         let data = fs::read(&path).unwrap();
+        let target = ["decode-", "apply-", "encode-"]
+            .into_iter()
+            .find(|p| name.starts_with(p));
         let result = std::panic::catch_unwind(|| {
-            if !name.starts_with("apply-") {
+            if target.is_none_or(|t| t == "decode-") {
                 decode_oracle(&data);
             }
-            if !name.starts_with("decode-") {
+            if target.is_none_or(|t| t == "apply-") {
                 apply_oracle(&data);
+            }
+            if target.is_none_or(|t| t == "encode-") {
+                encode_oracle(&data);
             }
         });
         assert!(result.is_ok(), "oracle failed on {}", path.display());
