@@ -798,6 +798,29 @@ fn a_bad_configuration_is_refused_before_anything_starts() {
         "{out:?}"
     );
     assert!(!d.socket.exists());
+    // A state file that does not parse: refused, named, left as it is.
+    std::fs::set_permissions(
+        d.dir.path().join("token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let state = d.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("sessions.json"), "{\"version\":1,\"sess").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sessions.json is not valid"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("sessions.json")).unwrap(),
+        "{\"version\":1,\"sess"
+    );
 }
 
 #[test]
