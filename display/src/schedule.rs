@@ -23,6 +23,10 @@
 //!   one writes (RAW, SFILL, PFILL, opaque BITMAP), the older one is dropped
 //!   — or, for SFILL and PFILL, the rectangles it covers are removed — unless
 //!   a command in between reads those pixels (a COPY from them).
+//! - **No starvation.** Once [`MAX_WAIT`] commands were sent since the
+//!   oldest queued command was queued, it goes next, whatever its size: a
+//!   stream of small updates that fills the link delays a large one, but not
+//!   forever.
 //! - **Bound.** [`Scheduler::has_room`] says whether the queue holds fewer
 //!   than its limit in bytes; the server encodes new damage only then (the
 //!   damage itself waits in a bounded [`Region`](crate::encode::Region)), so
@@ -31,6 +35,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::protocol::{Command, Message, Rect};
+
+/// Commands sent, at most, while the oldest queued command waits.
+pub const MAX_WAIT: u64 = 256;
 
 /// Counters of what the scheduler did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +63,8 @@ struct Entry {
     reads: Option<Rect>,
     /// Paints every pixel of `writes` without reading any.
     opaque: bool,
+    /// `stats.sent` when it was queued.
+    queued_at: u64,
     command: Command<'static>,
 }
 
@@ -153,6 +162,7 @@ impl Scheduler {
             writes,
             reads,
             opaque,
+            queued_at: self.stats.sent,
             command,
         }
     }
@@ -218,6 +228,16 @@ impl Scheduler {
     /// with the smallest remaining size that no older queued command
     /// conflicts with.
     pub fn poll_command(&mut self) -> Option<Command<'static>> {
+        let starving = self
+            .entries
+            .front()
+            .is_some_and(|e| self.stats.sent - e.queued_at >= MAX_WAIT);
+        if starving {
+            let entry = self.entries.pop_front()?;
+            self.stats.sent += 1;
+            self.forget(entry.update, entry.size);
+            return Some(entry.command);
+        }
         // The first command of each update, in queue order.
         let mut heads: Vec<(usize, u64, usize)> = Vec::new(); // (remaining, seq, index)
         let mut seen: HashMap<u64, ()> = HashMap::new();
@@ -342,6 +362,23 @@ mod test {
         let key = text(Rect::new(10, 300, 6, 13));
         s.push_update(vec![key.clone()]);
         assert_eq!(s.poll_command(), Some(key));
+    }
+
+    #[test]
+    fn a_stream_of_small_updates_does_not_starve_a_big_one() {
+        let mut s = Scheduler::new(usize::MAX);
+        let image = raw(Rect::new(0, 0, 128, 128), 1);
+        s.push_update(vec![image.clone()]);
+        let mut waited = 0;
+        loop {
+            s.push_update(vec![text(Rect::new(300, 300, 6, 13))]);
+            if s.poll_command() == Some(image.clone()) {
+                break;
+            }
+            waited += 1;
+            assert!(waited <= MAX_WAIT, "starved");
+        }
+        assert_eq!(waited, MAX_WAIT);
     }
 
     #[test]
