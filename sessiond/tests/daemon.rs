@@ -854,3 +854,58 @@ fn execs_are_bounded_and_a_destroy_ends_a_running_one() {
     drop(gate);
     assert_eq!(existing(&s.cgroups), Vec::<&PathBuf>::new());
 }
+
+#[test]
+fn a_reused_pid_is_not_taken_for_a_session() {
+    use mobidesk_sessiond::state::SessionRecord;
+    let mut d = TestDaemon::new("");
+    // A record whose PID 1 has ended and whose pid now belongs to another
+    // process (here: a `sleep` of ours, with another start time).
+    let other = KillOnDrop(Command::new("sleep").arg("1000").spawn().unwrap());
+    let pid = other.0.id();
+    let start = ProcStat::read(pid).unwrap().start_time;
+    let id = unique("ghost-");
+    let state = State {
+        version: mobidesk_sessiond::state::VERSION,
+        sessions: vec![SessionRecord {
+            id: id.clone(),
+            init_pid: Some(pid),
+            init_start_time: Some(start.saturating_sub(1)),
+            created: 0,
+            profile: mobidesk_sessiond::Profile::default(),
+            home: None,
+            command: vec!["sleep".into(), "infinity".into()],
+            limits: Limits::default(),
+            cgroups: Vec::new(),
+            session_dir: d.layer_dir(&id),
+            destroying: false,
+        }],
+    };
+    let dir = d.dir.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sessions.json"),
+        serde_json::to_string(&state).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.layer_dir(&id).join("root")).unwrap();
+    d.start();
+    assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
+    assert!(is_alive(pid, start), "the other process was left alone");
+    assert!(
+        !d.layer_dir(&id).exists(),
+        "the dead session's layer removed"
+    );
+    assert!(d.state().sessions.is_empty());
+    drop(other);
+}
+
+/// A child process killed (and reaped) on Drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
