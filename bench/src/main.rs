@@ -85,6 +85,14 @@ enum Command {
         /// next to this program).
         #[arg(long, value_name = "PATH")]
         sessiond: Option<PathBuf>,
+        /// The display server run in each idle desktop session (default:
+        /// $MOBIDESK_DISPLAY, else mobidesk-display next to this program if
+        /// it was built).
+        #[arg(long, value_name = "PATH", conflicts_with = "no_display_server")]
+        display_server: Option<PathBuf>,
+        /// Idle desktop sessions without a display server.
+        #[arg(long)]
+        no_display_server: bool,
     },
 }
 
@@ -134,6 +142,8 @@ fn run(cli: Cli) -> Result<()> {
             rounds,
             sessions,
             ref sessiond,
+            ref display_server,
+            no_display_server,
         } => {
             let mut o = SessiondOptions::all(cli.smoke)?;
             if !parts.is_empty() {
@@ -141,6 +151,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(p) = sessiond {
                 o.sessiond = p.clone();
+            }
+            if no_display_server {
+                o.display_server = None;
+            } else if let Some(p) = display_server {
+                o.display_server = Some(p.clone());
             }
             o.rounds = rounds;
             o.sessions = sessions;

@@ -130,6 +130,9 @@ pub struct SessiondOptions {
     pub rounds: Option<usize>,
     /// Idle desktop sessions to start; None: 5, smoke 1.
     pub sessions: Option<usize>,
+    /// The display server (`mobidesk-display`) to run in each idle desktop
+    /// session, as a real desktop session has one; None: without.
+    pub display_server: Option<PathBuf>,
 }
 
 impl SessiondOptions {
@@ -143,6 +146,7 @@ impl SessiondOptions {
             syscall_bench: find_binary("mobidesk-syscall-bench", "MOBIDESK_SYSCALL_BENCH")?,
             rounds: None,
             sessions: None,
+            display_server: find_binary("mobidesk-display", "MOBIDESK_DISPLAY").ok(),
         })
     }
 }
@@ -238,7 +242,7 @@ pub static IDLE_PSS: Metric = Metric {
     name: "idle_desktop.memory_pss",
     unit: "MiB/session",
     higher_is_better: false,
-    description: "idle desktop session (Xvfb + openbox + xterm): PSS of all its processes",
+    description: "idle desktop session (Xvfb + openbox + xterm [+ mobidesk-display]): PSS of all its processes",
 };
 
 pub static IDLE_CGROUP: Metric = Metric {
@@ -312,11 +316,16 @@ pub fn run(o: &SessiondOptions) -> Result<Report<Where>> {
     // rebuilds the original.
     let bench_copy = bin.join("mobidesk-syscall-bench");
     std::fs::copy(&o.syscall_bench, &bench_copy).context("copying the syscall bench")?;
+    if let Some(ds) = &o.display_server {
+        std::fs::copy(ds, bin.join("mobidesk-display"))
+            .with_context(|| format!("copying the display server {}", ds.display()))?;
+    }
     let runner = Runner {
         sessiond: o.sessiond.clone(),
         cpu: o.settings.endpoints_cpu,
         work: work.path.clone(),
         bin_dir: bin,
+        display_server: o.display_server.clone(),
     };
     let mut report = Report::of(o.settings);
     report.add_subject(Where::BareServer, None);
@@ -680,18 +689,22 @@ fn which(tool: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Idle desktop sessions
 
-/// What runs in each idle desktop session: Xvfb, which writes its display
-/// number to a FIFO once it accepts connections (`-displayfd`; EOF if it
-/// dies), then openbox and an xterm; `ready` once all three were started,
-/// then the script waits.
-const DESKTOP_SCRIPT: &str = r#"mkfifo /tmp/.xready || exit 1
-Xvfb :1 -screen 0 1024x768x24 -nolisten tcp -noreset -displayfd 3 3>/tmp/.xready &
+/// What runs in each idle desktop session, as sessiond's own desktop
+/// (`sessiond/src/desktop.rs`) starts it: Xvfb with its framebuffer in a
+/// file (`-fbdir`), which writes its display number to a FIFO once it
+/// accepts connections (`-displayfd`; EOF if it dies); then openbox, an
+/// xterm and, when given (`@DS@`), the display server `mobidesk-display`;
+/// `ready` once all were started, then the script waits.
+const DESKTOP_SCRIPT: &str = r#"mkdir -p /run/mobidesk/fb && mkfifo /tmp/.xready || exit 1
+Xvfb :1 -screen 0 1024x768x24 -nolisten tcp -noreset -fbdir /run/mobidesk/fb -displayfd 3 3>/tmp/.xready &
 read d </tmp/.xready
 rm -f /tmp/.xready
 [ "$d" = 1 ] || { echo "Xvfb did not start"; exit 1; }
 export DISPLAY=:1
 openbox >/dev/null 2>&1 &
 xterm >/dev/null 2>&1 &
+ds='@DS@'
+if [ -n "$ds" ]; then "$ds" --display :1 --listen 0.0.0.0:5901 --fbdir /run/mobidesk/fb >/dev/null 2>&1 & fi
 echo ready
 wait
 "#;
@@ -712,16 +725,21 @@ fn idle_desktops(r: &Runner, k: usize, smoke: bool) -> Result<Vec<Measurement>> 
     } else {
         (Duration::from_secs(10), Duration::from_secs(10))
     };
+    let script = match &r.display_server {
+        Some(_) => DESKTOP_SCRIPT.replace("@DS@", &format!("{BIN_DIR}/mobidesk-display")),
+        None => DESKTOP_SCRIPT.replace("@DS@", ""),
+    };
+    let what = if r.display_server.is_some() {
+        "Xvfb + openbox + xterm + mobidesk-display"
+    } else {
+        "Xvfb + openbox + xterm, no display server"
+    };
     let mut sessions = Vec::new();
     for i in 0..k {
         stop_if_interrupted()?;
         let id = unique_id(&format!("idle{i}"));
         tracing::info!(session = %id, "starting an idle desktop session");
-        let mut s = r.start_session(
-            &profile,
-            &id,
-            &["sh".into(), "-c".into(), DESKTOP_SCRIPT.into()],
-        )?;
+        let mut s = r.start_session(&profile, &id, &["sh".into(), "-c".into(), script.clone()])?;
         s.wait_for_line("ready", Duration::from_secs(30))?;
         sessions.push(s);
     }
@@ -780,7 +798,7 @@ fn idle_desktops(r: &Runner, k: usize, smoke: bool) -> Result<Vec<Measurement>> 
             &IDLE_PSS,
             pss_mean,
             format!(
-                "mean of {k} sessions after {settle:?} settling ({} MiB each; {} processes each)",
+                "{what}; mean of {k} sessions after {settle:?} settling ({} MiB each; {} processes each)",
                 list(&pss, 1),
                 procs
                     .iter()
@@ -973,6 +991,8 @@ struct Runner {
     work: PathBuf,
     /// Bound read-only at [`BIN_DIR`] in every session.
     bin_dir: PathBuf,
+    /// Whether `mobidesk-display` is in `bin_dir`.
+    display_server: Option<PathBuf>,
 }
 
 impl Runner {
