@@ -915,3 +915,34 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn sessions_are_created_used_and_destroyed_concurrently() {
+    let mut d = TestDaemon::new("max_sessions = 4");
+    d.start();
+    let d = Arc::new(d);
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let profile = if i % 2 == 0 {
+                    "probe.toml"
+                } else {
+                    "probe-nouserns.toml"
+                };
+                let s = d.create(profile);
+                let (code, out, _) = d.exec(&s.id, &["sh", "-c", "echo $MOBIDESK_SESSION"]);
+                assert_eq!((code, out.trim()), (0, s.id.as_str()));
+                d.ok(json!({"op": "destroy", "id": s.id}));
+                s
+            })
+        })
+        .collect();
+    let sessions: Vec<SessionInfo> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
+    for s in &sessions {
+        assert_eq!(existing(&s.cgroups), Vec::<&PathBuf>::new());
+        assert!(!d.layer_dir(&s.id).exists());
+    }
+    assert!(d.state().sessions.is_empty());
+}
