@@ -21,11 +21,13 @@
 //!    -displayfd 3`, with fd 3 a FIFO the script reads: Xvfb writes the
 //!    display number there once it accepts clients (the event; nothing is
 //!    polled), EOF if it dies first;
-//! 2. the window manager and the applications with `DISPLAY=:N`;
-//! 3. `/.mobidesk/display --display :N --listen ADDR:PORT --fbdir
-//!    /run/mobidesk/fb`, where `/.mobidesk/display` is the server's
+//! 2. `/.mobidesk/mobidesk-display --display :N --listen ADDR:PORT --fbdir
+//!    /run/mobidesk/fb`, where `/.mobidesk/mobidesk-display` is the server's
 //!    `display_server` binary bound read-only (like `/.mobidesk/init`: the
 //!    same host path on every server, so CRIU finds identical files);
+//! 3. the window manager with `DISPLAY=:N`, then — once it has finished
+//!    starting (`_NET_CLIENT_LIST` on the root window, seen by
+//!    `xprop -spy`, at most 10 s) — the applications;
 //! 4. the script waits for Xvfb: the session lives as long as its X server.
 //!
 //! The framebuffer file lies in the session's writable layer
@@ -43,11 +45,15 @@ use crate::environment::SessionSpec;
 use crate::profile::{Bind, Profile};
 
 /// Where the display server binary appears inside the session.
-pub const DISPLAY_SERVER_PATH: &str = "/.mobidesk/display";
+pub const DISPLAY_SERVER_PATH: &str = "/.mobidesk/mobidesk-display";
 /// Xvfb's `-fbdir` inside the session (in the writable layer).
 pub const FBDIR: &str = "/run/mobidesk/fb";
 /// The FIFO on which Xvfb reports that it is ready (`-displayfd`).
 const READY_FIFO: &str = "/run/mobidesk/x-ready";
+/// The FIFO on which `xprop -spy` reports the window manager.
+const WM_FIFO: &str = "/run/mobidesk/wm-ready";
+/// How long applications wait for the window manager (seconds).
+const WM_WAIT_S: u32 = 10;
 /// Bounds on what a profile may ask for.
 const MAX_APPS: usize = 32;
 const MAX_ARGS: usize = 64;
@@ -245,7 +251,7 @@ impl DesktopProfile {
             "mkdir -p {FBDIR}\nrm -f {READY_FIFO}\nmkfifo {READY_FIFO}\n"
         ));
         s.push_str(&format!(
-            "Xvfb {d} -screen 0 {} -nolisten tcp -noreset -fbdir {FBDIR} -displayfd 3 3>{READY_FIFO} &\n",
+            "Xvfb {d} -screen 0 {} -nolisten tcp -noreset -fbdir {FBDIR} -displayfd 3 3>{READY_FIFO} >&2 &\n",
             self.screen
         ));
         s.push_str("x=$!\n");
@@ -257,13 +263,33 @@ impl DesktopProfile {
             self.display
         ));
         s.push_str(&format!("export DISPLAY={d}\n"));
-        s.push_str(&format!("{} &\n", shell_words(&self.window_manager)));
-        for app in &self.apps {
-            s.push_str(&format!("{} &\n", shell_words(app)));
-        }
+        // The display server first: viewers see the desktop come up.
         s.push_str(&format!(
-            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} --fbdir {FBDIR} &\n"
+            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} --fbdir {FBDIR} >&2 &\n"
         ));
+        // Applications start once the window manager has finished starting:
+        // an EWMH window manager publishes _NET_CLIENT_LIST on the root after
+        // it has taken over the existing windows (`xprop -spy` reports it as
+        // an event). A window mapped while the WM starts may stay unmanaged
+        // or 1x1, and xterm then waits 5 s (Xt's wmTimeout) for an answer to
+        // its geometry request; _NET_SUPPORTING_WM_CHECK comes too early
+        // for that (measured with openbox).
+        s.push_str(&format!(
+            "rm -f {WM_FIFO}\nmkfifo {WM_FIFO}\n\
+             xprop -root -spy >{WM_FIFO} 2>/dev/null &\n\
+             p=$!\n"
+        ));
+        // The programs' output goes to stderr: stdout carries only the
+        // script's own lines ("mobidesk-desktop: started").
+        s.push_str(&format!("{} >&2 &\n", shell_words(&self.window_manager)));
+        s.push_str(&format!(
+            "if ! timeout {WM_WAIT_S} sh -c 'while read -r l; do case \"$l\" in _NET_CLIENT_LIST\\(*) exit 0;; esac; done; exit 1' <{WM_FIFO}; then \
+             echo 'mobidesk-desktop: the window manager did not announce itself within {WM_WAIT_S} s' >&2; fi\n\
+             kill $p 2>/dev/null\nrm -f {WM_FIFO}\n"
+        ));
+        for app in &self.apps {
+            s.push_str(&format!("{} >&2 &\n", shell_words(app)));
+        }
         s.push_str("echo 'mobidesk-desktop: started'\n");
         // The session lives as long as its X server.
         s.push_str("wait $x\n");
@@ -283,12 +309,17 @@ fn shell_words(words: &[String]) -> String {
 /// The session to start for a profile with a `[desktop]` table: the
 /// profile plus the read-only bind of the display server, and the desktop
 /// script as command. `address`: the session's address (the display server
-/// listens there). Refused when the profile has no desktop.
+/// listens there). `etc_hosts`: a host file bound read-only over the
+/// session's `/etc/hosts` (write it with [`crate::network::etc_hosts`]):
+/// X clients resolve their own host name at start, and without an answer
+/// from `/etc/hosts` each waits for DNS (5 s when no resolver answers).
+/// Refused when the profile has no desktop.
 pub fn desktop_spec(
     id: &str,
     profile: &Profile,
     home: Option<PathBuf>,
     address: Option<Ipv4Addr>,
+    etc_hosts: Option<PathBuf>,
 ) -> Result<SessionSpec, DesktopError> {
     let desktop = profile
         .desktop
@@ -300,6 +331,12 @@ pub fn desktop_spec(
         source: desktop.display_server.clone(),
         target: PathBuf::from(DISPLAY_SERVER_PATH),
     });
+    if let Some(hosts) = etc_hosts {
+        profile.root.binds.push(Bind {
+            source: hosts,
+            target: PathBuf::from("/etc/hosts"),
+        });
+    }
     Ok(SessionSpec {
         id: id.into(),
         command: desktop.command(address),
@@ -431,7 +468,7 @@ mod tests {
         assert_eq!(&cmd[..2], ["sh", "-c"]);
         let script = &cmd[2];
         assert!(
-            script.contains(r"'xterm' '-T' 'it'\''s $HOME' &"),
+            script.contains(r"'xterm' '-T' 'it'\''s $HOME' >&2 &"),
             "{script}"
         );
         assert!(

@@ -436,6 +436,15 @@ impl ServerNetwork {
     }
 }
 
+/// The text of a session's `/etc/hosts`: the loopback names and the
+/// session's host name at its address (127.0.1.1 without one, as Debian
+/// does), so a program resolving its own host name gets an answer without
+/// DNS.
+pub fn etc_hosts(hostname: &str, address: Option<Ipv4Addr>) -> String {
+    let own = address.unwrap_or(Ipv4Addr::new(127, 0, 1, 1));
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n")
+}
+
 /// Where `ip netns` keeps a named namespace.
 pub fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(name)
@@ -529,6 +538,13 @@ mod tests {
             let l = link_name(id);
             assert!(valid_ifname(&l) && l.len() <= MAX_IFNAME, "{l}");
         }
+    }
+
+    #[test]
+    fn the_hosts_file_names_the_session() {
+        let h = etc_hosts("desk", Some(Ipv4Addr::new(10, 1, 0, 100)));
+        assert!(h.contains("10.1.0.100\tdesk\n") && h.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(etc_hosts("desk", None).contains("127.0.1.1\tdesk"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod checkpoint;
 mod cli;
 mod daemon;
+mod desktop;
 mod escapes;
 mod fds;
 mod legit;

@@ -169,6 +169,14 @@ impl Running {
 pub(crate) struct Attached {
     pub held: Running,
     pub attachment: Attachment,
+    stderr: std::path::PathBuf,
+}
+
+impl Attached {
+    /// What the session wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
 }
 
 /// Starts `spec` with an address from `ipam`, attached by `net`.
@@ -178,10 +186,13 @@ pub(crate) fn start_attached(
     spec: &SessionSpec,
     address: Ipv4Addr,
 ) -> Attached {
+    // The session's stderr (Xvfb, the display server...) goes to a file
+    // that failure messages show.
+    let stderr = fx.dir.path().join(format!("{}.stderr", spec.id));
     let stdio = SessionStdio {
         stdin: Some(Stdio::piped()),
         stdout: Some(Stdio::piped()),
-        stderr: Some(Stdio::inherit()),
+        stderr: Some(Stdio::from(std::fs::File::create(&stderr).unwrap())),
     };
     let mut attachment = None;
     let session: Session = fx
@@ -197,6 +208,7 @@ pub(crate) fn start_attached(
     Attached {
         held: Running::new(session),
         attachment: attachment.unwrap(),
+        stderr,
     }
 }
 
@@ -352,6 +364,7 @@ fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
     let Attached {
         mut held,
         attachment,
+        ..
     } = gone;
     held.finish();
     net.detach(&attachment).unwrap();
@@ -379,6 +392,7 @@ fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
     let Attached {
         mut held,
         attachment,
+        ..
     } = s;
     held.finish();
     net.detach(&attachment).unwrap();

@@ -1,0 +1,237 @@
+//! The desktop of a session end to end (issue 5, acceptance): a session
+//! started from a profile with `[desktop]` runs Xvfb, openbox, xterm and
+//! mobidesk-display; the headless viewer `mobidesk-client`, run in the peer
+//! namespace on the server's subnet, connects to the session's address and
+//! its framebuffer equals the X server's pixel for pixel (Xvfb's `-fbdir`
+//! file, read on the host through the session's writable layer).
+//!
+//! The two binaries belong to other packages (`CARGO_BIN_EXE_*` names only
+//! this package's): [`binaries`] builds them once per test process with the
+//! cargo that runs the tests, into the same target directory, so they are
+//! never stale.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use mobidesk_sessiond::desktop::{desktop_spec, framebuffer_file, wait_listening, DesktopProfile};
+use mobidesk_sessiond::network::{etc_hosts, ServerNetwork};
+
+use crate::network::{start_attached, Lan};
+use crate::support::{unique, Fixture, TempDir, DEADLINE};
+
+/// `mobidesk-display` (feature `server`) and `mobidesk-client`, built by
+/// `cargo build` into this test binary's own target directory and profile.
+fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // <target>/<profile>/deps/session-<hash>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let target = profile_dir.parent().unwrap();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace)
+            .env("CARGO_TARGET_DIR", target)
+            .args(["build", "--quiet", "-p", "mobidesk-display"])
+            .args(["--features", "mobidesk-display/server"])
+            .args(["--bin", "mobidesk-display", "-p", "mobidesk-client"])
+            .args(["--bin", "mobidesk-client"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            profile_dir.join("mobidesk-display"),
+            profile_dir.join("mobidesk-client"),
+        )
+    })
+}
+
+/// An XWD framebuffer file (depth 24, 32 bpp, LSB first, as Xvfb writes
+/// it) as `0x00RRGGBB` pixels.
+fn read_xwd(path: &Path) -> (u32, u32, Vec<u32>) {
+    let b = std::fs::read(path).unwrap();
+    let word = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+    let (header, width, height) = (word(0) as usize, word(4), word(5));
+    assert_eq!(
+        (word(3), word(7), word(11)),
+        (24, 0, 32),
+        "depth, byte order, bpp"
+    );
+    let (bpl, ncolors) = (word(12) as usize, word(19) as usize);
+    let start = header + ncolors * 12;
+    let mut px = Vec::with_capacity(width as usize * height as usize);
+    for y in 0..height as usize {
+        let row = &b[start + y * bpl..start + y * bpl + width as usize * 4];
+        px.extend(
+            row.chunks_exact(4)
+                .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0])),
+        );
+    }
+    (width, height, px)
+}
+
+/// The viewer's PNG (RGB) as `0x00RRGGBB` pixels.
+fn read_png(path: &Path) -> (u32, u32, Vec<u32>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let px = buf[..info.buffer_size()]
+        .chunks_exact(3)
+        .map(|p| u32::from_be_bytes([0, p[0], p[1], p[2]]))
+        .collect();
+    (info.width, info.height, px)
+}
+
+/// The command names of every process in the session's pid namespace.
+fn session_processes(init_pid: u32) -> Vec<String> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let want = ns(&init_pid.to_string()).unwrap();
+    let mut names = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid.bytes().all(|b| b.is_ascii_digit()) && ns(&pid).as_ref() == Some(&want) {
+            if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                names.push(c.trim().to_string());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// The xterm (white, 484x316 by default) and some other colour are on the
+/// screen.
+fn drawn(px: &[u32]) -> bool {
+    let white = px.iter().filter(|p| **p == 0x00ff_ffff).count();
+    white > 100_000 && px.iter().any(|p| *p != 0x00ff_ffff && *p != px[0])
+}
+
+#[test]
+fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet() {
+    let (display_server, client) = binaries().clone();
+    let fx = Fixture::new();
+    let lan = Lan::new();
+    let net = ServerNetwork::new(lan.config()).unwrap();
+    net.prepare().unwrap();
+    let mut ipam = net.config().ipam();
+
+    let desktop = DesktopProfile {
+        display_server,
+        ..DesktopProfile::default()
+    };
+    let port = desktop.port;
+    let mut profile = fx.profile();
+    profile.desktop = Some(desktop);
+    let id = unique("d-");
+    let address = ipam.allocate(&id).unwrap();
+    // The session resolves its own host name from its own /etc/hosts.
+    let hosts = fx.dir.path().join(format!("{id}.hosts"));
+    std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
+    let spec = desktop_spec(&id, &profile, None, Some(address), Some(hosts)).unwrap();
+    let started = Instant::now();
+    let mut s = start_attached(&fx, &net, &spec, address);
+    assert_eq!(s.held.line(), "mobidesk-desktop: started");
+    let pid = s.held.session.init_pid().unwrap();
+    if let Err(e) = wait_listening(&id, pid, port, DEADLINE) {
+        panic!("{e}; the session's stderr:\n{}", s.stderr());
+    }
+    let up = started.elapsed();
+
+    let procs = session_processes(pid);
+    for p in [
+        "Xvfb",
+        "openbox",
+        "xterm",
+        "mobidesk-displa",
+        "mobidesk-init",
+    ] {
+        assert!(
+            procs.iter().any(|n| n == p),
+            "{p} in the session: {procs:?}"
+        );
+    }
+
+    // The viewer, from the peer namespace, until its picture equals the
+    // screen (the desktop settles: windows map, openbox decorates them).
+    let out = TempDir::new();
+    let (png, stats) = (out.path().join("out.png"), out.path().join("stats.json"));
+    let fb = framebuffer_file(&s.held.session.layer());
+    let deadline = Instant::now() + DEADLINE;
+    let mut rounds = 0;
+    let (viewer, screen) = loop {
+        rounds += 1;
+        let st = Lan::run_in(&lan.peer, client.to_str().unwrap())
+            .args(["--headless", "--connect", &format!("{address}:{port}")])
+            .arg("--png")
+            .arg(&png)
+            .arg("--stats")
+            .arg(&stats)
+            .args(["--idle-ms", "300", "--timeout", "60"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "viewer: {st:?}; the session's stderr:\n{}",
+            s.stderr()
+        );
+        let viewer = read_png(&png);
+        let screen = read_xwd(&fb);
+        // Equal, and the desktop has been drawn (windows map a moment
+        // after their programs start).
+        if viewer == screen && drawn(&screen.2) {
+            break (viewer, screen);
+        }
+        if Instant::now() >= deadline {
+            let (w, _, a) = &viewer;
+            let at = a
+                .iter()
+                .zip(&screen.2)
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            let white = screen.2.iter().filter(|p| **p == 0x00ff_ffff).count();
+            panic!(
+                "the viewer's framebuffer never equalled a drawn screen ({rounds} rounds): \
+                 equal {}, sizes {:?} / {:?}, first difference at ({}, {}), {white} white \
+                 pixels, first pixel {:#08x}; processes {:?}; the session's stderr:\n{}",
+                viewer == screen,
+                (viewer.0, viewer.1),
+                (screen.0, screen.1),
+                at % *w as usize,
+                at / *w as usize,
+                screen.2[0],
+                session_processes(pid),
+                s.stderr()
+            );
+        }
+    };
+    let (w, h, px) = &viewer;
+    assert_eq!((*w, *h), (1024, 768));
+    assert_eq!(viewer, screen);
+    // Not an empty screen: the xterm (white, black text) and openbox's
+    // decoration are on it.
+    let mut colours: Vec<u32> = px.clone();
+    colours.sort_unstable();
+    colours.dedup();
+    assert!(colours.len() >= 3, "{} colours", colours.len());
+    let stats = std::fs::read_to_string(&stats).unwrap();
+    eprintln!(
+        "desktop up in {up:?}; pixel-exact after {rounds} viewer run(s); {} colours; viewer stats: {stats}",
+        colours.len()
+    );
+
+    // The session ends with its X server; everything is removed.
+    s.held.session.kill().unwrap();
+    net.detach(&s.attachment).unwrap();
+    assert_eq!(ipam.release_session(&id), Some(address));
+}
