@@ -272,8 +272,9 @@ impl ServerNetwork {
     fn plumb(&self, a: &Attachment, pid: &str) -> Result<(), NetworkError> {
         let gw = self.config.session_gateway;
         let link = a.link.as_str();
-        // Inside: no IPv6 chatter, the address, the gateway on-link.
-        self.sysctls(Some(pid), &[("net.ipv6.conf.all.disable_ipv6", "1")])?;
+        // Inside: no IPv6 chatter (best effort: a host may have no IPv6),
+        // the address, the gateway on-link.
+        self.quiet_ipv6(Some(pid), "all");
         run_batch(
             Command::new("nsenter").args(["-t", pid, "-n", "ip"]),
             &[
@@ -284,10 +285,7 @@ impl ServerNetwork {
             ],
         )?;
         // The server's end.
-        self.sysctls(
-            None,
-            &[(&format!("net.ipv6.conf.{link}.disable_ipv6"), "1")],
-        )?;
+        self.quiet_ipv6(None, link);
         run_batch(
             &mut self.ip_command(),
             &[
@@ -414,6 +412,15 @@ impl ServerNetwork {
                 c
             }
             None => Command::new(program),
+        }
+    }
+
+    /// Turns IPv6 off on `dev` (no router solicitations or DAD on the
+    /// veth); a failure (no IPv6 on this host) is only logged.
+    fn quiet_ipv6(&self, pid: Option<&str>, dev: &str) {
+        let key = format!("net.ipv6.conf.{dev}.disable_ipv6");
+        if let Err(e) = self.sysctls(pid, &[(&key, "1")]) {
+            tracing::debug!(error = %e, "IPv6 left as it is");
         }
     }
 

@@ -437,3 +437,71 @@ fn a_failed_attach_leaves_nothing_behind() {
     // The squatter's link is still there (not ours to remove).
     sh(Command::new("ip").args(["-n", &lan.server, "link", "show", &link]));
 }
+
+/// A child process killed (and reaped) on Drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_new_session_is_announced_by_gratuitous_arp() {
+    let fx = Fixture::new();
+    let lan = Lan::new();
+    // The peer takes unsolicited ARP (as the proxy box does, to learn a
+    // moved session at once).
+    sh(Lan::run_in(&lan.peer, "sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_accept=1"]));
+    let net = ServerNetwork::new(lan.config()).unwrap();
+    net.prepare().unwrap();
+    let mut ipam = net.config().ipam();
+    let server_mac = sh(Command::new("ip").args(["-n", &lan.server, "-o", "link", "show", "eth0"]));
+    let server_mac = server_mac
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_string();
+
+    // The peer's neighbour table, as events.
+    let mut monitor = KillOnDrop(
+        Command::new("ip")
+            .args(["-n", &lan.peer, "monitor", "neigh"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, events) = mpsc::channel();
+    let out = monitor.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // A session that sends nothing: only the announcement can teach the
+    // peer where its address is.
+    let spec = fx.spec(fx.profile(), &["cat"]);
+    let address = ipam.allocate(&spec.id).unwrap();
+    let mut s = start_attached(&fx, &net, &spec, address);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let want = format!("{address} dev eth0 lladdr {server_mac}");
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Ok(line) if line.starts_with(&want) => break,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no neighbour entry {want:?} on the peer ({e}); seen {seen:?}"),
+        }
+    }
+    assert_eq!(s.held.finish(), 0);
+    net.detach(&s.attachment).unwrap();
+}
