@@ -313,7 +313,12 @@ fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
     }
     listener.join().unwrap();
 
-    // Inbound: the peer reaches each session's address (proxy ARP).
+    // Inbound: the peer reaches each session's address (proxy ARP). The
+    // first session's packets cross its own link, never the other's.
+    let (a, b) = (&sessions[0].attachment, &sessions[1].attachment);
+    let filter = format!("host {}", a.address);
+    let on_a = Capture::start(&lan.server, &a.link, &filter);
+    let on_b = Capture::start(&lan.server, &b.link, &filter);
     for s in &sessions {
         let addr = s.attachment.address;
         let got = spawn_in(&lan.peer, move || {
@@ -338,6 +343,13 @@ fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
             .unwrap();
         assert!(server_mac.contains(mac), "{neigh} / {server_mac}");
     }
+    let (seen_a, seen_b) = (on_a.stop(), on_b.stop());
+    assert!(
+        seen_a > 10,
+        "{seen_a} packets of {} on its own link",
+        a.address
+    );
+    assert_eq!(seen_b, 0, "packets of {} on {}", a.address, b.link);
 
     // The server side as designed: the veth and the route into it.
     for s in &sessions {
@@ -436,6 +448,65 @@ fn a_failed_attach_leaves_nothing_behind() {
     assert!(err.contains("exists"), "{err}");
     // The squatter's link is still there (not ours to remove).
     sh(Command::new("ip").args(["-n", &lan.server, "link", "show", &link]));
+}
+
+/// `tcpdump` on a link of a namespace, counting the packets that match a
+/// filter. Killed on Drop.
+struct Capture {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Capture {
+    /// Starts and waits until tcpdump says it is listening.
+    fn start(ns: &str, link: &str, filter: &str) -> Capture {
+        let mut child = KillOnDrop(
+            Lan::run_in(ns, "tcpdump")
+                .args(["-n", "-i", link, "-w", "/dev/null", filter])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let err = child.0.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .expect("tcpdump listening before the deadline");
+            if line.contains("listening on") {
+                break;
+            }
+        }
+        Capture { child, lines }
+    }
+
+    /// Stops it (SIGINT) and returns how many packets it captured.
+    fn stop(mut self) -> u64 {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let _ = self.child.0.wait();
+        let mut all = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
+            if let Some(n) = line.strip_suffix(" packets captured") {
+                return n.trim().parse().unwrap();
+            }
+            if let Some(n) = line.strip_suffix(" packet captured") {
+                return n.trim().parse().unwrap();
+            }
+            all.push(line);
+        }
+        panic!("no packet count from tcpdump: {all:?}");
+    }
 }
 
 /// A child process killed (and reaped) on Drop.
