@@ -71,6 +71,12 @@ pub struct ProxyStats {
     /// VNICs made with `vnic.min_buffer`: the budget was short.
     #[serde(default)]
     pub vnics_reduced: u64,
+    /// Datagrams reassembled from sessions' fragments.
+    #[serde(default)]
+    pub datagrams_reassembled: u64,
+    /// ICMP destination-unreachable messages passed on to sessions.
+    #[serde(default)]
+    pub icmp_errors_to_session: u64,
     pub labels_in_use: usize,
     pub vnics_created: u64,
     pub vnics_reclaimed: u64,
@@ -105,6 +111,8 @@ impl ProxyStats {
             vnics: engine.vnics(),
             vnic_buffer_bytes: engine.vnic_buffer_bytes(),
             vnics_reduced: c.vnics_reduced,
+            datagrams_reassembled: c.reassembled,
+            icmp_errors_to_session: c.icmp_errors_to_session,
             labels_in_use: engine.labels_in_use(),
             vnics_created: c.vnics_created,
             vnics_reclaimed: c.vnics_reclaimed,

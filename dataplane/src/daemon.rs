@@ -506,6 +506,7 @@ impl ProxyBoxConfig {
                 max_outstanding: self.icmp.max_echoes,
                 timeout: Duration::from_secs(self.icmp.timeout_secs),
             },
+            reassembly: Default::default(),
         }
     }
 }

@@ -24,6 +24,41 @@ pub fn parse_oracle(data: &[u8]) {
     let mut plausible = data.to_vec();
     make_plausible(&mut plausible);
     check_parse(&plausible);
+    check_reassembly(data);
+}
+
+/// Reassembly never panics and stays within its bounds, and what it gives
+/// back is a whole, well-formed IPv4 packet. `data` is read as a sequence
+/// of packets, each a 2-byte length and that many bytes (made plausible),
+/// arriving 100 ms apart.
+fn check_reassembly(data: &[u8]) {
+    use crate::wire::reassembly::{Reassembler, ReassemblyConfig};
+    use smoltcp::time::{Duration, Instant};
+    let config = ReassemblyConfig {
+        max_datagrams: 4,
+        max_bytes: 8192,
+        timeout: Duration::from_millis(1000),
+    };
+    let mut r = Reassembler::new(config);
+    let (mut rest, mut now) = (data, 0i64);
+    while let [hi, lo, tail @ ..] = rest {
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])) % 2048;
+        let (chunk, tail) = tail.split_at(len.min(tail.len()));
+        rest = tail;
+        let mut packet = chunk.to_vec();
+        make_plausible(&mut packet);
+        if let Ok(Some(whole)) = r.push(Instant::from_millis(now), &packet) {
+            let Ok(view) = Ipv4Packet::new_checked(&whole[..]) else {
+                panic!("reassembled a malformed packet: {whole:02x?}");
+            };
+            assert!(!view.is_fragment());
+            assert!(view.verify_checksum());
+            assert_eq!(usize::from(view.total_len()), whole.len());
+        }
+        assert!(r.bytes() <= config.max_bytes && r.len() <= config.max_datagrams);
+        now += 100;
+        r.expire(Instant::from_millis(now));
+    }
 }
 
 fn check_parse(data: &[u8]) {

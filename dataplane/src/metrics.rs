@@ -92,7 +92,6 @@ pub const PROXY_DROP_REASONS: &[&str] = &[
     "udp_queue_full",
     "udp_queue_expired",
     "udp_send_failed",
-    "udp_port_unreachable",
     "udp_receive_error",
     "udp_socket_failed",
     "icmp_not_echo_request",
@@ -102,6 +101,12 @@ pub const PROXY_DROP_REASONS: &[&str] = &[
     "echo_send_failed",
     "reply_too_big",
     "reply_queue_full",
+    // Reassembly of fragmented UDP/ICMP datagrams from sessions.
+    "fragment_malformed",
+    "fragment_overlap",
+    "fragment_too_big",
+    "fragment_limit",
+    "fragment_timeout",
 ];
 
 /// Drop reasons of a session server's engine (see [`PROXY_DROP_REASONS`]).
@@ -238,6 +243,10 @@ fn proxy_table(s: &ProxyStats) -> Vec<Metric> {
             .value(s.vnic_buffer_bytes),
         counter("vnics_reduced", "VNICs made with vnic.min_buffer buffers because the memory budget was short")
             .value(s.vnics_reduced),
+        counter("datagrams_reassembled", "UDP and ICMP datagrams reassembled from a session's fragments")
+            .value(s.datagrams_reassembled),
+        counter("icmp_errors_to_session", "ICMP destination-unreachable messages passed on to sessions (their UDP flows' destinations)")
+            .value(s.icmp_errors_to_session),
         gauge("labels_in_use", "Connections of migrated sessions, found by their label")
             .value(s.labels_in_use),
         counter("rewrites", "Packets whose address was rewritten virtual <-> physical, either direction")
@@ -1018,6 +1027,13 @@ mod tests {
             .unwrap();
         let wire_reasons: BTreeSet<&str> = literals_after(reason_fn, "=> \"").into_iter().collect();
         assert!(wire_reasons.len() >= 14, "{wire_reasons:?}");
+        let reassembly = include_str!("wire/reassembly.rs")
+            .split_once("fn reason(")
+            .and_then(|(_, rest)| rest.split_once("\n    }\n"))
+            .map(|(body, _)| body)
+            .unwrap();
+        let fragment_reasons = literals_after(reassembly, "=> \"");
+        assert_eq!(fragment_reasons.len(), 4, "{fragment_reasons:?}");
         let proxy: BTreeSet<&str> = [
             include_str!("proxybox/mod.rs"),
             include_str!("proxybox/udp.rs"),
@@ -1027,6 +1043,7 @@ mod tests {
         .into_iter()
         .flat_map(counted_reasons)
         .chain(wire_reasons.iter().copied())
+        .chain(fragment_reasons)
         .collect();
         let server: BTreeSet<&str> = counted_reasons(include_str!("server/mod.rs"))
             .into_iter()

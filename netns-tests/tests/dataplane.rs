@@ -122,7 +122,11 @@ fn cross_subnet_moves_during_a_transfer(fast_path: bool) {
         .unwrap();
     let moved = dps.migrate(&lab, "s1", "b").unwrap();
     assert_ne!(moved.physical_addr, s1.virtual_addr);
-    let (at_session, at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    let (mut at_session, mut at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    // How much of that went after the move depends on when the move came
+    // (late, on a loaded machine): 4 MiB more each way certainly do.
+    transfer(&mut at_session, &mut at_web, 4 << 20, 44);
+    transfer(&mut at_web, &mut at_session, 4 << 20, 45);
 
     let proxy = dps.proxy.stats().unwrap();
     assert_eq!(proxy.labels_in_use, 1, "{proxy:?}");
@@ -140,12 +144,11 @@ fn cross_subnet_moves_during_a_transfer(fast_path: bool) {
         // more than the packets in flight during the move.
         let fast = b.fast_path.expect("the fast path is on");
         assert!(fast.out_packets > 0 && fast.in_packets > 0, "{b:?}");
-        // (How much is left after the move depends on when it happened.)
-        assert!(fast.out_bytes + fast.in_bytes > 1 << 20, "{b:?}");
+        assert!(fast.out_bytes > 4 << 20 && fast.in_bytes > 4 << 20, "{b:?}");
         assert!(b.counters.bytes < fast.out_bytes + fast.in_bytes, "{b:?}");
     } else {
         assert_eq!(b.fast_path, None);
-        assert!(b.counters.bytes > 1 << 20, "{b:?}");
+        assert!(b.counters.bytes > 8 << 20, "{b:?}");
     }
     assert_eq!(b.labelled_sessions, 1);
     assert_eq!(

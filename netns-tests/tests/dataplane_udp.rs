@@ -420,3 +420,97 @@ impl IcmpWatch {
         out
     }
 }
+
+/// Datagrams larger than the path's MTU: the session's kernel sends them in
+/// fragments, the proxy box reassembles them for its UDP socket, and the
+/// echo comes back fragmented by the kernels on the way. Before and after a
+/// cross-subnet move, by checksum.
+#[test]
+fn fragmented_datagrams_are_reassembled_and_relayed_both_ways() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dps = Dataplanes::start(&lab).unwrap();
+    let web = lab.host("web").unwrap();
+    let echo = UdpEcho::start(&web, "198.18.0.20:7702");
+    let flow = udp_client(&s1.netns(), echo.addr);
+    flow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut earlier = Vec::new();
+    // UDP: a datagram of 45 fragments is lost if one of them is (a full
+    // queue on a loaded machine), so, like any UDP client, try again. What
+    // comes back must be exactly what was sent, or an echo of an earlier
+    // datagram arriving late.
+    let mut round = |lens: &[usize], seed: u64| {
+        for (i, &len) in lens.iter().enumerate() {
+            let data = pattern(len, seed + i as u64);
+            let want = (len, checksum(&data));
+            let mut came_back = false;
+            for _attempt in 0..5 {
+                flow.send(&data).unwrap();
+                loop {
+                    match flow.recv(&mut buf) {
+                        Ok(n) if (n, checksum(&buf[..n])) == want => {
+                            came_back = true;
+                            break;
+                        }
+                        Ok(n) => assert!(
+                            earlier.contains(&(n, checksum(&buf[..n]))),
+                            "{n} bytes came back that were never sent"
+                        ),
+                        Err(_) => break,
+                    }
+                }
+                if came_back {
+                    break;
+                }
+            }
+            assert!(came_back, "{len} bytes did not come back in 5 tries");
+            earlier.push(want);
+        }
+    };
+    round(&[1473, 4000, 20_000, 65_507], 800);
+    let s = dps.proxy.stats().unwrap();
+    assert!(s.datagrams_reassembled >= 4, "{s:?}");
+    dps.migrate(&lab, "s1", "b").unwrap();
+    round(&[3000, 30_000], 810);
+    let after = dps.proxy.stats().unwrap();
+    assert!(
+        after.datagrams_reassembled >= s.datagrams_reassembled + 2,
+        "{after:?}"
+    );
+    for reason in [
+        "fragment",
+        "fragment_overlap",
+        "fragment_malformed",
+        "fragment_limit",
+    ] {
+        assert_eq!(after.dropped.get(reason), None, "{after:?}");
+    }
+}
+
+/// A datagram to a port nobody listens on: the outside host answers with
+/// ICMP port unreachable to the proxy box, which passes it on to the
+/// session, whose connected socket reports "connection refused" at once.
+#[test]
+fn port_unreachable_reaches_the_sessions_socket() {
+    require_root();
+    let lab = Lab::for_test().unwrap();
+    let s1 = lab.add_session("s1", "a").unwrap();
+    let dp = Dataplane::proxy(&lab).unwrap();
+    let closed: SocketAddr = "198.18.0.20:7703".parse().unwrap();
+    let flow = udp_client(&s1.netns(), closed);
+    flow.send(b"anyone?").unwrap();
+    let mut buf = [0u8; 64];
+    let err = flow
+        .recv(&mut buf)
+        .expect_err("nobody answers on that port");
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{err}: {:?}",
+        dp.stats().unwrap()
+    );
+    let s = dp.stats().unwrap();
+    assert_eq!(s.icmp_errors_to_session, 1, "{s:?}");
+}

@@ -12,10 +12,11 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use super::Shared;
-use crate::proxybox::{ProxyEngine, UdpFlowId};
+use crate::proxybox::{ProxyEngine, UdpFlowId, Unreachable};
 
 /// Datagrams read per wake-up before the other tasks get a turn.
 const READ_BATCH: usize = 64;
@@ -36,13 +37,30 @@ pub(super) async fn relay(
     };
     loop {
         tokio::select! {
-            ready = socket.readable() => {
-                if let Err(e) = ready {
-                    tracing::warn!(%remote, error = %e, "udp socket failed");
-                    engine.borrow_mut().udp_failed(id);
-                    return;
+            // Errors too: an ICMP error pending on the socket wakes it
+            // with EPOLLERR only (not readable).
+            ready = socket.ready(Interest::READABLE | Interest::ERROR) => {
+                let ready = match ready {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(%remote, error = %e, "udp socket failed");
+                        engine.borrow_mut().udp_failed(id);
+                        return;
+                    }
+                };
+                if ready.is_error() {
+                    // SO_ERROR takes the pending error (and clears it);
+                    // then the readiness, which only WouldBlock clears.
+                    if let Ok(Some(e)) = socket.take_error() {
+                        report(&engine, &shared, id, &e);
+                    }
+                    let _ = socket.try_io(Interest::ERROR, || {
+                        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                    });
                 }
-                read_replies(&socket, &engine, &shared, id);
+                if ready.is_readable() || ready.is_read_closed() {
+                    read_replies(&socket, &engine, &shared, id);
+                }
             }
             next = poll_fn(|cx| engine.borrow_mut().udp_poll_outgoing(id, cx)) => {
                 // None: the flow expired.
@@ -50,8 +68,35 @@ pub(super) async fn relay(
                 if let Err(e) = socket.send(&datagram).await {
                     tracing::debug!(%remote, error = %e, "udp send failed");
                     engine.borrow_mut().udp_send_failed(id);
+                    // A pending ICMP error is reported on send as well.
+                    report(&engine, &shared, id, &e);
                 }
             }
+        }
+    }
+}
+
+/// What the socket's error says about the destination, for the session.
+fn unreachable(e: &io::Error) -> Option<Unreachable> {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => Some(Unreachable::Port),
+        io::ErrorKind::HostUnreachable => Some(Unreachable::Host),
+        io::ErrorKind::NetworkUnreachable => Some(Unreachable::Net),
+        _ => None,
+    }
+}
+
+/// Passes an ICMP error the socket reported on to the session, or counts
+/// another error.
+fn report(engine: &RefCell<ProxyEngine>, shared: &Shared, id: UdpFlowId, e: &io::Error) {
+    match unreachable(e) {
+        Some(why) => {
+            engine.borrow_mut().udp_unreachable(shared.now(), id, why);
+            shared.kick.notify_one();
+        }
+        None => {
+            tracing::debug!(error = %e, "udp socket error");
+            engine.borrow_mut().udp_receive_failed(id);
         }
     }
 }
@@ -74,16 +119,9 @@ fn read_replies(socket: &UdpSocket, engine: &RefCell<ProxyEngine>, shared: &Shar
                 got = true;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            // ICMP port unreachable for an earlier datagram.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                engine.borrow_mut().udp_refused(id);
-            }
-            // Another error the kernel reported for the socket (host
-            // unreachable, say): reported once, read on.
-            Err(e) => {
-                tracing::debug!(error = %e, "udp receive failed");
-                engine.borrow_mut().udp_receive_failed(id);
-            }
+            // An ICMP error for an earlier datagram, reported once: passed
+            // on to the session; read on.
+            Err(e) => report(engine, shared, id, &e),
         }
     }
     if got {

@@ -245,6 +245,70 @@ pub(crate) fn emit_echo_reply(
     }
 }
 
+/// ICMP destination unreachable (RFC 792), and the codes the UDP relay
+/// passes on to sessions.
+pub(crate) const ICMP_DEST_UNREACHABLE: u8 = 3;
+
+/// Why a UDP flow's destination cannot be reached: an ICMP destination
+/// unreachable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    Net = 0,
+    Host = 1,
+    Port = 3,
+}
+
+/// The length of a destination-unreachable packet built by
+/// [`emit_udp_unreachable`]: IPv4, ICMP header, the quoted IPv4 and UDP
+/// headers.
+pub(crate) const UNREACHABLE_PACKET_LEN: usize =
+    IPV4_HEADER_LEN + L4_HEADER_LEN + IPV4_HEADER_LEN + L4_HEADER_LEN;
+
+/// Writes an ICMP destination unreachable from `remote`'s address to
+/// `session` into `buf` ([`UNREACHABLE_PACKET_LEN`] bytes), quoting the
+/// headers of a datagram `session` -> `remote` as the session sent it: its
+/// kernel finds the socket by them and reports the error there.
+pub(crate) fn emit_udp_unreachable(
+    buf: &mut [u8],
+    remote: SocketAddrV4,
+    session: SocketAddrV4,
+    why: Unreachable,
+    ident: u16,
+) {
+    let icmp_len = UNREACHABLE_PACKET_LEN - IPV4_HEADER_LEN;
+    emit_ipv4(
+        buf,
+        *remote.ip(),
+        *session.ip(),
+        protocol::ICMP,
+        ident,
+        icmp_len,
+    );
+    let Some(icmp) = buf.get_mut(IPV4_HEADER_LEN..UNREACHABLE_PACKET_LEN) else {
+        return;
+    };
+    icmp.fill(0);
+    icmp[0] = ICMP_DEST_UNREACHABLE;
+    icmp[1] = why as u8;
+    // The quoted datagram: IPv4 header session -> remote, UDP ports.
+    let quoted_len = IPV4_HEADER_LEN + L4_HEADER_LEN;
+    emit_ipv4(
+        &mut icmp[L4_HEADER_LEN..],
+        *session.ip(),
+        *remote.ip(),
+        protocol::UDP,
+        0,
+        L4_HEADER_LEN,
+    );
+    let udp = &mut icmp[L4_HEADER_LEN + IPV4_HEADER_LEN..];
+    udp[0..2].copy_from_slice(&session.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&remote.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&(L4_HEADER_LEN as u16).to_be_bytes());
+    debug_assert_eq!(icmp.len(), L4_HEADER_LEN + quoted_len);
+    let value = checksum::checksum(icmp);
+    icmp[2..4].copy_from_slice(&value.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +317,34 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn port_unreachable_quotes_the_sessions_datagram() {
+        let mut buf = vec![0; UNREACHABLE_PACKET_LEN];
+        let (web, session) = (addr("198.18.0.20:53"), addr("10.1.0.100:40000"));
+        emit_udp_unreachable(&mut buf, web, session, Unreachable::Port, 9);
+        let info = parse_ipv4(&buf).unwrap();
+        assert_eq!((info.src_addr, info.dst_addr), (*web.ip(), *session.ip()));
+        let sliced = SlicedPacket::from_ip(&buf).unwrap();
+        let Some(TransportSlice::Icmpv4(icmp)) = sliced.transport else {
+            panic!("not ICMP");
+        };
+        assert!(matches!(
+            icmp.icmp_type(),
+            Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+        ));
+        // The quoted datagram, as the session sent it.
+        let quoted = SlicedPacket::from_ip(icmp.payload()).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = quoted.net else {
+            panic!("no quoted IPv4 header");
+        };
+        assert_eq!(ip.header().source_addr(), *session.ip());
+        assert_eq!(ip.header().destination_addr(), *web.ip());
+        let Some(TransportSlice::Udp(udp)) = quoted.transport else {
+            panic!("no quoted UDP header");
+        };
+        assert_eq!((udp.source_port(), udp.destination_port()), (40000, 53));
     }
 
     #[test]

@@ -29,13 +29,14 @@ use smoltcp::time::Instant;
 use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
 use crate::vnic::{Egress, FourTuple, Outbox, Vnic, VnicConfig};
 use crate::wire::label::strip_label;
+use crate::wire::reassembly::{Reassembler, ReassemblyConfig};
 use crate::wire::{parse_ipv4, parse_ipv4_partial, Label, PacketInfo, TcpFlags, Transport};
 
 mod datagram;
 pub mod icmp;
 pub mod udp;
 
-pub use datagram::{MAX_QUEUED_REPLIES, MAX_QUEUED_REPLY_BYTES};
+pub use datagram::{Unreachable, MAX_QUEUED_REPLIES, MAX_QUEUED_REPLY_BYTES};
 pub use icmp::{EchoConfig, EchoRequest};
 pub use udp::{UdpConfig, UdpFlowId};
 
@@ -75,6 +76,8 @@ pub struct ProxyConfig {
     pub max_handshakes_per_session: usize,
     pub udp: UdpConfig,
     pub echo: EchoConfig,
+    /// Reassembly of fragmented UDP and ICMP datagrams from sessions.
+    pub reassembly: ReassemblyConfig,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +88,7 @@ impl Default for ProxyConfig {
             max_handshakes_per_session: 256,
             udp: UdpConfig::default(),
             echo: EchoConfig::default(),
+            reassembly: ReassemblyConfig::default(),
         }
     }
 }
@@ -121,6 +125,11 @@ pub struct Counters {
     pub idle_polls: u64,
     /// VNICs made with `min_buffer` buffers: the memory budget was short.
     pub vnics_reduced: u64,
+    /// Datagrams reassembled from a session's fragments.
+    pub reassembled: u64,
+    /// ICMP destination-unreachable messages built for sessions (their
+    /// UDP flows' destinations could not be reached).
+    pub icmp_errors_to_session: u64,
     /// UDP flows opened, and closed after their idle timeout.
     pub udp_flows_created: u64,
     pub udp_flows_expired: u64,
@@ -209,6 +218,8 @@ pub struct ProxyEngine {
     offload: bool,
     /// Socket buffer bytes of every live VNIC (see `VnicConfig::memory_budget`).
     buffer_bytes: usize,
+    /// Fragmented UDP and ICMP datagrams from sessions, being reassembled.
+    reassembly: Reassembler,
 }
 
 impl ProxyEngine {
@@ -217,6 +228,7 @@ impl ProxyEngine {
             udp: udp::UdpRelay::new(config.udp.clone()),
             echo: icmp::EchoRelay::new(config.echo.clone()),
             replies: datagram::ReplyQueue::default(),
+            reassembly: Reassembler::new(config.reassembly),
             config,
             slots: Vec::new(),
             free: Vec::new(),
@@ -333,6 +345,23 @@ impl ProxyEngine {
     }
 
     fn ingest_with(&mut self, now: Instant, packet: &mut [u8], partial: bool) {
+        // A fragment of a datagram the relays take whole (UDP, ICMP): held
+        // until the datagram is complete. TCP is never fragmented by a
+        // session (the VNIC's MSS fits the path) and is refused below.
+        if let Ok(view) = crate::wire::Ipv4Packet::new_checked(&*packet) {
+            if view.is_fragment() && view.protocol() != crate::wire::protocol::TCP {
+                self.counters.packets_in += 1;
+                self.counters.bytes_in += packet.len() as u64;
+                return match self.reassembly.push(now, packet) {
+                    Ok(Some(mut whole)) => {
+                        self.counters.reassembled += 1;
+                        self.handle_reassembled(now, &mut whole);
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.counters.drop(e.reason()),
+                };
+            }
+        }
         self.counters.packets_in += 1;
         self.counters.bytes_in += packet.len() as u64;
         let parsed = if partial {
@@ -366,6 +395,20 @@ impl ProxyEngine {
                 self.handle_labelled(now, packet, &info, (label, dst_port), partial)
             }
             offer => self.handle_unlabelled(now, packet, tuple, (flags, offer), partial),
+        }
+    }
+
+    /// A datagram whose fragments all arrived: handled like an
+    /// unfragmented one (it is not counted again).
+    fn handle_reassembled(&mut self, now: Instant, packet: &mut [u8]) {
+        let info = match parse_ipv4(packet) {
+            Ok(info) => info,
+            Err(e) => return self.counters.drop(e.reason()),
+        };
+        match info.transport {
+            Transport::Udp { .. } => self.handle_udp(now, packet, &info),
+            Transport::Icmp { .. } => self.handle_icmp(now, packet, &info),
+            Transport::Tcp { .. } => self.counters.drop("fragment"),
         }
     }
 
@@ -765,6 +808,9 @@ impl ProxyEngine {
     /// Runs every VNIC whose timer is due, closes idle UDP flows and
     /// forgets unanswered echoes.
     pub fn poll_timers(&mut self, now: Instant) {
+        for _ in 0..self.reassembly.expire(now) {
+            self.counters.drop("fragment_timeout");
+        }
         self.udp.expire(now, &mut self.counters);
         self.echo.expire(now, &mut self.counters);
         while let Some(&(at, id)) = self.timers.first() {
@@ -785,6 +831,7 @@ impl ProxyEngine {
             self.timers.first().map(|(at, _)| *at),
             self.udp.next_deadline(),
             self.echo.next_deadline(),
+            self.reassembly.next_deadline(),
         ]
         .into_iter()
         .flatten()

@@ -29,7 +29,10 @@ use std::task::{Context, Poll, Waker};
 
 use smoltcp::time::{Duration, Instant};
 
-use super::datagram::{emit_udp, relayable, udp_packet_len, MAX_PAYLOAD};
+use super::datagram::{
+    emit_udp, emit_udp_unreachable, relayable, udp_packet_len, Unreachable, MAX_PAYLOAD,
+    UNREACHABLE_PACKET_LEN,
+};
 use super::{Counters, Event, ProxyEngine};
 use crate::wire::PacketInfo;
 
@@ -350,13 +353,26 @@ impl ProxyEngine {
         self.counters.drop("udp_send_failed");
     }
 
-    /// The destination answered a datagram of flow `id` with ICMP port
-    /// unreachable (the connected socket reported it).
-    pub fn udp_refused(&mut self, _id: UdpFlowId) {
-        self.counters.drop("udp_port_unreachable");
+    /// Flow `id`'s destination cannot be reached (the connected socket
+    /// reported the ICMP error the kernel got for an earlier datagram):
+    /// the session gets the same error, from the destination's address, so
+    /// its socket reports it too (a DNS client tries its next server at
+    /// once instead of timing out).
+    pub fn udp_unreachable(&mut self, now: Instant, id: UdpFlowId, why: Unreachable) {
+        let Some(flow) = self.udp.flows.get_mut(&id) else {
+            return self.counters.drop("udp_no_flow");
+        };
+        flow.last_active = now;
+        let (session, remote, at) = (flow.flow.session, flow.flow.remote, flow.at);
+        let queued = self.queue_reply(*session.ip(), at, UNREACHABLE_PACKET_LEN, |buf, ident| {
+            emit_udp_unreachable(buf, remote, session, why, ident)
+        });
+        if queued {
+            self.counters.icmp_errors_to_session += 1;
+        }
     }
 
-    /// Flow `id`'s socket reported another error (host unreachable, say).
+    /// Flow `id`'s socket reported another error.
     pub fn udp_receive_failed(&mut self, _id: UdpFlowId) {
         self.counters.drop("udp_receive_error");
     }

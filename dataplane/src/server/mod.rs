@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
 use crate::vnic::{FourTuple, Outbox};
 use crate::wire::label::{insert_label, strip_label, LABEL_OPTION_SPACE};
-use crate::wire::{parse_ipv4, parse_ipv4_partial, Label, TcpFlags, Transport, WireError};
+use crate::wire::{
+    parse_ipv4, parse_ipv4_partial, protocol, Ipv4Packet, Label, TcpFlags, Transport, WireError,
+};
 
 fn rewrite(
     packet: &mut [u8],
@@ -248,6 +250,20 @@ impl ServerEngine {
             self.counters.drop("truncated");
             return None;
         };
+        // A fragment of a UDP or ICMP datagram of a migrated session: its
+        // address rewritten, nothing else (only the first fragment has the
+        // transport header; datagrams carry no labels).
+        if let Ok(view) = Ipv4Packet::new_checked(packet) {
+            if view.is_fragment() && view.protocol() != protocol::TCP {
+                return match self.forward_fragment(&mut buf[start..], side) {
+                    Ok(()) => Some(start),
+                    Err(reason) => {
+                        self.counters.drop(reason);
+                        None
+                    }
+                };
+            }
+        }
         let parsed = if partial {
             parse_ipv4_partial(packet)
         } else {
@@ -271,6 +287,36 @@ impl ServerEngine {
                 None
             }
         }
+    }
+
+    fn forward_fragment(&mut self, packet: &mut [u8], side: Side) -> Result<(), &'static str> {
+        let view = Ipv4Packet::new_checked(&*packet).map_err(|e| e.reason())?;
+        if !view.verify_checksum() {
+            return Err("bad_header_checksum");
+        }
+        // Fragments with options (a label, say) are not ours to pass.
+        if view.header_len() != 20 {
+            return Err("fragment");
+        }
+        let (endpoint, to) = match side {
+            Side::Session => {
+                let virtual_addr = view.src_addr();
+                match self.placed.get(&virtual_addr) {
+                    Some(p) if p.physical != virtual_addr => (Endpoint::Source, p.physical),
+                    _ => return Ok(()),
+                }
+            }
+            Side::Uplink => {
+                let dst = view.dst_addr();
+                match self.by_physical.get(&dst) {
+                    Some(&v) if v != dst => (Endpoint::Destination, v),
+                    _ => return Ok(()),
+                }
+            }
+        };
+        rewrite_address(packet, endpoint, to).map_err(|_| "rewrite_failed")?;
+        self.counters.rewrites += 1;
+        Ok(())
     }
 
     fn handle_from_session(

@@ -19,6 +19,7 @@ pub mod checksum;
 mod classify;
 pub mod ipv4;
 pub mod label;
+pub mod reassembly;
 pub mod vnet;
 
 pub use classify::{parse_ipv4, parse_ipv4_partial, PacketInfo, TcpFlags, Transport};
