@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use mobidesk_sessiond::desktop::{desktop_spec, framebuffer_file, wait_listening, DesktopProfile};
+use mobidesk_sessiond::ipam::Ipam;
 use mobidesk_sessiond::network::{etc_hosts, ServerNetwork};
 
 use crate::network::{start_attached, Lan};
@@ -93,21 +94,43 @@ fn read_png(path: &Path) -> (u32, u32, Vec<u32>) {
     (info.width, info.height, px)
 }
 
-/// The command names of every process in the session's pid namespace.
-fn session_processes(init_pid: u32) -> Vec<String> {
+/// (host pid, command name) of every process in the pid namespace of the
+/// session whose PID 1 is `init_pid` (none once it has ended).
+fn session_members(init_pid: u32) -> Vec<(nix::unistd::Pid, String)> {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
-    let want = ns(&init_pid.to_string()).unwrap();
-    let mut names = Vec::new();
+    let Some(want) = ns(&init_pid.to_string()) else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let pid = e.file_name().to_string_lossy().into_owned();
-        if pid.bytes().all(|b| b.is_ascii_digit()) && ns(&pid).as_ref() == Some(&want) {
+        let Ok(n) = pid.parse::<i32>() else { continue };
+        if ns(&pid).as_ref() == Some(&want) {
             if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                names.push(c.trim().to_string());
+                v.push((nix::unistd::Pid::from_raw(n), c.trim().to_string()));
             }
         }
     }
+    v
+}
+
+/// The command names of every process of the session, sorted.
+fn session_processes(init_pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = session_members(init_pid)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
     names.sort();
     names
+}
+
+/// The host pids of the session's processes named `name`.
+fn session_pids(init_pid: u32, name: &str) -> Vec<nix::unistd::Pid> {
+    session_members(init_pid)
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// The xterm (white, 484x316 by default) and some other colour are on the
@@ -119,13 +142,18 @@ fn drawn(px: &[u32]) -> bool {
 
 #[test]
 fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet() {
-    let (display_server, client) = binaries().clone();
-    let fx = Fixture::new();
     let lan = Lan::new();
     let net = ServerNetwork::new(lan.config()).unwrap();
     net.prepare().unwrap();
     let mut ipam = net.config().ipam();
+    // With the user namespace and without.
+    for fx in Fixture::both() {
+        desktop_seen_pixel_exact(&fx, &lan, &net, &mut ipam);
+    }
+}
 
+fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: &mut Ipam) {
+    let (display_server, client) = binaries().clone();
     let desktop = DesktopProfile {
         display_server,
         ..DesktopProfile::default()
@@ -140,7 +168,7 @@ fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet(
     std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
     let spec = desktop_spec(&id, &profile, None, Some(address), Some(hosts)).unwrap();
     let started = Instant::now();
-    let mut s = start_attached(&fx, &net, &spec, address);
+    let mut s = start_attached(fx, net, &spec, address);
     assert_eq!(s.held.line(), "mobidesk-desktop: started");
     let pid = s.held.session.init_pid().unwrap();
     if let Err(e) = wait_listening(&id, pid, port, DEADLINE) {
@@ -226,12 +254,21 @@ fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet(
     assert!(colours.len() >= 3, "{} colours", colours.len());
     let stats = std::fs::read_to_string(&stats).unwrap();
     eprintln!(
-        "desktop up in {up:?}; pixel-exact after {rounds} viewer run(s); {} colours; viewer stats: {stats}",
+        "userns {}: desktop up in {up:?}; pixel-exact after {rounds} viewer run(s); {} colours; viewer stats: {stats}",
+        fx.userns,
         colours.len()
     );
 
-    // The session ends with its X server; everything is removed.
-    s.held.session.kill().unwrap();
+    // The session lives as long as its X server.
+    let xvfb = session_pids(pid, "Xvfb");
+    assert_eq!(xvfb.len(), 1, "{xvfb:?}");
+    nix::sys::signal::kill(xvfb[0], nix::sys::signal::Signal::SIGTERM).unwrap();
+    let code = s.held.finish();
+    eprintln!("the session ended with status {code} after its Xvfb was stopped");
+    assert!(
+        session_processes(pid).is_empty(),
+        "nothing left of the session"
+    );
     net.detach(&s.attachment).unwrap();
     assert_eq!(ipam.release_session(&id), Some(address));
 }
