@@ -197,15 +197,9 @@ impl Encoder {
         self.model = Image::new(self.model.width(), self.model.height());
     }
 
-    /// COPY commands for areas of `rect` (and of the `moves` hints) that the
-    /// client already has elsewhere. `screen` is the whole screen, of the
-    /// encoder's size.
-    pub fn copies(
-        &mut self,
-        screen: &PixelView<'_>,
-        rect: Rect,
-        moves: &[Move],
-    ) -> Vec<Command<'static>> {
+    /// COPY commands for the `moves` hints that the screen shows (each
+    /// verified pixel by pixel against the client's image).
+    pub fn moves(&mut self, screen: &PixelView<'_>, moves: &[Move]) -> Vec<Command<'static>> {
         let mut out = Vec::new();
         if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
             return out;
@@ -215,6 +209,22 @@ impl Encoder {
                 self.model.copy(&c);
                 out.push(Command::Copy(c));
             }
+        }
+        out
+    }
+
+    /// COPY commands for areas of `rect` (and of the `moves` hints) that the
+    /// client already has elsewhere. `screen` is the whole screen, of the
+    /// encoder's size.
+    pub fn copies(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        moves: &[Move],
+    ) -> Vec<Command<'static>> {
+        let mut out = self.moves(screen, moves);
+        if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
+            return out;
         }
         // A second pass finds a second scroll (e.g. two panes).
         for _ in 0..2 {

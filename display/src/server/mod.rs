@@ -8,8 +8,8 @@
 //!   on two threads of its own.
 //! - [`net`]: the viewer side — TCP (TLS comes later), the hellos, the full
 //!   state on connect, then server push. Each viewer has its own damage
-//!   [`Region`](crate::encode::Region) (with the window moves seen since it
-//!   was last emptied, as COPY hints), its own
+//!   [`Region`](crate::encode::Region) (with recent window moves as COPY
+//!   hints), its own
 //!   [`Encoder`](crate::encode::Encoder) (an image of what it has) and its
 //!   own SRSF [`Scheduler`](crate::schedule::Scheduler) of at most
 //!   `queue_bytes` (plus one update): damage is encoded, smallest area
@@ -172,8 +172,8 @@ pub(crate) struct Hub {
     pub(crate) input: std::sync::mpsc::Sender<Inject>,
 }
 
-/// Damage not yet encoded for one viewer, and the window moves seen with
-/// it (COPY hints; at most [`MAX_MOVES`], the oldest forgotten first).
+/// Damage not yet encoded for one viewer, and the window moves that came
+/// with it (COPY hints; at most [`MAX_MOVES`], the oldest forgotten first).
 #[derive(Debug)]
 pub(crate) struct Pending {
     pub(crate) region: Region,

@@ -585,34 +585,50 @@ async fn handle_ctrl(
     Ok(false)
 }
 
-/// Encodes pending damage into the queue while it has room: the smallest
-/// damaged rectangle first; COPY over the whole rectangle, then at most one
-/// band of [`TILE`] rows painted per update, the rest back into the region.
+/// Encodes pending damage into the queue while it has room: first the
+/// window moves that came with it (each verified once, before any of the
+/// damage is painted: painting first would spoil the COPY), then the
+/// smallest damaged rectangle first: COPY for scrolls in the whole
+/// rectangle, then one update per band of [`TILE`] rows; when the queue
+/// fills up, the rows not encoded go back into the region.
 fn refill(hub: &Hub, shared: &ClientShared, encoder: &mut Encoder, queue: &mut Scheduler) {
+    let moves = std::mem::take(&mut lock(&shared.dirty).moves);
+    if !moves.is_empty() {
+        let copies = hub
+            .pixels
+            .with_view(|view| encoder.moves(view, &moves))
+            .unwrap_or_default();
+        if !copies.is_empty() {
+            queue.push_update(copies);
+        }
+    }
     while queue.has_room() {
-        let (rect, moves) = {
+        let rect = {
             let mut dirty = lock(&shared.dirty);
             let Some(rect) = dirty.region.take_smallest() else {
-                dirty.moves.clear();
                 return;
             };
-            (rect, dirty.moves.clone())
+            rect
         };
-        let band = Rect::new(rect.x, rect.y, rect.w, rect.h.min(TILE));
-        let commands = hub
-            .pixels
-            .with_view(|view| {
-                let mut commands = encoder.copies(view, rect, &moves);
+        let bottom = rect.y + rect.h;
+        let rest = hub.pixels.with_view(|view| {
+            let mut commands = encoder.copies(view, rect, &[]);
+            let mut y = rect.y;
+            while y < bottom {
+                if !queue.has_room() {
+                    return Some(Rect::new(rect.x, y, rect.w, bottom - y));
+                }
+                let band = Rect::new(rect.x, y, rect.w, TILE.min(bottom - y));
                 commands.extend(encoder.paint(view, band));
-                commands
-            })
-            .unwrap_or_default();
-        if rect.h > band.h {
-            let rest = Rect::new(rect.x, rect.y + band.h, rect.w, rect.h - band.h);
+                if !commands.is_empty() {
+                    queue.push_update(std::mem::take(&mut commands));
+                }
+                y += band.h;
+            }
+            None
+        });
+        if let Some(Some(rest)) = rest {
             lock(&shared.dirty).region.add(rest);
-        }
-        if !commands.is_empty() {
-            queue.push_update(commands);
         }
     }
 }

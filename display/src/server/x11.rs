@@ -32,6 +32,9 @@ pub(crate) struct XSession {
     /// Outer geometry (border included) of the root's children, to turn
     /// their moves into COPY hints.
     windows: Mutex<HashMap<Window, xproto::Rectangle>>,
+    /// Moves seen but not yet sent with damage (a ConfigureNotify can come
+    /// before the damage of the moved pixels); at most 16.
+    moves: Mutex<Vec<Move>>,
 }
 
 impl XSession {
@@ -135,6 +138,7 @@ impl XSession {
             damage,
             parts,
             windows: Mutex::new(windows),
+            moves: Mutex::new(Vec::new()),
         })
     }
 
@@ -241,43 +245,14 @@ impl XSession {
     }
 
     fn wait_and_handle(&self, hub: &Hub) -> Result<(), ServerError> {
-        let mut event = Some(self.conn.wait_for_event().map_err(ServerError::x11)?);
-        let (mut damaged, mut cursor) = (false, false);
-        let mut moves = Vec::new();
-        while let Some(ev) = event {
-            match ev {
-                Event::DamageNotify(_) => damaged = true,
-                Event::XfixesCursorNotify(_) => cursor = true,
-                Event::CreateNotify(e) if e.parent == self.root => {
-                    let g = outer(e.x, e.y, e.width, e.height, e.border_width);
-                    lock(&self.windows).insert(e.window, g);
-                }
-                Event::ConfigureNotify(e) if e.event == self.root => {
-                    let g = outer(e.x, e.y, e.width, e.height, e.border_width);
-                    let old = lock(&self.windows).insert(e.window, g);
-                    if let Some(old) = old {
-                        moves.extend(window_move(old, g, self.width, self.height));
-                    }
-                }
-                Event::ReparentNotify(e) if e.event == self.root => {
-                    if e.parent == self.root {
-                        if let Ok(Ok(g)) = self.conn.get_geometry(e.window).map(|c| c.reply()) {
-                            let g = outer(g.x, g.y, g.width, g.height, g.border_width);
-                            lock(&self.windows).insert(e.window, g);
-                        }
-                    } else {
-                        lock(&self.windows).remove(&e.window);
-                    }
-                }
-                Event::DestroyNotify(e) => {
-                    lock(&self.windows).remove(&e.window);
-                }
-                Event::Error(e) => warn!(error = ?e, "x11 error"),
-                other => debug!(event = ?other, "ignored x11 event"),
-            }
-            event = self.conn.poll_for_event().map_err(ServerError::x11)?;
-        }
-        if damaged {
+        let first = self.conn.wait_for_event().map_err(ServerError::x11)?;
+        let mut seen = Seen {
+            moves: std::mem::take(&mut *lock(&self.moves)),
+            ..Seen::default()
+        };
+        self.handle_event(first, &mut seen);
+        self.drain_events(&mut seen)?;
+        while std::mem::take(&mut seen.damaged) {
             // Move the damage into `parts` and read it back: the round trip
             // orders every drawing reported here before our pixel reads, and
             // anything drawn later raises a new DamageNotify.
@@ -290,24 +265,83 @@ impl XSession {
                 .map_err(ServerError::x11)?
                 .reply()
                 .map_err(ServerError::x11)?;
+            // Events the X server sent before the reply: a window move's
+            // ConfigureNotify can trail the damage of its pixels, and its
+            // hint must travel with that damage.
+            self.drain_events(&mut seen)?;
             let rects: Vec<Rect> = reply
                 .rectangles
                 .iter()
                 .filter_map(|r| clip_rect(r, self.width, self.height))
                 .collect();
             self.refresh_shadow(&hub.pixels, &rects)?;
-            hub.damage(&rects, &moves);
+            hub.damage(&rects, &std::mem::take(&mut seen.moves));
         }
-        if cursor {
+        if !seen.moves.is_empty() {
+            // No damage yet: keep them for the damage to come.
+            let keep = seen.moves.len().saturating_sub(16);
+            *lock(&self.moves) = seen.moves.split_off(keep);
+        }
+        if seen.cursor {
             hub.set_cursor(self.cursor()?);
         }
         Ok(())
+    }
+
+    /// Handles every event already received.
+    fn drain_events(&self, seen: &mut Seen) -> Result<(), ServerError> {
+        while let Some(ev) = self.conn.poll_for_event().map_err(ServerError::x11)? {
+            self.handle_event(ev, seen);
+        }
+        Ok(())
+    }
+
+    fn handle_event(&self, ev: Event, seen: &mut Seen) {
+        match ev {
+            Event::DamageNotify(_) => seen.damaged = true,
+            Event::XfixesCursorNotify(_) => seen.cursor = true,
+            Event::CreateNotify(e) if e.parent == self.root => {
+                let g = outer(e.x, e.y, e.width, e.height, e.border_width);
+                lock(&self.windows).insert(e.window, g);
+            }
+            Event::ConfigureNotify(e) if e.event == self.root => {
+                let g = outer(e.x, e.y, e.width, e.height, e.border_width);
+                let old = lock(&self.windows).insert(e.window, g);
+                if let Some(old) = old {
+                    seen.moves
+                        .extend(window_move(old, g, self.width, self.height));
+                }
+            }
+            Event::ReparentNotify(e) if e.event == self.root => {
+                if e.parent == self.root {
+                    if let Ok(Ok(g)) = self.conn.get_geometry(e.window).map(|c| c.reply()) {
+                        let g = outer(g.x, g.y, g.width, g.height, g.border_width);
+                        lock(&self.windows).insert(e.window, g);
+                    }
+                } else {
+                    lock(&self.windows).remove(&e.window);
+                }
+            }
+            Event::DestroyNotify(e) => {
+                lock(&self.windows).remove(&e.window);
+            }
+            Event::Error(e) => warn!(error = ?e, "x11 error"),
+            other => debug!(event = ?other, "ignored x11 event"),
+        }
     }
 
     /// A handle for the input thread.
     pub(crate) fn injector(&self) -> Result<Injector, ServerError> {
         Injector::new(self.conn.clone(), self.root)
     }
+}
+
+/// What a batch of X events asked for.
+#[derive(Debug, Default)]
+struct Seen {
+    damaged: bool,
+    cursor: bool,
+    moves: Vec<Move>,
 }
 
 /// A window's outer rectangle (its border included).

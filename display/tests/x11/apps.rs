@@ -11,7 +11,7 @@
 use std::process::{Child, Command, Stdio};
 
 use mobidesk_client::Stats;
-use mobidesk_display::protocol::Rect;
+use mobidesk_display::protocol::{Rect, WheelRepr};
 
 use super::*;
 
@@ -180,31 +180,88 @@ fn typing_in_xterm_is_bitmap_and_sfill_and_pixel_exact() {
     assert_eq!(after.input.unanswered, 0);
 }
 
+/// Scrolling in xterm: a long output (`seq 1 2000`, xterm's jump scroll
+/// moves by more than a screen between two frames: repainted as text), then
+/// the user scrolling back through it with the wheel and output arriving
+/// line by line: COPY. Pixel-exact after each.
 #[test]
 fn scrolling_in_xterm_is_copy_and_pixel_exact() {
-    for (jump, lines) in [(true, 2000), (false, 300)] {
-        let xvfb = Xvfb::start();
-        // `+j`: no jump scrolling, xterm scrolls line by line (many small
-        // scrolls, merged by the server for a viewer that cannot take them
-        // all at once).
-        let (_xterm, painter, mut viewer) = xterm_session(&xvfb, &[if jump { "-j" } else { "+j" }]);
-        let before = viewer.viewer().stats().clone();
-        let command = format!("seq 1 {lines}\n");
+    let xvfb = Xvfb::start();
+    let (_xterm, painter, mut viewer) = xterm_session(&xvfb, &["-sl", "5000"]);
+    let settle = Duration::from_millis(100);
+
+    let before = viewer.viewer().stats().clone();
+    viewer
+        .type_text("seq 1 2000\n", settle, Duration::from_secs(5))
+        .unwrap();
+    assert_converges(&mut viewer, &painter);
+    let (rows, bytes) = delta(&before, viewer.viewer().stats());
+    eprintln!("seq 1 2000 (jump scroll): {bytes} bytes, {rows:?}");
+    assert!(of(&rows, "Raw").1 < 10_000, "{rows:?}");
+    assert!(bytes < 100_000, "{bytes} bytes");
+
+    // Wheel up over the text, one notch at a time (xterm scrolls back by
+    // some lines per notch).
+    let before = viewer.viewer().stats().clone();
+    viewer
+        .send(&Message::Pointer(PointerRepr {
+            x: 200,
+            y: 150,
+            buttons: Buttons(0),
+        }))
+        .unwrap();
+    for _ in 0..10 {
         viewer
-            .type_text(&command, Duration::from_millis(100), Duration::from_secs(5))
+            .send(&Message::Wheel(WheelRepr { dx: 0, dy: -120 }))
             .unwrap();
-        assert_converges(&mut viewer, &painter);
-        let after = viewer.viewer().stats().clone();
-        let (rows, bytes) = delta(&before, &after);
-        eprintln!("scrolling {lines} lines (jump scroll {jump}): {bytes} bytes, {rows:?}");
-        let (copies, _) = of(&rows, "Copy");
-        let (_, raw_bytes) = of(&rows, "Raw");
-        assert!(copies >= 3, "{rows:?}");
-        assert!(raw_bytes < 10_000, "{raw_bytes} bytes of RAW");
-        // One screen of text as BITMAPs is ~5 kB; repainting every scrolled
-        // line would be far more.
-        assert!(bytes < 100_000, "{bytes} bytes");
+        viewer.run_until_idle(settle, MAX).unwrap();
     }
+    assert_converges(&mut viewer, &painter);
+    let (rows, bytes) = delta(&before, viewer.viewer().stats());
+    eprintln!("10 wheel notches back: {bytes} bytes, {rows:?}");
+    let (copies, _) = of(&rows, "Copy");
+    assert!(copies >= 8, "{rows:?}");
+    assert_eq!(of(&rows, "Raw").0, 0, "{rows:?}");
+
+    // Back to the bottom, then output paced by the program, line by line
+    // (the delta includes typing the command and `clear`).
+    let before = viewer.viewer().stats().clone();
+    viewer
+        .type_text(
+            "clear; for i in $(seq 1 40); do echo line $i; sleep 0.05; done\n",
+            settle,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let deadline = Instant::now() + MAX;
+    while !painter_shows_prompt_after_loop(&painter) {
+        assert!(Instant::now() < deadline, "the loop did not finish");
+        viewer.poll(Duration::from_millis(20)).unwrap();
+    }
+    assert_converges(&mut viewer, &painter);
+    let (rows, bytes) = delta(&before, viewer.viewer().stats());
+    eprintln!("40 lines, one per 50 ms: {bytes} bytes, {rows:?}");
+    let (copies, _) = of(&rows, "Copy");
+    assert!(copies >= 10, "{rows:?}");
+    assert_eq!(of(&rows, "Raw").0, 0, "{rows:?}");
+}
+
+/// Whether the xterm's last text line (24 lines of 13 rows from y = 3) is
+/// the prompt `$ ` again: the paced loop is over. The prompt's `$` is the
+/// only glyph at the left of a line whose second cell is empty.
+fn painter_shows_prompt_after_loop(painter: &Painter) -> bool {
+    let screen = painter.screen();
+    // Find the lowest line with ink in its first cell.
+    let ink = |line: usize, x0: usize, x1: usize| {
+        (3 + line * 13..3 + line * 13 + 13)
+            .any(|y| (x0..x1).any(|x| screen[y * 640 + x] != 0x00ff_ffff))
+    };
+    let Some(last) = (0..24).rev().find(|&l| ink(l, 3, 9)) else {
+        return false;
+    };
+    // `$ ` then the cursor block: ink in cell 0, none in cell 1, cursor in
+    // cell 2; and the line above it ends the loop's output (`line 40`).
+    last > 0 && !ink(last, 9, 15) && ink(last, 15, 21) && ink(last - 1, 3, 9)
 }
 
 #[test]
