@@ -36,8 +36,8 @@ pub fn reaper_main(command: &[String]) -> i32 {
     for s in FORWARDED {
         mask.add(*s);
     }
-    // Blocked before the command starts, so no SIGCHLD is lost; std resets
-    // the mask in the child.
+    // Blocked before the command starts, so no SIGCHLD is lost; the
+    // command itself starts with an empty mask (sys::unblock_signals_in_child).
     if let Err(e) = mask.thread_block() {
         eprintln!("mobidesk-init: sigprocmask: {e}");
         return 70;
@@ -49,7 +49,10 @@ pub fn reaper_main(command: &[String]) -> i32 {
             return 70;
         }
     };
-    let child = match Command::new(program).args(args).spawn() {
+    let mut command = Command::new(program);
+    command.args(args);
+    crate::sys::unblock_signals_in_child(&mut command);
+    let child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mobidesk-init: {program}: {e}");

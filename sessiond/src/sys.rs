@@ -56,6 +56,26 @@ pub(crate) fn fork_single_threaded() -> io::Result<Option<u32>> {
     }
 }
 
+/// Gives the child of `cmd` an empty signal mask. A `Command` child keeps
+/// its parent's mask through exec (std resets dispositions, not the mask),
+/// and PID 1 blocks the signals it forwards: without this the session's
+/// command would start with SIGTERM & co. blocked and never see them.
+pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
+    // JUSTIFICATION: std has no way to set the child's signal mask.
+    // SAFETY: the closure only calls sigemptyset and sigprocmask, which
+    // are async-signal-safe, on a set on its own stack.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `fd` the child's fd 3 (without close-on-exec) when `cmd` spawns.
 pub(crate) fn pass_fd_as_3(cmd: &mut Command, fd: RawFd) {
     // JUSTIFICATION: std has no way to hand a child an extra descriptor.

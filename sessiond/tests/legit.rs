@@ -92,3 +92,13 @@ fn the_root_file_system_is_as_designed() {
     let pts = f.run(&["ls", "/dev/pts"]);
     assert_eq!(pts.stdout, "ptmx\n", "{pts:?}");
 }
+
+/// The session's command starts with no signal blocked (PID 1 blocks the
+/// ones it forwards; a child must not inherit that), so a SIGTERM that PID
+/// 1 forwards reaches it.
+#[test]
+fn the_sessions_command_starts_with_no_signal_blocked() {
+    let f = Fixture::new();
+    let out = f.run(&["sh", "-c", "grep SigBlk /proc/self/status"]);
+    assert_eq!(out.stdout, "SigBlk:\t0000000000000000\n", "{out:?}");
+}
