@@ -18,7 +18,11 @@
 //! - the server answers ARP for the address on its uplink (proxy ARP, no
 //!   delay) and forwards; when a session appears it announces the address
 //!   (gratuitous ARP with `arping`), so the subnet learns at once where it is;
-//! - detaching deletes the veth (both ends; its route goes with it).
+//! - a session that arrived from another subnet keeps its own (virtual)
+//!   address inside; its physical address on this subnet is routed into the
+//!   same link and announced ([`ServerNetwork::plumb_server`]; the
+//!   dataplane rewrites between the two);
+//! - detaching deletes the veth (both ends; its routes go with it).
 //!
 //! Everything is done with iproute2 (`ip`), util-linux (`nsenter`) and
 //! `arping`; every failure names the command and its stderr.
@@ -195,8 +199,20 @@ pub struct Attachment {
     pub session: String,
     /// The server's end of the veth.
     pub link: String,
-    /// The session's address (its `eth0`, /32).
+    /// The session's own (virtual) address: its `eth0`, /32, for its whole
+    /// life.
     pub address: Ipv4Addr,
+    /// Its physical address on this server's subnet when that differs (a
+    /// session that arrived from another subnet); absent: `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Ipv4Addr>,
+}
+
+impl Attachment {
+    /// The address the subnet knows the session by here.
+    pub fn physical_address(&self) -> Ipv4Addr {
+        self.physical.unwrap_or(self.address)
+    }
 }
 
 /// Attaches sessions to the server's network.
@@ -256,6 +272,7 @@ impl ServerNetwork {
             session: session.into(),
             link,
             address,
+            physical: None,
         };
         match self.plumb(&attachment, &pid) {
             Ok(()) => {
@@ -271,7 +288,6 @@ impl ServerNetwork {
 
     fn plumb(&self, a: &Attachment, pid: &str) -> Result<(), NetworkError> {
         let gw = self.config.session_gateway;
-        let link = a.link.as_str();
         // Inside: no IPv6 chatter (best effort: a host may have no IPv6),
         // the address, the gateway on-link.
         self.quiet_ipv6(Some(pid), "all");
@@ -284,19 +300,33 @@ impl ServerNetwork {
                 format!("route add default via {gw} dev eth0"),
             ],
         )?;
-        // The server's end.
+        self.plumb_server(a)
+    }
+
+    /// The server's end of a session's link, which exists already: the
+    /// gateway address on it, up, the session's virtual address (and its
+    /// physical one, when that differs) routed into it, and the physical
+    /// address announced. Idempotent (`replace`): also what a server does
+    /// for a session whose veth CRIU has just restored (`--external
+    /// veth[eth0]:ses-<id>`, the session's inside restored as it was), or
+    /// to re-plumb after a restart.
+    pub fn plumb_server(&self, a: &Attachment) -> Result<(), NetworkError> {
+        let gw = self.config.session_gateway;
+        let link = a.link.as_str();
         self.quiet_ipv6(None, link);
-        run_batch(
-            &mut self.ip_command(),
-            &[
-                format!("addr add {gw}/32 dev {link}"),
-                format!("link set {link} up"),
-                format!("route add {}/32 dev {link}", a.address),
-            ],
-        )?;
+        let mut cmds = vec![
+            format!("addr replace {gw}/32 dev {link}"),
+            format!("link set {link} up"),
+            format!("route replace {}/32 dev {link}", a.address),
+        ];
+        let physical = a.physical_address();
+        if physical != a.address {
+            cmds.push(format!("route replace {physical}/32 dev {link}"));
+        }
+        run_batch(&mut self.ip_command(), &cmds)?;
         self.wait_link_up(link)?;
         if self.config.announce {
-            self.announce(a.address);
+            self.announce(physical);
         }
         Ok(())
     }

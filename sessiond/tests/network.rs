@@ -519,60 +519,117 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The peer's neighbour table as events (`ip monitor neigh`), with the
+/// peer taking unsolicited ARP (`arp_accept`, as the proxy box does to learn
+/// a moved session at once).
+struct NeighWatch {
+    _monitor: KillOnDrop,
+    events: mpsc::Receiver<String>,
+    server_mac: String,
+}
+
+impl NeighWatch {
+    fn start(lan: &Lan) -> NeighWatch {
+        sh(Lan::run_in(&lan.peer, "sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_accept=1"]));
+        let link = sh(Command::new("ip").args(["-n", &lan.server, "-o", "link", "show", "eth0"]));
+        let server_mac = link
+            .split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let mut monitor = KillOnDrop(
+            Command::new("ip")
+                .args(["-n", &lan.peer, "monitor", "neigh"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let (tx, events) = mpsc::channel();
+        let out = monitor.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        NeighWatch {
+            _monitor: monitor,
+            events,
+            server_mac,
+        }
+    }
+
+    /// Waits until the peer has `address` at the server's MAC.
+    fn wait_for(&self, address: Ipv4Addr) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let want = format!("{address} dev eth0 lladdr {}", self.server_mac);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(line) if line.starts_with(&want) => return,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no neighbour entry {want:?} on the peer ({e}); seen {seen:?}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_new_session_is_announced_by_gratuitous_arp() {
     let fx = Fixture::new();
     let lan = Lan::new();
-    // The peer takes unsolicited ARP (as the proxy box does, to learn a
-    // moved session at once).
-    sh(Lan::run_in(&lan.peer, "sysctl").args(["-qw", "net.ipv4.conf.eth0.arp_accept=1"]));
     let net = ServerNetwork::new(lan.config()).unwrap();
     net.prepare().unwrap();
     let mut ipam = net.config().ipam();
-    let server_mac = sh(Command::new("ip").args(["-n", &lan.server, "-o", "link", "show", "eth0"]));
-    let server_mac = server_mac
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap()
-        .to_string();
-
-    // The peer's neighbour table, as events.
-    let mut monitor = KillOnDrop(
-        Command::new("ip")
-            .args(["-n", &lan.peer, "monitor", "neigh"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, events) = mpsc::channel();
-    let out = monitor.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-
+    let watch = NeighWatch::start(&lan);
     // A session that sends nothing: only the announcement can teach the
     // peer where its address is.
     let spec = fx.spec(fx.profile(), &["cat"]);
     let address = ipam.allocate(&spec.id).unwrap();
     let mut s = start_attached(&fx, &net, &spec, address);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let want = format!("{address} dev eth0 lladdr {server_mac}");
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match events.recv_timeout(left) {
-            Ok(line) if line.starts_with(&want) => break,
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("no neighbour entry {want:?} on the peer ({e}); seen {seen:?}"),
-        }
-    }
+    watch.wait_for(address);
     assert_eq!(s.held.finish(), 0);
     net.detach(&s.attachment).unwrap();
+}
+
+#[test]
+fn a_session_from_another_subnet_is_routed_and_announced_by_its_physical_address() {
+    let fx = Fixture::new();
+    let lan = Lan::new();
+    let net = ServerNetwork::new(lan.config()).unwrap();
+    net.prepare().unwrap();
+    let mut ipam = net.config().ipam();
+    let watch = NeighWatch::start(&lan);
+    // Its own address is on another subnet (where it started); here it
+    // gets a physical address from the pool. The server's end is plumbed
+    // again for it, as after a CRIU restore (idempotent).
+    let spec = fx.spec(fx.profile(), &["cat"]);
+    let virtual_addr = Ipv4Addr::new(10, 2, 0, 100);
+    let physical = ipam.allocate(&spec.id).unwrap();
+    let mut s = start_attached(&fx, &net, &spec, virtual_addr);
+    let moved = Attachment {
+        physical: Some(physical),
+        ..s.attachment.clone()
+    };
+    net.plumb_server(&moved).unwrap();
+    net.plumb_server(&moved).unwrap();
+    watch.wait_for(physical);
+    for a in [virtual_addr, physical] {
+        let route =
+            sh(Command::new("ip").args(["-n", &lan.server, "route", "get", &a.to_string()]));
+        assert!(route.contains(&format!("dev {}", moved.link)), "{route}");
+    }
+    assert_eq!(moved.physical_address(), physical);
+    // Persisted and read back as it was.
+    let json = serde_json::to_string(&moved).unwrap();
+    assert_eq!(serde_json::from_str::<Attachment>(&json).unwrap(), moved);
+    assert_eq!(s.held.finish(), 0);
+    net.detach(&moved).unwrap();
+    let routes = sh(Command::new("ip").args(["-n", &lan.server, "route", "show"]));
+    assert!(!routes.contains(&physical.to_string()), "{routes}");
 }
