@@ -42,6 +42,22 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seg: Seg, payload: 
     [&ip.to_bytes()[..], &body].concat()
 }
 
+/// A session's SYN from `src`:`port` to REMOTE:DPORT.
+fn session_syn(src: Ipv4Addr, port: u16) -> Vec<u8> {
+    tcp(
+        src,
+        port,
+        REMOTE,
+        DPORT,
+        Seg {
+            syn: true,
+            seq: 1,
+            ..Seg::default()
+        },
+        b"",
+    )
+}
+
 fn labelled(mut packet: Vec<u8>, label: Label) -> Vec<u8> {
     push_label(&mut packet, label).unwrap();
     packet
@@ -336,18 +352,7 @@ fn a_syn_flood_is_bounded_per_session_and_overall() {
     };
     let mut engine = ProxyEngine::new(config, 3);
     for port in 1..=1000u16 {
-        let mut syn = tcp(
-            SESSION,
-            port,
-            REMOTE,
-            DPORT,
-            Seg {
-                syn: true,
-                seq: 1,
-                ..Seg::default()
-            },
-            b"",
-        );
+        let mut syn = session_syn(SESSION, port);
         engine.handle_packet(t(0), &mut syn);
     }
     assert_eq!(engine.vnics(), 100);
@@ -355,18 +360,7 @@ fn a_syn_flood_is_bounded_per_session_and_overall() {
     for host in 1..=5u8 {
         for port in 1..=100u16 {
             let src = Ipv4Addr::new(10, 1, 1, host);
-            let mut syn = tcp(
-                src,
-                port,
-                REMOTE,
-                DPORT,
-                Seg {
-                    syn: true,
-                    seq: 1,
-                    ..Seg::default()
-                },
-                b"",
-            );
+            let mut syn = session_syn(src, port);
             engine.handle_packet(t(0), &mut syn);
         }
     }
@@ -732,18 +726,7 @@ fn vnic_buffers_stay_within_the_memory_budget() {
     engine.set_offload(true);
     let mut ids = Vec::new();
     for port in 1..=20u16 {
-        let mut syn = tcp(
-            SESSION,
-            port,
-            REMOTE,
-            DPORT,
-            Seg {
-                syn: true,
-                seq: 1,
-                ..Seg::default()
-            },
-            b"",
-        );
+        let mut syn = session_syn(SESSION, port);
         engine.handle_packet(t(0), &mut syn);
         for event in engine.take_events() {
             if let Event::Connect { id, .. } = event {
@@ -766,18 +749,7 @@ fn vnic_buffers_stay_within_the_memory_budget() {
     engine.refuse(ids[0]);
     engine.flush(t(1));
     assert_eq!(engine.vnic_buffer_bytes(), 384 * 1024);
-    let mut syn = tcp(
-        SESSION,
-        21,
-        REMOTE,
-        DPORT,
-        Seg {
-            syn: true,
-            seq: 1,
-            ..Seg::default()
-        },
-        b"",
-    );
+    let mut syn = session_syn(SESSION, 21);
     engine.handle_packet(t(2), &mut syn);
     let Some(Event::Connect { id, .. }) = engine
         .take_events()
