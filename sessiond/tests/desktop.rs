@@ -176,20 +176,6 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
     }
     let up = started.elapsed();
 
-    let procs = session_processes(pid);
-    for p in [
-        "Xvfb",
-        "openbox",
-        "xterm",
-        "mobidesk-displa",
-        "mobidesk-init",
-    ] {
-        assert!(
-            procs.iter().any(|n| n == p),
-            "{p} in the session: {procs:?}"
-        );
-    }
-
     // The viewer, from the peer namespace, until its picture equals the
     // screen (the desktop settles: windows map, openbox decorates them).
     let out = TempDir::new();
@@ -243,6 +229,23 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
             );
         }
     };
+    // Every program of the desktop is a process of the session (checked
+    // once the xterm is on the screen: a program forked by the script is
+    // named "sh" until its exec).
+    let procs = session_processes(pid);
+    for p in [
+        "Xvfb",
+        "openbox",
+        "xterm",
+        "mobidesk-displa",
+        "mobidesk-init",
+    ] {
+        assert!(
+            procs.iter().any(|n| n == p),
+            "{p} in the session: {procs:?}"
+        );
+    }
+
     let (w, h, px) = &viewer;
     assert_eq!((*w, *h), (1024, 768));
     assert_eq!(viewer, screen);
