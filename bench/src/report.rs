@@ -444,8 +444,12 @@ fn format_value(v: f64) -> String {
         format!("{v:.0}")
     } else if v >= 100.0 {
         format!("{v:.1}")
-    } else {
+    } else if v >= 0.1 || v == 0.0 {
         format!("{v:.2}")
+    } else {
+        // Small figures (an idle session's CPU share): two significant digits.
+        let digits = (-v.log10().floor()) as usize + 1;
+        format!("{v:.digits$}")
     }
 }
 

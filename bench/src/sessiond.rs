@@ -352,8 +352,10 @@ pub fn run(o: &SessiondOptions) -> Result<Report<Where>> {
     }
     for r in &report.results {
         if let Some(v) = r.value {
+            // An idle session may truly use no CPU in the window.
+            let zero_ok = r.name == IDLE_CPU.name;
             ensure!(
-                v.is_finite() && v > 0.0,
+                v.is_finite() && (v > 0.0 || (zero_ok && v == 0.0)),
                 "{} [{}] measured {v} {}: not a sane figure ({})",
                 r.name,
                 r.path,
@@ -783,10 +785,20 @@ fn idle_desktops(r: &Runner, k: usize, smoke: bool) -> Result<Vec<Measurement>> 
     let (pss_mean, charged_mean, cpu_mean) = (mean(&pss), mean(&charged), mean(&cpu));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mem_mib = mem_total_mib()?;
-    // A session that used no CPU at all would make the bound infinite:
-    // count at least 1 µs per second (schedstat counts nanoseconds).
-    let by_cpu = 100.0 / cpu_mean.max(1e-4);
+    // An idle desktop may use no CPU at all over the window (nothing in
+    // Xvfb, openbox, xterm or the display server wakes up by itself): then
+    // only memory bounds the density.
+    let by_cpu = if cpu_mean > 0.0 {
+        100.0 / cpu_mean
+    } else {
+        f64::INFINITY
+    };
     let by_mem = mem_mib / pss_mean / cores;
+    let cpu_bound = if by_cpu.is_finite() {
+        format!("{by_cpu:.0} (100% / {cpu_mean:.4}%)")
+    } else {
+        "no bound (no CPU time at all in the window)".into()
+    };
     let list = |v: &[f64], digits: usize| {
         v.iter()
             .map(|x| format!("{x:.digits$}"))
@@ -820,14 +832,14 @@ fn idle_desktops(r: &Runner, k: usize, smoke: bool) -> Result<Vec<Measurement>> 
             cpu_mean,
             format!(
                 "mean of {k} sessions over a {window:?} idle window ({} % each)",
-                list(&cpu, 3)
+                list(&cpu, 4)
             ),
         ),
         Measurement::new(
             &IDLE_PER_CORE,
             by_cpu.min(by_mem),
             format!(
-                "by CPU {by_cpu:.0} (100% / {cpu_mean:.3}%), by memory {by_mem:.0} ({mem_mib:.0} MiB / {pss_mean:.1} MiB / {cores:.0} cores)"
+                "by CPU {cpu_bound}, by memory {by_mem:.0} ({mem_mib:.0} MiB / {pss_mean:.1} MiB / {cores:.0} cores)"
             ),
         ),
     ])
