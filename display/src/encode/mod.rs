@@ -30,7 +30,7 @@ mod tiles;
 pub use self::copy::{Move, MIN_COPY_ROWS};
 pub use self::image::Image;
 pub use self::region::Region;
-pub use self::tiles::{BITMAP_RUN, RAW_RUN};
+pub use self::tiles::{BITMAP_RUN, MAX_LAYERS, RAW_RUN};
 
 use crate::protocol::{Command, Rect};
 
@@ -271,7 +271,7 @@ impl Encoder {
 mod test {
     use super::*;
     use crate::codec::Framebuffer;
-    use crate::protocol::{Message, SFillRepr};
+    use crate::protocol::{Message, Payload, SFillRepr};
 
     /// A `w × h` screen, X bytes set to garbage to check they are ignored.
     fn screen(w: u16, h: u16, f: impl Fn(u16, u16) -> u32) -> Vec<u8> {
@@ -603,6 +603,44 @@ mod test {
         let commands = enc2.update(&v, damage, &[wrong]);
         apply(&mut client2, &commands, &v, &enc2);
         assert_eq!(count(&commands, |c| matches!(c, Command::Copy(_))), 0);
+    }
+
+    #[test]
+    fn coloured_text_is_layered_bitmaps() {
+        // Terminal text in three colours on a background (e.g. `ls --color`)
+        // plus a block cursor: four colours per tile.
+        let (w, h) = (256u16, 128u16);
+        let data = screen(w, h, |x, y| {
+            let on = text(0)(x, y) == 0;
+            let colour = [0x0000_00aa, 0x0000_aa00, 0x00aa_5500][usize::from(x / 48 % 3)];
+            if (120..126).contains(&x) && (39..52).contains(&y) {
+                0x0000_ff00
+            } else if on {
+                colour
+            } else {
+                0x00ff_ffff
+            }
+        });
+        let v = view(&data, w, h);
+        let mut enc = Encoder::new(w, h);
+        let mut client = client_of(&enc);
+        let commands = enc.update(&v, v_rect(w, h), &[]);
+        let bytes = apply(&mut client, &commands, &v, &enc);
+        assert_eq!(
+            count(&commands, |c| matches!(c, Command::Raw(_))),
+            0,
+            "{commands:?}"
+        );
+        assert!(
+            count(
+                &commands,
+                |c| matches!(c, Command::Bitmap(b) if b.bg.is_none())
+            ) > 0
+        );
+        // As RAW (LZ4) the same screen costs several times more.
+        let raw = Payload::compress(&v.to_packed()).len();
+        eprintln!("coloured text: {bytes} bytes as layered BITMAPs, {raw} bytes as one LZ4 RAW");
+        assert!(bytes * 2 < raw, "{bytes} bytes, RAW {raw}");
     }
 
     #[test]

@@ -10,12 +10,17 @@
 //!    colour per call, neighbouring tiles merged);
 //! 2. two colours (text, glyphs, lines): an opaque BITMAP, neighbouring
 //!    tiles of the same colour pair merged up to [`BITMAP_RUN`] tiles;
-//! 3. a full tile whose content repeats — the same pixels at the same
+//! 3. three or four colours (coloured text, a text cursor, selections):
+//!    layered BITMAPs — an opaque one for the two most frequent colours,
+//!    then a transparent one per other colour — when their bytes are fewer
+//!    than the tile's RAW; neighbouring tiles of the same colours merged up
+//!    to [`BITMAP_RUN`] tiles;
+//! 4. a full tile whose content repeats — the same pixels at the same
 //!    position modulo [`TILE`] elsewhere in the call, or a pattern whose
 //!    period is a power of two below [`TILE`] — PFILL, when its bytes are
 //!    fewer than the RAWs of those tiles would be (each estimated as the
 //!    LZ4 block of the tile alone);
-//! 4. everything else: RAW (LZ4 when smaller), neighbouring tiles merged up
+//! 5. everything else: RAW (LZ4 when smaller), neighbouring tiles merged up
 //!    to [`RAW_RUN`] tiles, so that one RAW is at most 64 KiB of pixels and
 //!    the scheduler can put small updates between the pieces of a big one.
 
@@ -30,6 +35,21 @@ use super::TILE;
 pub const RAW_RUN: u16 = 4;
 /// The most tiles in one BITMAP.
 pub const BITMAP_RUN: u16 = 8;
+/// The most colours a tile may have to be sent as layered BITMAPs.
+pub const MAX_LAYERS: usize = 4;
+
+/// The colours of a tile of 3 ..= [`MAX_LAYERS`] colours, ascending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Palette {
+    colours: [u32; MAX_LAYERS],
+    n: usize,
+}
+
+impl Palette {
+    fn colours(&self) -> &[u32] {
+        self.colours.get(..self.n).unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -38,6 +58,7 @@ enum Class {
         bg: u32,
         fg: u32,
     },
+    Few(Palette),
     Mixed,
     /// A member of PFILL group `n`.
     Pattern(usize),
@@ -86,6 +107,11 @@ pub(super) fn paint(
                     continue;
                 }
                 let mut class = classify(snap, rect);
+                if let Class::Few(palette) = class {
+                    if !layers_pay(snap, rect, &palette) {
+                        class = Class::Mixed;
+                    }
+                }
                 if class == Class::Mixed && tw == TILE && bbox.h == TILE {
                     class = group(snap, rect, at_x, at_y, &mut groups, &mut by_key);
                 }
@@ -131,7 +157,7 @@ pub(super) fn paint(
         let mut run = first.rect;
         let mut n = 1u16;
         let limit = match first.class {
-            Class::Two { .. } => BITMAP_RUN,
+            Class::Two { .. } | Class::Few(_) => BITMAP_RUN,
             Class::Mixed => RAW_RUN,
             Class::Solid(_) | Class::Pattern(_) => u16::MAX,
         };
@@ -171,6 +197,7 @@ pub(super) fn paint(
                 bg: Some(bg),
                 bits: Payload::compress(&mask(snap, run, fg)),
             })),
+            Class::Few(palette) => bitmaps.extend(layers(snap, run, abs, &palette)),
             Class::Mixed => raws.push(Command::Raw(RawRepr {
                 rect: abs,
                 data: Payload::compress(&to_bytes(&pixels_of(snap, run))),
@@ -236,31 +263,77 @@ fn differs(model: &Image, snap: &Image, at_x: u16, at_y: u16, rect: Rect) -> boo
 }
 
 fn classify(snap: &Image, rect: Rect) -> Class {
-    let first = snap
-        .seg(rect.x, rect.y, rect.w)
-        .first()
-        .copied()
-        .unwrap_or(0);
-    let mut second: Option<u32> = None;
+    let mut colours = [0u32; MAX_LAYERS];
+    let mut n = 0;
     for y in rect.y..rect.y + rect.h {
         for &p in snap.seg(rect.x, y, rect.w) {
-            if p == first {
+            let known = colours.get(..n).unwrap_or_default();
+            if known.contains(&p) {
                 continue;
             }
-            match second {
-                None => second = Some(p),
-                Some(s) if s == p => {}
-                Some(_) => return Class::Mixed,
+            match colours.get_mut(n) {
+                Some(slot) => {
+                    *slot = p;
+                    n += 1;
+                }
+                None => return Class::Mixed,
             }
         }
     }
-    match second {
-        None => Class::Solid(first),
-        Some(s) => Class::Two {
-            bg: first.min(s),
-            fg: first.max(s),
-        },
+    let found = colours.get_mut(..n).unwrap_or_default();
+    found.sort_unstable();
+    match *found {
+        [] => Class::Solid(0),
+        [c] => Class::Solid(c),
+        [bg, fg] => Class::Two { bg, fg },
+        _ => Class::Few(Palette { colours, n }),
     }
+}
+
+/// The layered BITMAPs of `rect` of the snapshot, painted at `abs`: an
+/// opaque one for the two most frequent colours, then a transparent one
+/// per other colour (PROTOCOL.md §5.4).
+fn layers(snap: &Image, rect: Rect, abs: Rect, palette: &Palette) -> Vec<Command<'static>> {
+    let mut counts: Vec<(usize, u32)> = palette.colours().iter().map(|&c| (0, c)).collect();
+    for y in rect.y..rect.y + rect.h {
+        for &p in snap.seg(rect.x, y, rect.w) {
+            if let Some(entry) = counts.iter_mut().find(|(_, c)| *c == p) {
+                entry.0 += 1;
+            }
+        }
+    }
+    // Most frequent first (ties: the smaller colour, for stable output).
+    counts.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut out = Vec::new();
+    let mut order = counts.iter().map(|&(_, c)| c);
+    let (Some(bg), Some(fg)) = (order.next(), order.next()) else {
+        return out;
+    };
+    out.push(Command::Bitmap(BitmapRepr {
+        rect: abs,
+        fg,
+        bg: Some(bg),
+        bits: Payload::compress(&mask(snap, rect, fg)),
+    }));
+    for c in order {
+        out.push(Command::Bitmap(BitmapRepr {
+            rect: abs,
+            fg: c,
+            bg: None,
+            bits: Payload::compress(&mask(snap, rect, c)),
+        }));
+    }
+    out
+}
+
+/// Whether layered BITMAPs of a tile are fewer bytes than its RAW.
+fn layers_pay(snap: &Image, rect: Rect, palette: &Palette) -> bool {
+    let layered: usize = layers(snap, rect, rect, palette)
+        .into_iter()
+        .map(|c| crate::protocol::Message::Command(c).buffer_len())
+        .sum();
+    let raw = 5 + RawRepr::HEADER_LEN + lz4_len(&pixels_of(snap, rect));
+    layered < raw
 }
 
 /// Puts a full mixed tile into the group of equal tiles at the same position
