@@ -9,7 +9,9 @@
 //!   from one server to another without touching their TCP state;
 //! - [`status`]: what is running now, read back from the kernel;
 //! - [`dataplane`]: the project's dataplanes started in a lab and driven
-//!   through their control sockets (tests, benchmarks, the demo).
+//!   through their control sockets (tests, benchmarks, the demo);
+//! - [`linkemu`]: a user-space link emulator (delay, rate, drop-tail queue)
+//!   between two namespaces, for WAN-like client links (no netem here).
 //!
 //! Every object a lab creates lives inside a namespace whose name starts with
 //! [`netns::NETNS_PREFIX`] and the lab's name, so labs never collide and
@@ -19,6 +21,7 @@
 
 pub mod dataplane;
 pub mod lab;
+pub mod linkemu;
 pub mod migrate;
 pub mod netns;
 pub mod status;

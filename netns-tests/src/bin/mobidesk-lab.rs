@@ -76,6 +76,38 @@ enum Command {
         #[command(subcommand)]
         action: SessionAction,
     },
+    /// Put an emulated WAN link (delay, rate limit, drop-tail queue) into a
+    /// running lab, in the foreground until Ctrl-C. With one host (a
+    /// client): its traffic to and through the proxy box takes the link.
+    /// With two namespaces: a link between them (198.19.255.1 in A,
+    /// .2 in B), and --route-a/--route-b send more prefixes through it.
+    Link(LinkArgs),
+}
+
+#[derive(clap::Args)]
+struct LinkArgs {
+    #[arg(long, default_value = "demo")]
+    lab: String,
+    /// Round-trip time the link adds, milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    rtt_ms: f64,
+    /// Rate limit each direction, Mbit/s (default: unlimited).
+    #[arg(long)]
+    rate_mbit: Option<f64>,
+    /// Drop-tail queue each direction, kB (default: one bandwidth-delay
+    /// product, at least 64 KiB).
+    #[arg(long)]
+    queue_kb: Option<usize>,
+    /// A host of the lab, or (with B) any lab namespace.
+    a: String,
+    /// The other end; without it, the proxy box as the host's gateway.
+    b: Option<String>,
+    /// With B: prefixes A routes into the link.
+    #[arg(long, requires = "b")]
+    route_a: Vec<ipnet::Ipv4Net>,
+    /// With B: prefixes B routes into the link.
+    #[arg(long, requires = "b")]
+    route_b: Vec<ipnet::Ipv4Net>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -272,7 +304,87 @@ fn run_lab(command: Command) -> Result<()> {
                 }
             }
         }
+        Command::Link(args) => link(args)?,
     }
+    Ok(())
+}
+
+/// `mobidesk-lab link`: the emulator runs on this process's threads until
+/// SIGINT, SIGTERM or SIGHUP; dropping it takes the link down.
+fn link(
+    LinkArgs {
+        lab,
+        rtt_ms,
+        rate_mbit,
+        queue_kb,
+        a,
+        b,
+        route_a,
+        route_b,
+    }: LinkArgs,
+) -> Result<()> {
+    use mobidesk_lab::linkemu::{LinkConfig, LinkEmulator, Side};
+    use nix::sys::signal::{SigSet, Signal};
+
+    let rtt = std::time::Duration::try_from_secs_f64(rtt_ms / 1000.0)
+        .with_context(|| format!("--rtt-ms {rtt_ms}"))?;
+    let rate_bps = match rate_mbit {
+        Some(m) if !(m.is_finite() && m > 0.0) => bail!("--rate-mbit must be above 0"),
+        // Rounded to whole bits per second.
+        Some(m) => Some((m * 1e6).round() as u64),
+        None => None,
+    };
+    let config = LinkConfig {
+        queue_bytes: queue_kb.map(|k| k.saturating_mul(1000)),
+        ..LinkConfig::wan(rtt, rate_bps)
+    };
+    let lab = Lab::attach(&lab)?;
+    // Blocked before the emulator's threads start, so they inherit the
+    // mask and the signals wait for `wait` below.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block()?;
+    let emu = match b {
+        None => {
+            let emu = lab.slow_link(&a, config)?;
+            println!(
+                "{a} <-> proxy: {} in {}, {} in the proxy box",
+                emu.ifname(Side::A),
+                emu.netns(Side::A).name(),
+                emu.ifname(Side::B)
+            );
+            emu
+        }
+        Some(b) => {
+            let emu = LinkEmulator::between(&lab.resolve(&a)?, &lab.resolve(&b)?, config)?;
+            for (side, prefixes) in [(Side::A, &route_a), (Side::B, &route_b)] {
+                for p in prefixes.iter() {
+                    emu.route(side, *p, None)?;
+                }
+            }
+            if let Some((x, y)) = emu.config().addresses {
+                println!(
+                    "{a} ({x} on {}) <-> {b} ({y} on {})",
+                    emu.ifname(Side::A),
+                    emu.ifname(Side::B)
+                );
+            }
+            emu
+        }
+    };
+    println!(
+        "link up: rtt {rtt:?}, rate {}, queue {} bytes each way; Ctrl-C to take it down",
+        rate_bps.map_or("unlimited".into(), |r| format!("{r} bit/s")),
+        emu.config().queue_limit()
+    );
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let signal = signals.wait()?;
+    let stats = emu.stats();
+    drop(emu);
+    println!("{signal}: link down");
+    println!("{}", serde_json::to_string_pretty(&stats)?);
     Ok(())
 }
 
