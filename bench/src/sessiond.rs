@@ -56,13 +56,40 @@ pub enum Where {
     BareServer,
     /// Candidate: inside a session (`mobidesk-sessiond run`).
     Session,
+    /// Diagnostic: a session without its cgroups (`run --no-cgroups`):
+    /// what the session's cgroups add.
+    SessionNoCgroups,
+    /// Diagnostic: the session's namespaces only (`unshare --user
+    /// --map-root-user --pid --fork --mount --ipc --uts --net`), no
+    /// seccomp, no dropped capabilities, no cgroups, no new root: what the
+    /// namespaces alone cost.
+    NamespacesOnly,
 }
 
 impl Where {
+    /// Every subject, the baseline first: the order of the report's columns.
+    pub const ALL: [Where; 4] = [
+        Where::BareServer,
+        Where::Session,
+        Where::SessionNoCgroups,
+        Where::NamespacesOnly,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Where::BareServer => "bare-server",
             Where::Session => "session",
+            Where::SessionNoCgroups => "session-no-cgroups",
+            Where::NamespacesOnly => "namespaces-only",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Where::BareServer => 0,
+            Where::Session => 1,
+            Where::SessionNoCgroups => 2,
+            Where::NamespacesOnly => 3,
         }
     }
 }
@@ -77,7 +104,7 @@ impl Subject for Where {
     fn role(self) -> Role {
         match self {
             Where::BareServer => Role::Baseline,
-            Where::Session => Role::Candidate,
+            Where::Session | Where::SessionNoCgroups | Where::NamespacesOnly => Role::Candidate,
         }
     }
 
@@ -87,15 +114,21 @@ impl Subject for Where {
             Where::Session => {
                 "inside a session: mobidesk-sessiond run (user/pid/mount/ipc/uts/net/cgroup namespaces, seccomp, dropped capabilities, its own cgroups)"
             }
+            Where::SessionNoCgroups => {
+                "diagnostic: a session without its own cgroups (mobidesk-sessiond run --no-cgroups)"
+            }
+            Where::NamespacesOnly => {
+                "diagnostic: the namespaces only (unshare -U -r -p -f -m -i -u -n): no seccomp, capabilities, cgroups or new root"
+            }
         }
     }
 
     fn pinning(settings: &Settings) -> String {
         match settings.endpoints_cpu {
             Some(cpu) => format!(
-                "every benchmarked process (and the session around it) pinned to CPU {cpu}; bare and session rounds alternate"
+                "every benchmarked process (and the session around it) pinned to CPU {cpu}; the sides' rounds alternate"
             ),
-            None => "not pinned; bare and session rounds alternate".into(),
+            None => "not pinned; the sides' rounds alternate".into(),
         }
     }
 }
@@ -328,19 +361,23 @@ pub fn run(o: &SessiondOptions) -> Result<Report<Where>> {
         display_server: o.display_server.clone(),
     };
     let mut report = Report::of(o.settings);
-    report.add_subject(Where::BareServer, None);
-    report.add_subject(Where::Session, None);
+    for side in Where::ALL {
+        report.add_subject(side, None);
+    }
     if o.parts.contains(&Part::Table2) {
         stop_if_interrupted()?;
-        let [bare, session] = table2(&runner, rounds, smoke)?;
-        report.add_measurements(Where::BareServer, bare);
-        report.add_measurements(Where::Session, session);
+        for (side, m) in Where::ALL.into_iter().zip(table2(&runner, rounds, smoke)?) {
+            report.add_measurements(side, m);
+        }
     }
     if o.parts.contains(&Part::Build) {
         stop_if_interrupted()?;
-        let [bare, session] = build(&runner, rounds.min(3), smoke)?;
-        report.add_measurements(Where::BareServer, vec![bare]);
-        report.add_measurements(Where::Session, vec![session]);
+        for (side, m) in Where::ALL
+            .into_iter()
+            .zip(build(&runner, rounds.min(3), smoke)?)
+        {
+            report.add_measurements(side, vec![m]);
+        }
     }
     if o.parts.contains(&Part::Idle) {
         stop_if_interrupted()?;
@@ -412,11 +449,56 @@ fn goal_notes(report: &Report<Where>) -> Vec<String> {
     notes
 }
 
-/// The Table 2 micro-benchmarks: `rounds` invocations per side, bare and
-/// session alternating (bare first in even rounds, session first in odd
-/// ones); each invocation runs every op for 3 rounds (1 in smoke mode).
-/// The figure is the median over all rounds of a side.
-fn table2(r: &Runner, rounds: usize, smoke: bool) -> Result<[Vec<Measurement>; 2]> {
+/// The order of the sides in round `round`: rotated by one each round, so
+/// that every side runs first, second, ... equally often.
+fn order(round: usize) -> [Where; 4] {
+    let mut sides = Where::ALL;
+    sides.rotate_left(round % Where::ALL.len());
+    sides
+}
+
+/// Runs `command` (host paths for the bare server and the namespaces,
+/// session paths in a session) on `side` to its end; its stdout.
+fn on_side(
+    r: &Runner,
+    side: Where,
+    profile: &FsPath,
+    home: Option<&FsPath>,
+    command: &[String],
+    limit: Duration,
+) -> Result<String> {
+    let what = format!("`{}` ({side})", command.join(" "));
+    match side {
+        Where::BareServer => {
+            let mut cmd = r.pinned(FsPath::new(&command[0]));
+            cmd.args(&command[1..]);
+            r.output(cmd, limit, &what)
+        }
+        Where::NamespacesOnly => {
+            let mut cmd = r.pinned(FsPath::new("unshare"));
+            cmd.args([
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--mount",
+                "--ipc",
+                "--uts",
+                "--net",
+                "--",
+            ])
+            .args(command);
+            r.output(cmd, limit, &what)
+        }
+        Where::Session => r.in_session(profile, home, command, limit, true),
+        Where::SessionNoCgroups => r.in_session(profile, home, command, limit, false),
+    }
+}
+
+/// The Table 2 micro-benchmarks: `rounds` invocations per side, the sides
+/// alternating ([`order`]); each invocation runs every op for 3 rounds (1
+/// in smoke mode). The figure is the median over all rounds of a side.
+fn table2(r: &Runner, rounds: usize, smoke: bool) -> Result<[Vec<Measurement>; 4]> {
     let mut args: Vec<String> = vec!["--rounds".into(), if smoke { "1" } else { "3" }.into()];
     if smoke {
         args.extend(["--scale".into(), "0.01".into()]);
@@ -426,30 +508,25 @@ fn table2(r: &Runner, rounds: usize, smoke: bool) -> Result<[Vec<Measurement>; 2
     }
     let profile = r.profile(TABLE2_PROFILE, "table2")?;
     // Per side and op: every round's ns/op.
-    let mut samples: [Vec<Vec<f64>>; 2] =
-        [vec![Vec::new(); OPS.len()], vec![Vec::new(); OPS.len()]];
+    let mut samples: [Vec<Vec<f64>>; 4] = std::array::from_fn(|_| vec![Vec::new(); OPS.len()]);
     let limit = Duration::from_secs(if smoke { 60 } else { 300 });
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [Where::BareServer, Where::Session]
-        } else {
-            [Where::Session, Where::BareServer]
-        };
-        for side in order {
+        for side in order(round) {
             stop_if_interrupted()?;
             tracing::info!(round, %side, "table2 micro-benchmarks");
-            let out = match side {
-                Where::BareServer => {
-                    let mut cmd = r.pinned(&r.bin_dir.join("mobidesk-syscall-bench"));
-                    cmd.args(&args);
-                    r.output(cmd, limit, "mobidesk-syscall-bench on the bare server")?
-                }
-                Where::Session => {
-                    let mut cmd = vec![format!("{BIN_DIR}/mobidesk-syscall-bench")];
-                    cmd.extend(args.iter().cloned());
-                    r.in_session(&profile, None, &cmd, limit)?
+            let program = match side {
+                Where::BareServer | Where::NamespacesOnly => r
+                    .bin_dir
+                    .join("mobidesk-syscall-bench")
+                    .display()
+                    .to_string(),
+                Where::Session | Where::SessionNoCgroups => {
+                    format!("{BIN_DIR}/mobidesk-syscall-bench")
                 }
             };
+            let mut cmd = vec![program];
+            cmd.extend(args.iter().cloned());
+            let out = on_side(r, side, &profile, None, &cmd, limit)?;
             let parsed = parse_syscall_bench(&out)
                 .with_context(|| format!("mobidesk-syscall-bench output ({side})"))?;
             for (i, (name, _)) in OPS.iter().enumerate() {
@@ -457,7 +534,7 @@ fn table2(r: &Runner, rounds: usize, smoke: bool) -> Result<[Vec<Measurement>; 2
                     .iter()
                     .find(|o| o.name == *name)
                     .with_context(|| format!("no {name} in the output ({side})"))?;
-                samples[side_index(side)][i].extend(&rounds.rounds_ns_per_op);
+                samples[side.index()][i].extend(&rounds.rounds_ns_per_op);
             }
         }
     }
@@ -479,14 +556,7 @@ fn table2(r: &Runner, rounds: usize, smoke: bool) -> Result<[Vec<Measurement>; 2
             })
             .collect()
     };
-    Ok([measure(0), measure(1)])
-}
-
-fn side_index(w: Where) -> usize {
-    match w {
-        Where::BareServer => 0,
-        Where::Session => 1,
-    }
+    Ok(std::array::from_fn(measure))
 }
 
 /// One op of `mobidesk-syscall-bench`'s JSON.
@@ -546,7 +616,7 @@ const BUILD_FUNCTIONS: usize = 12;
 /// The parallel build, `rounds` per side, alternating; each side builds in
 /// a tree of its own (copies of the same sources) on the same file system;
 /// the figure is the median build time.
-fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<[Measurement; 2]> {
+fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<[Measurement; 4]> {
     for tool in ["make", "gcc"] {
         ensure!(
             which(tool),
@@ -555,54 +625,49 @@ fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<[Measurement; 2]> {
     }
     let files = if smoke { 4 } else { BUILD_FILES };
     let bare_dir = r.work.join("build-bare");
+    let ns_dir = r.work.join("build-ns");
     let home = r.work.join("home");
     // The session's root (host uid 100000 with the user namespace) owns its
-    // home, as on shared storage.
-    let session_dir = home.join("build");
+    // home, as on shared storage. Both sessions build there, in turn.
     write_build_tree(&bare_dir, files)?;
-    write_build_tree(&session_dir, files)?;
+    write_build_tree(&ns_dir, files)?;
+    write_build_tree(&home.join("build"), files)?;
     chown_tree(&home, 100_000, 100_000)?;
     let profile = r.profile(TABLE2_PROFILE, "build")?;
     // Timed inside, the `make clean` before each build left out.
-    let script = |dir: &str| -> String {
-        format!(
-            "cd {dir} && make -s clean && s=$(date +%s%N) && make -s -j2 >/dev/null && e=$(date +%s%N) && echo \"build_ns $((e - s))\""
-        )
+    let script = |dir: &str| -> Vec<String> {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "cd {dir} && make -s clean && s=$(date +%s%N) && make -s -j2 >/dev/null && e=$(date +%s%N) && echo \"build_ns $((e - s))\""
+            ),
+        ]
     };
     let limit = Duration::from_secs(if smoke { 60 } else { 300 });
-    let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut times: [Vec<f64>; 4] = Default::default();
     // One untimed build per side first: page cache, gcc's files.
     for warm in [true, false] {
         let n = if warm { 1 } else { rounds };
         for round in 0..n {
-            let order = if round % 2 == 0 {
-                [Where::BareServer, Where::Session]
-            } else {
-                [Where::Session, Where::BareServer]
-            };
-            for side in order {
+            for side in order(round) {
                 stop_if_interrupted()?;
                 tracing::info!(round, %side, warm, "build");
-                let out = match side {
-                    Where::BareServer => {
-                        let mut cmd = r.pinned(FsPath::new("sh"));
-                        cmd.args(["-c", &script(&bare_dir.display().to_string())]);
-                        r.output(cmd, limit, "the build on the bare server")?
+                let (command, home) = match side {
+                    Where::BareServer => (script(&bare_dir.display().to_string()), None),
+                    Where::NamespacesOnly => (script(&ns_dir.display().to_string()), None),
+                    Where::Session | Where::SessionNoCgroups => {
+                        (script("/home/user/build"), Some(home.as_path()))
                     }
-                    Where::Session => r.in_session(
-                        &profile,
-                        Some(&home),
-                        &["sh".into(), "-c".into(), script("/home/user/build")],
-                        limit,
-                    )?,
                 };
+                let out = on_side(r, side, &profile, home, &command, limit)?;
                 let ns: f64 = out
                     .lines()
                     .find_map(|l| l.strip_prefix("build_ns "))
                     .and_then(|v| v.trim().parse().ok())
                     .with_context(|| format!("no build time in {:?} ({side})", out.trim()))?;
                 if !warm {
-                    times[side_index(side)].push(ns / 1e9);
+                    times[side.index()].push(ns / 1e9);
                 }
             }
         }
@@ -620,7 +685,7 @@ fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<[Measurement; 2]> {
             ),
         )
     };
-    Ok([m(0), m(1)])
+    Ok(std::array::from_fn(m))
 }
 
 /// Writes `files` generated C files, a `main.c` and a Makefile into `dir`.
@@ -1054,13 +1119,14 @@ impl Runner {
         id: &str,
         home: Option<&FsPath>,
         command: &[String],
+        cgroups: bool,
     ) -> Command {
         let mut cmd = self.pinned(&self.sessiond);
-        cmd.arg("run")
-            .arg("--profile")
-            .arg(profile)
-            .arg("--id")
-            .arg(id);
+        cmd.arg("run");
+        if !cgroups {
+            cmd.arg("--no-cgroups");
+        }
+        cmd.arg("--profile").arg(profile).arg("--id").arg(id);
         if let Some(h) = home {
             cmd.arg("--home").arg(h);
         }
@@ -1075,9 +1141,10 @@ impl Runner {
         home: Option<&FsPath>,
         command: &[String],
         limit: Duration,
+        cgroups: bool,
     ) -> Result<String> {
         let id = unique_id("t2");
-        let cmd = self.session_command(profile, &id, home, command);
+        let cmd = self.session_command(profile, &id, home, command, cgroups);
         self.output(
             cmd,
             limit,
@@ -1108,7 +1175,7 @@ impl Runner {
 
     /// Starts a long-running session; its stdout lines can be awaited.
     fn start_session(&self, profile: &FsPath, id: &str, command: &[String]) -> Result<LiveSession> {
-        let mut cmd = self.session_command(profile, id, None, command);
+        let mut cmd = self.session_command(profile, id, None, command, true);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

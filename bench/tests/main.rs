@@ -225,12 +225,19 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
             assert!(b.is_finite() && b > 0.0, "{} bare = {b}", m.name);
             let ratio = row.ratio_vs_baseline.unwrap();
             assert!((ratio - v / b).abs() < 1e-9, "{} ratio {ratio}", m.name);
+            // The diagnostic sides too, each with its ratio.
+            for w in [Where::SessionNoCgroups, Where::NamespacesOnly] {
+                let row = report.get(m.name, w).unwrap();
+                assert_eq!(row.role, Role::Candidate);
+                assert!(row.value.unwrap() > 0.0, "{} {w}", m.name);
+                assert!(row.ratio_vs_baseline.unwrap() > 0.0, "{} {w}", m.name);
+            }
         }
     }
     // Plausible magnitudes (not timings): a system call is more than a
     // nanosecond and less than a millisecond; fork+sh costs more than fork.
     let v = |name: &str, w| report.get(name, w).unwrap().value.unwrap();
-    for w in [Where::BareServer, Where::Session] {
+    for w in Where::ALL {
         assert!((1.0..1e6).contains(&v("table2.getpid", w)));
         assert!(v("table2.fork_sh", w) > v("table2.getpid", w));
     }
@@ -243,6 +250,7 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(json["paths"][0]["path"], "bare-server");
     assert_eq!(json["paths"][1]["path"], "session");
+    assert_eq!(json["paths"].as_array().unwrap().len(), Where::ALL.len());
     // Nothing left behind: no session cgroup or layer of this run.
     let me = format!("bench-{}-", std::process::id());
     for dir in [
