@@ -40,8 +40,11 @@
 //! # Lifetime
 //! Dropping a [`LinkEmulator`] stops and joins its threads and closes the
 //! devices (a TUN device without the persist flag is removed with its last
-//! descriptor, and the routes through it with it). The devices also go when
-//! their namespace is deleted; the threads then end on their own.
+//! descriptor, and the routes through it with it). An open TUN device holds
+//! a reference to its namespace: a namespace deleted by name (`ip netns del`,
+//! [`Lab::down`]) lives on, nameless and empty, until the emulator is
+//! dropped. A device removed under a running emulator (`ip link del`) ends
+//! the direction that reads it ([`LinkEmulator::is_running`] turns false).
 //!
 //! # By hand
 //! `mobidesk-lab link --lab demo --rtt-ms 66 --rate-mbit 100 alice` puts
@@ -407,8 +410,8 @@ impl LinkEmulator {
         }
     }
 
-    /// Whether both forwarding threads still run (they end early only when
-    /// a device went away, with its namespace say).
+    /// Whether both forwarding threads still run (one ends early only when
+    /// the device it reads went away).
     pub fn is_running(&self) -> bool {
         self.threads.len() == 2 && self.threads.iter().all(|t| !t.is_finished())
     }

@@ -11,6 +11,7 @@ mod dataplane;
 mod dataplane_metrics;
 mod dataplane_scale;
 mod dataplane_udp;
+mod linkemu;
 mod routing;
 mod session_move;
 mod support;
