@@ -22,6 +22,7 @@
 //!   [`MAX_REQUEST_LINE`]: the error is sent, then the connection is closed.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -128,7 +129,10 @@ pub enum Request {
     /// Start a session. `id`: chosen by the daemon when absent; `profile`:
     /// the daemon's default profile when absent; `home`: a directory inside
     /// the daemon's `homes_dir`; `command`: what the session's PID 1 runs
-    /// (default: wait forever, `sleep infinity`).
+    /// (default: wait forever, `sleep infinity`; a desktop profile runs its
+    /// desktop and takes none); `address`: the session's address, reserved
+    /// instead of one allocated from the pool (a session arriving with its
+    /// address; needs the daemon's `[network]`).
     Create {
         #[serde(default)]
         id: Option<String>,
@@ -138,6 +142,8 @@ pub enum Request {
         home: Option<PathBuf>,
         #[serde(default)]
         command: Option<Vec<String>>,
+        #[serde(default)]
+        address: Option<Ipv4Addr>,
     },
     /// Every session.
     List {},
@@ -339,6 +345,20 @@ pub struct SessionInfo {
     /// Host path of the writable layer.
     pub layer: PathBuf,
     pub cgroups: Vec<PathBuf>,
+    /// The session's own (virtual) address, when it has a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    /// Its address on this server's subnet (equal to `address` until the
+    /// session migrates to another subnet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_address: Option<Ipv4Addr>,
+    /// The server's end of its veth (`ses-...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    /// The TCP port its display server listens on (at `address`), for a
+    /// desktop session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_port: Option<u16>,
     /// Processes in the session (`pids.current`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,

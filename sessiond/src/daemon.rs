@@ -21,6 +21,15 @@
 //!   PID 1 ([`crate::policy`]) before it execs the command. The helper is
 //!   not dumpable (session processes cannot ptrace it or open its
 //!   `/proc/PID/exe`), and its descriptors are close-on-exec.
+//! - **Network and desktop.** With a `[network]` table every session gets
+//!   an address from the server's pool ([`crate::ipam`], or the one the
+//!   request asks for) and a veth into the server's namespace
+//!   ([`crate::network`]), plumbed before its command starts; a profile
+//!   with `[desktop]` runs the desktop ([`crate::desktop`]) as its command,
+//!   and `create` answers once the display server listens. Address and link
+//!   are in the session's record, the leases in the state file; `destroy`
+//!   deletes the veth and frees the address; a restarted daemon reserves the
+//!   addresses of the sessions it adopts and re-plumbs their links.
 //! - **Bounds.** Request lines ([`crate::api::MAX_REQUEST_LINE`]),
 //!   connections, concurrent execs, exec output and time, sessions: all
 //!   from the configuration's `[limits]`.
@@ -47,8 +56,13 @@ use crate::api::{
     SessionState,
 };
 use crate::cgroup::{CgroupManager, SessionCgroup};
+use crate::desktop::{desktop_spec, wait_listening, DEFAULT_DISPLAY_SERVER};
 use crate::environment::{Launcher, Session, SessionSpec, SessionStdio};
+use crate::ipam::{Ipam, IpamError, IpamState};
 use crate::metrics::{SessionSample, Snapshot};
+use crate::network::{
+    etc_hosts, link_name, Attachment, NetworkConfig, NetworkError, ServerNetwork,
+};
 use crate::profile::{Limits, Profile};
 use crate::state::{is_alive, ProcStat, SessionRecord, State, StateError, StateStore, VERSION};
 
@@ -63,6 +77,10 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("cgroups: {0}")]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("network: {0}")]
+    Network(#[from] NetworkError),
+    #[error("network: {0}")]
+    Ipam(#[from] IpamError),
     #[error("control socket {path}: {detail}")]
     Socket { path: PathBuf, detail: String },
     #[error("metrics endpoint {addr}: {source}")]
@@ -123,6 +141,29 @@ pub struct Config {
     pub start_timeout_s: u64,
     #[serde(default)]
     pub limits: DaemonLimits,
+    /// `[network]`: sessions get their own address on the server's subnet
+    /// and a veth into the server; absent: sessions have only loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+    #[serde(default)]
+    pub desktop: DesktopConfig,
+}
+
+/// `[desktop]`: what desktop sessions need from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DesktopConfig {
+    /// The display server binary, for profiles whose `[desktop]` names
+    /// none. The same path on every server (CRIU).
+    pub display_server: PathBuf,
+}
+
+impl Default for DesktopConfig {
+    fn default() -> Self {
+        DesktopConfig {
+            display_server: PathBuf::from(DEFAULT_DISPLAY_SERVER),
+        }
+    }
 }
 
 /// `[limits]`: everything the daemon bounds.
@@ -197,6 +238,8 @@ impl Default for Config {
             cgroups: true,
             start_timeout_s: defaults::start_timeout_s(),
             limits: DaemonLimits::default(),
+            network: None,
+            desktop: DesktopConfig::default(),
         }
     }
 }
@@ -226,6 +269,7 @@ impl Config {
             ("state_dir", &self.state_dir),
             ("runtime_dir", &self.runtime_dir),
             ("profiles_dir", &self.profiles_dir),
+            ("desktop.display_server", &self.desktop.display_server),
         ] {
             if !p.is_absolute() {
                 return bad(format!("{key} {}: an absolute path", p.display()));
@@ -248,6 +292,10 @@ impl Config {
                     "metrics {a}: a fixed port, like \"127.0.0.1:9465\""
                 ));
             }
+        }
+        if let Some(n) = &self.network {
+            n.validate()
+                .map_err(|e| DaemonError::Config(format!("[network] {e}")))?;
         }
         if !(1..=600).contains(&self.start_timeout_s) {
             return bad(format!("start_timeout_s {}: 1..=600", self.start_timeout_s));
@@ -356,6 +404,8 @@ struct Entry {
 struct Registry {
     sessions: BTreeMap<String, Entry>,
     store: StateStore,
+    /// The server's addresses (with a `[network]`).
+    ipam: Option<Ipam>,
 }
 
 impl Registry {
@@ -364,6 +414,7 @@ impl Registry {
         let state = State {
             version: VERSION,
             sessions: self.sessions.values().map(|e| e.record.clone()).collect(),
+            ipam: self.ipam.clone(),
         };
         if let Err(e) = self.store.save(&state) {
             tracing::error!(error = %e, "state not saved");
@@ -383,6 +434,7 @@ pub struct Daemon {
     exe: PathBuf,
     launcher: Launcher,
     cgroups: Option<CgroupManager>,
+    network: Option<ServerNetwork>,
     default_profile: Profile,
     registry: Mutex<Registry>,
     stats: Mutex<Stats>,
@@ -472,16 +524,39 @@ impl Daemon {
         }
         let store = StateStore::open(&config.state_dir)?;
         let state = store.load()?;
+        let (network, ipam) = match &config.network {
+            Some(nc) => {
+                let net = ServerNetwork::new(nc.clone())?;
+                net.prepare()?;
+                // Leases are rebuilt from the records of the sessions that
+                // are adopted (`recover`); where the next search starts is
+                // kept while the pool is the same.
+                let fresh = IpamState::from(nc.ipam());
+                let next = state
+                    .ipam
+                    .clone()
+                    .map(IpamState::from)
+                    .filter(|s| s.pool == fresh.pool)
+                    .map_or(0, |s| s.next);
+                (
+                    Some(net),
+                    Some(Ipam::try_from(IpamState { next, ..fresh })?),
+                )
+            }
+            None => (None, None),
+        };
         let daemon = Daemon {
             config,
             token,
             exe,
             launcher,
             cgroups,
+            network,
             default_profile,
             registry: Mutex::new(Registry {
                 sessions: BTreeMap::new(),
                 store,
+                ipam,
             }),
             stats: Mutex::new(Stats::default()),
             auth_failures: AtomicU64::new(0),
@@ -514,7 +589,10 @@ impl Daemon {
                     },
                     _ => None,
                 };
-                tracing::info!(session = %id, init_pid = ?rec.init_pid, "session adopted");
+                if let (Some(a), Some(pid)) = (&rec.network, rec.init_pid) {
+                    self.readopt_network(&mut reg, a, pid);
+                }
+                tracing::info!(session = %id, init_pid = ?rec.init_pid, address = ?rec.network.as_ref().map(|a| a.address), "session adopted");
                 reg.sessions.insert(
                     id,
                     Entry {
@@ -529,7 +607,13 @@ impl Daemon {
                     Ok(()) => tracing::info!(session = %id, "an ended session's leftovers removed"),
                     Err(e) => {
                         // Kept (listed as destroying): a `destroy` retries.
+                        // Its address stays taken until then.
                         tracing::warn!(session = %id, error = %e, "an ended session's leftovers not removed");
+                        if let (Some(a), Some(ipam)) = (&rec.network, reg.ipam.as_mut()) {
+                            if let Err(e) = ipam.reserve(a.physical_address(), &id) {
+                                tracing::warn!(session = %id, error = %e, "address not reserved");
+                            }
+                        }
                         let mut record = rec;
                         record.destroying = true;
                         reg.sessions.insert(
@@ -548,9 +632,54 @@ impl Daemon {
         reg.persist();
     }
 
+    /// An adopted session's network: its address reserved again, its link
+    /// re-plumbed on the server's side (idempotent), or attached anew when
+    /// the link has gone (both ends of a veth go together, so the session
+    /// has no `eth0` then either).
+    fn readopt_network(&self, reg: &mut Registry, a: &Attachment, init_pid: u32) {
+        let id = a.session.as_str();
+        if let Some(ipam) = reg.ipam.as_mut() {
+            if let Err(e) = ipam.reserve(a.physical_address(), id) {
+                tracing::warn!(session = %id, error = %e, "the adopted session's address not reserved");
+            }
+        }
+        let Some(net) = &self.network else {
+            tracing::warn!(session = %id, link = %a.link, "the configuration has no [network] now: the session's link is left as it is");
+            return;
+        };
+        let r = match net.is_attached(a) {
+            Ok(true) => net.plumb_server(a),
+            Ok(false) => {
+                tracing::warn!(session = %id, link = %a.link, "the adopted session's link is gone; attaching it again");
+                net.attach(id, init_pid, a.address)
+                    .and_then(|_| match a.physical {
+                        Some(_) => net.plumb_server(a),
+                        None => Ok(()),
+                    })
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(session = %id, error = %e, "the adopted session's network not re-plumbed");
+        }
+    }
+
+    /// Deletes a session's veth (harmless when it is gone already).
+    fn detach(&self, rec: &SessionRecord) -> Result<(), String> {
+        match (&rec.network, &self.network) {
+            (Some(a), Some(net)) => net.detach(a).map_err(|e| e.to_string()),
+            (Some(a), None) => {
+                // The veth goes with the session's network namespace.
+                tracing::warn!(session = %rec.id, link = %a.link, "no [network] configured: the link is not deleted by sessiond");
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
     /// Removes what is left of a session from its record: kills its PID 1
     /// (when it is still the same process) and anything still in its
-    /// cgroups, removes the cgroups and the layer.
+    /// cgroups, removes the cgroups, the veth and the layer.
     fn cleanup(&self, rec: &SessionRecord, cgroup: Option<SessionCgroup>) -> Result<(), String> {
         if let (Some(pid), Some(t)) = (rec.init_pid, rec.init_start_time) {
             if is_alive(pid, t) {
@@ -577,6 +706,7 @@ impl Daemon {
             cg.remove(Duration::from_secs(10))
                 .map_err(|e| e.to_string())?;
         }
+        self.detach(rec)?;
         let dir = self.config.runtime_dir.join(&rec.id);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -597,7 +727,8 @@ impl Daemon {
                 profile,
                 home,
                 command,
-            } => self.create(id, profile, home, command),
+                address,
+            } => self.create(id, profile, home, command, address),
             Request::List {} => Ok(Response {
                 sessions: Some(self.list()),
                 ..Response::ok()
@@ -650,8 +781,9 @@ impl Daemon {
         profile: Option<ProfileSource>,
         home: Option<PathBuf>,
         command: Option<Vec<String>>,
+        address: Option<std::net::Ipv4Addr>,
     ) -> Result<Response, ApiError> {
-        let profile = self.resolve_profile(profile)?;
+        let mut profile = self.resolve_profile(profile)?;
         let home = match (home, &self.config.homes_dir) {
             (None, _) => None,
             (Some(_), None) => {
@@ -661,7 +793,30 @@ impl Daemon {
             }
             (Some(h), Some(dir)) => Some(inside(dir, &h, "home", true)?),
         };
-        let command = command.unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]);
+        if address.is_some() && self.network.is_none() {
+            return Err(ApiError::bad_request(
+                "address: this sessiond has no [network] configured",
+            ));
+        }
+        if let Some(d) = &mut profile.desktop {
+            if command.is_some() {
+                return Err(ApiError::bad_request(
+                    "command: a desktop profile runs its desktop; give no command",
+                ));
+            }
+            let ds = d
+                .display_server
+                .get_or_insert_with(|| self.config.desktop.display_server.clone());
+            if !ds.is_file() {
+                return Err(failed(format!(
+                    "the display server {} is not there: build it with `cargo build --release \
+                     -p mobidesk-display --features server --bin mobidesk-display` and install \
+                     target/release/mobidesk-display at that path (scripts/setup), or name \
+                     another in the daemon's [desktop] display_server",
+                    ds.display()
+                )));
+            }
+        }
         let id = match id {
             Some(id) => id,
             None => format!(
@@ -671,20 +826,7 @@ impl Daemon {
                 self.ids.fetch_add(1, Ordering::Relaxed)
             ),
         };
-        let record = SessionRecord {
-            id: id.clone(),
-            init_pid: None,
-            init_start_time: None,
-            created: now_unix(),
-            profile: profile.clone(),
-            home: home.clone(),
-            command: command.clone(),
-            limits: profile.limits.clone(),
-            cgroups: Vec::new(),
-            session_dir: self.config.runtime_dir.join(&id),
-            destroying: false,
-        };
-        {
+        let record = {
             let mut reg = self.registry();
             if reg.sessions.contains_key(&id) {
                 return Err(ApiError::new(
@@ -707,6 +849,57 @@ impl Daemon {
                     format!("a layer for {id:?} exists but no such session is known"),
                 ));
             }
+            // The address is leased (and the record written) before the
+            // session starts: a crash in between leaves a record to clean
+            // up, never a lost lease.
+            let network = match (&self.network, reg.ipam.as_mut()) {
+                (Some(_), Some(ipam)) => {
+                    let a = match address {
+                        Some(a) => {
+                            ipam.reserve(a, &id).map_err(|e| {
+                                let kind = match e {
+                                    IpamError::Taken { .. } => ErrorKind::Conflict,
+                                    _ => ErrorKind::BadRequest,
+                                };
+                                ApiError::new(kind, format!("address {a}: {e}"))
+                            })?;
+                            a
+                        }
+                        None => ipam
+                            .allocate(&id)
+                            .map_err(|e| ApiError::new(ErrorKind::Limit, e.to_string()))?,
+                    };
+                    Some(Attachment {
+                        session: id.clone(),
+                        link: link_name(&id),
+                        address: a,
+                        physical: None,
+                    })
+                }
+                _ => None,
+            };
+            let address = network.as_ref().map(|a| a.address);
+            let command = match &profile.desktop {
+                Some(d) => d.command(address),
+                None => command
+                    .clone()
+                    .unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
+            };
+            let record = SessionRecord {
+                id: id.clone(),
+                init_pid: None,
+                init_start_time: None,
+                created: now_unix(),
+                profile: profile.clone(),
+                home: home.clone(),
+                command,
+                limits: profile.limits.clone(),
+                cgroups: Vec::new(),
+                session_dir: self.config.runtime_dir.join(&id),
+                destroying: false,
+                network,
+                display_port: profile.desktop.as_ref().map(|d| d.port),
+            };
             reg.sessions.insert(
                 id.clone(),
                 Entry {
@@ -717,26 +910,97 @@ impl Daemon {
                 },
             );
             reg.persist();
-        }
-        let spec = SessionSpec {
-            id: id.clone(),
-            profile,
-            home,
-            command,
+            record
         };
-        let started = self.launcher.start(&spec, SessionStdio::default());
-        let mut reg = self.registry();
-        let session = match started {
-            Ok(s) => s,
+        let mut attached = false;
+        match self.start_session(&record, &mut attached) {
+            Ok(session) => self.started(&id, session),
             Err(e) => {
+                // Nothing of it may stay: the launcher has removed what it
+                // made (cgroups, layer, the session's processes); the veth
+                // (only when this start made it: a link of that name that
+                // was there before is not ours), the host file and the
+                // lease go here.
+                let mut detail = e.message;
+                if attached {
+                    if let Err(d) = self.detach(&record) {
+                        detail.push_str(&format!("; and removing its link failed: {d}"));
+                    }
+                }
+                if let Err(d) = std::fs::remove_dir_all(&record.session_dir) {
+                    if d.kind() != std::io::ErrorKind::NotFound {
+                        detail.push_str(&format!(
+                            "; and removing {} failed: {d}",
+                            record.session_dir.display()
+                        ));
+                    }
+                }
+                let mut reg = self.registry();
                 reg.sessions.remove(&id);
+                if let Some(ipam) = reg.ipam.as_mut() {
+                    ipam.release_session(&id);
+                }
                 reg.persist();
-                return Err(failed(e));
+                Err(ApiError::new(e.kind, detail))
+            }
+        }
+    }
+
+    /// Starts the session of a new record: with its network (attached
+    /// before its command starts) and its desktop (running once the
+    /// display server listens).
+    /// `attached`: set once the session's veth exists.
+    fn start_session(&self, rec: &SessionRecord, attached: &mut bool) -> Result<Session, ApiError> {
+        let id = rec.id.as_str();
+        let address = rec.network.as_ref().map(|a| a.address);
+        let spec = if rec.profile.desktop.is_some() {
+            // X clients resolve their own host name at start: the session
+            // gets its own /etc/hosts (no DNS wait).
+            let hosts = rec.session_dir.join("hosts");
+            std::fs::create_dir_all(&rec.session_dir)
+                .and_then(|()| std::fs::write(&hosts, etc_hosts(&rec.profile.hostname, address)))
+                .map_err(|e| failed(format!("writing {}: {e}", hosts.display())))?;
+            desktop_spec(id, &rec.profile, rec.home.clone(), address, Some(hosts))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+        } else {
+            SessionSpec {
+                id: id.to_string(),
+                profile: rec.profile.clone(),
+                home: rec.home.clone(),
+                command: rec.command.clone(),
             }
         };
+        let session = match (&self.network, &rec.network) {
+            (Some(net), Some(a)) => {
+                self.launcher
+                    .start_with_network(&spec, SessionStdio::default(), |pid| {
+                        net.attach(id, pid, a.address)
+                            .map(|_| *attached = true)
+                            .map_err(|e| e.to_string())
+                    })
+            }
+            _ => self.launcher.start(&spec, SessionStdio::default()),
+        }
+        .map_err(failed)?;
+        if let (Some(port), Some(pid)) = (rec.display_port, session.init_pid()) {
+            let timeout = Duration::from_secs(self.config.start_timeout_s);
+            if let Err(e) = wait_listening(id, pid, port, timeout) {
+                let mut msg = format!("the desktop did not come up: {e}");
+                if let Err(d) = session.destroy() {
+                    msg.push_str(&format!("; and removing the session failed: {d}"));
+                }
+                return Err(failed(msg));
+            }
+        }
+        Ok(session)
+    }
+
+    /// Records a started session as running.
+    fn started(&self, id: &str, session: Session) -> Result<Response, ApiError> {
+        let mut reg = self.registry();
         let init_pid = session.init_pid();
         let start_time = init_pid.and_then(ProcStat::read).map(|s| s.start_time);
-        let Some(entry) = reg.sessions.get_mut(&id) else {
+        let Some(entry) = reg.sessions.get_mut(id) else {
             return Err(failed("session vanished while starting"));
         };
         entry.record.init_pid = init_pid;
@@ -745,7 +1009,7 @@ impl Daemon {
         entry.phase = Phase::Running(Handle::Started(ManuallyDrop::new(session)));
         let info = info_of(entry);
         reg.persist();
-        tracing::info!(init_pid = ?init_pid, "session created");
+        tracing::info!(init_pid = ?init_pid, address = ?info.address, display_port = ?info.display_port, "session created");
         Ok(Response {
             session: Some(info),
             ..Response::ok()
@@ -833,7 +1097,8 @@ impl Daemon {
         let r = match handle {
             Some(Handle::Started(s)) => ManuallyDrop::into_inner(s)
                 .destroy()
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
+                .and_then(|()| self.detach(&record)),
             Some(Handle::Adopted(cg)) => self.cleanup(&record, cg.map(ManuallyDrop::into_inner)),
             None => self.cleanup(&record, None),
         };
@@ -841,6 +1106,10 @@ impl Daemon {
         match &r {
             Ok(()) => {
                 reg.sessions.remove(id);
+                // Its address is free once its link is gone.
+                if let Some(ipam) = reg.ipam.as_mut() {
+                    ipam.release_session(id);
+                }
             }
             Err(_) => {
                 if let Some(e) = reg.sessions.get_mut(id) {
@@ -964,9 +1233,11 @@ impl Daemon {
 
     /// The numbers of a scrape.
     pub fn snapshot(&self) -> Snapshot {
-        let sessions = {
+        let (sessions, addresses_free) = {
             let mut reg = self.registry();
-            reg.sessions
+            let free = reg.ipam.as_ref().map(|i| u64::from(i.free()));
+            let sessions = reg
+                .sessions
                 .values_mut()
                 .filter(|e| matches!(e.phase, Phase::Running(_)))
                 .map(|e| {
@@ -978,7 +1249,8 @@ impl Daemon {
                         cpu_seconds: i.cpu_seconds,
                     }
                 })
-                .collect()
+                .collect();
+            (sessions, free)
         };
         let api = self
             .stats
@@ -990,6 +1262,7 @@ impl Daemon {
             sessions,
             api_requests: api,
             auth_failures: self.auth_failures.load(Ordering::Relaxed),
+            addresses_free,
         }
     }
 
@@ -1196,6 +1469,10 @@ fn info_of(e: &mut Entry) -> SessionInfo {
         limits: r.limits.clone(),
         layer: r.session_dir.join("root"),
         cgroups: r.cgroups.clone(),
+        address: r.network.as_ref().map(|a| a.address),
+        physical_address: r.network.as_ref().map(Attachment::physical_address),
+        link: r.network.as_ref().map(|a| a.link.clone()),
+        display_port: r.display_port,
         processes,
         memory_bytes,
         cpu_seconds,
@@ -1775,6 +2052,26 @@ mod tests {
         };
         assert_eq!(c, defaults);
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
+        // The commented [network] table, uncommented, spells out its
+        // defaults with the example pool.
+        let start = text.find("#[network]").unwrap();
+        let uncommented: String = text[start..]
+            .lines()
+            .filter(|l| !l.starts_with("##"))
+            .map(|l| format!("{}\n", l.strip_prefix('#').unwrap_or(l)))
+            .collect();
+        let c = Config::from_toml(&format!("{}{uncommented}", &text[..start])).unwrap();
+        let mut net = NetworkConfig::new("10.1.0.100-10.1.0.199".parse().unwrap());
+        net.exclude = Vec::new();
+        assert_eq!(c.network, Some(net));
+        assert!(err_of(
+            "[network]\npool = \"10.1.0.100-10.1.0.199\"\nsession_gateway = \"10.1.0.150\""
+        )
+        .contains("[network]"));
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
     }
 
     #[test]

@@ -46,6 +46,9 @@ use crate::profile::{Bind, Profile};
 
 /// Where the display server binary appears inside the session.
 pub const DISPLAY_SERVER_PATH: &str = "/.mobidesk/mobidesk-display";
+/// The display server binary on a server when neither the profile nor the
+/// daemon's configuration names one.
+pub const DEFAULT_DISPLAY_SERVER: &str = "/opt/mobidesk/bin/mobidesk-display";
 /// Xvfb's `-fbdir` inside the session (in the writable layer).
 pub const FBDIR: &str = "/run/mobidesk/fb";
 /// The FIFO on which Xvfb reports that it is ready (`-displayfd`).
@@ -158,9 +161,11 @@ pub struct DesktopProfile {
     #[serde(default = "default_port")]
     pub port: u16,
     /// The display server binary on the server (bound read-only at
-    /// [`DISPLAY_SERVER_PATH`]; the same path on every server).
-    #[serde(default = "default_display_server")]
-    pub display_server: PathBuf,
+    /// [`DISPLAY_SERVER_PATH`]; the same path on every server). Absent: the
+    /// server's own (the daemon's `[desktop] display_server`, else
+    /// [`DEFAULT_DISPLAY_SERVER`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_server: Option<PathBuf>,
 }
 
 fn default_screen() -> Screen {
@@ -182,9 +187,6 @@ fn default_apps() -> Vec<Vec<String>> {
 fn default_port() -> u16 {
     5901
 }
-fn default_display_server() -> PathBuf {
-    PathBuf::from("/opt/mobidesk/bin/mobidesk-display")
-}
 
 impl Default for DesktopProfile {
     fn default() -> Self {
@@ -194,7 +196,7 @@ impl Default for DesktopProfile {
             window_manager: default_wm(),
             apps: default_apps(),
             port: default_port(),
-            display_server: default_display_server(),
+            display_server: None,
         }
     }
 }
@@ -209,11 +211,10 @@ impl DesktopProfile {
         if self.port == 0 {
             return bad("port 0: the display server needs a fixed port".into());
         }
-        if !self.display_server.is_absolute() {
-            return bad(format!(
-                "display_server {:?} must be an absolute path",
-                self.display_server
-            ));
+        if let Some(ds) = &self.display_server {
+            if !ds.is_absolute() {
+                return bad(format!("display_server {ds:?} must be an absolute path"));
+            }
         }
         if self.apps.len() > MAX_APPS {
             return bad(format!("{} apps: at most {MAX_APPS}", self.apps.len()));
@@ -232,6 +233,14 @@ impl DesktopProfile {
             }
         }
         Ok(())
+    }
+
+    /// The display server binary on the server: the profile's, else
+    /// [`DEFAULT_DISPLAY_SERVER`].
+    pub fn display_server(&self) -> PathBuf {
+        self.display_server
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DISPLAY_SERVER))
     }
 
     /// The X display name, e.g. `:1`.
@@ -328,7 +337,7 @@ pub fn desktop_spec(
     desktop.validate()?;
     let mut profile = profile.clone();
     profile.root.binds.push(Bind {
-        source: desktop.display_server.clone(),
+        source: desktop.display_server(),
         target: PathBuf::from(DISPLAY_SERVER_PATH),
     });
     if let Some(hosts) = etc_hosts {
@@ -452,7 +461,7 @@ mod tests {
         };
         assert!(bad.validate().is_err());
         let bad = DesktopProfile {
-            display_server: "mobidesk-display".into(),
+            display_server: Some("mobidesk-display".into()),
             ..DesktopProfile::default()
         };
         assert!(bad.validate().is_err());

@@ -123,6 +123,10 @@ enum CtlOp {
         /// A home directory inside the daemon's homes_dir.
         #[arg(long)]
         home: Option<PathBuf>,
+        /// The session's address (reserved; default: the next of the
+        /// daemon's pool).
+        #[arg(long)]
+        address: Option<std::net::Ipv4Addr>,
         /// What the session's PID 1 runs (default: sleep infinity).
         #[arg(last = true)]
         command: Vec<String>,
@@ -211,9 +215,13 @@ fn ctl(socket: &std::path::Path, token_file: &std::path::Path, op: CtlOp) -> Res
             id,
             profile,
             home,
+            address,
             command,
         } => {
             let mut m = json!({"op": "create"});
+            if let Some(a) = address {
+                m["address"] = json!(a);
+            }
             if let Some(id) = id {
                 m["id"] = json!(id);
             }

@@ -10,6 +10,7 @@
 //! | `mobidesk_sessiond_session_cpu_seconds_total` | counter | `session` |
 //! | `mobidesk_sessiond_api_requests_total` | counter | `op`, `result` |
 //! | `mobidesk_sessiond_auth_failures_total` | counter | |
+//! | `mobidesk_sessiond_addresses_free` | gauge | (with a `[network]`) |
 //!
 //! Per-session numbers come from the session's cgroups at each scrape
 //! (see [`crate::daemon`] for where); API counters are kept by the daemon.
@@ -54,6 +55,8 @@ pub struct Snapshot {
     /// that never got an op (unparsable, unauthorized) count as op `none`.
     pub api_requests: BTreeMap<(String, String), u64>,
     pub auth_failures: u64,
+    /// Addresses of the server's pool still free (with a `[network]`).
+    pub addresses_free: Option<u64>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -121,6 +124,15 @@ pub fn encode(s: &Snapshot) -> Result<String, std::fmt::Error> {
         "Control API requests refused for a missing or wrong token",
         auth,
     );
+    if let Some(free) = s.addresses_free {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(free).unwrap_or(i64::MAX));
+        reg.register(
+            "addresses_free",
+            "Addresses of the server's pool not leased to a session",
+            g,
+        );
+    }
     let mut out = String::new();
     prometheus_text::encode(&mut out, &reg)?;
     Ok(out)
@@ -227,6 +239,7 @@ mod tests {
                 cpu_seconds: Some(1.5),
             }],
             auth_failures: 2,
+            addresses_free: Some(98),
             ..Snapshot::default()
         };
         s.api_requests
@@ -240,6 +253,7 @@ mod tests {
             r#"mobidesk_sessiond_api_requests_total{op="exec",result="unknown_session"} 4"#,
             r#"mobidesk_sessiond_api_requests_total{op="create",result="ok"} 0"#,
             "mobidesk_sessiond_auth_failures_total 2",
+            "mobidesk_sessiond_addresses_free 98",
             "# TYPE mobidesk_sessiond_session_cpu_seconds_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

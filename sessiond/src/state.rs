@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
+use crate::ipam::Ipam;
+use crate::network::Attachment;
 use crate::profile::{Limits, Profile};
 
 /// The state file's name inside the state directory.
@@ -75,6 +77,14 @@ pub struct SessionRecord {
     /// Being destroyed (a crash in the middle is finished at the next start).
     #[serde(default)]
     pub destroying: bool,
+    /// Its network attachment (address, link), when the daemon has a
+    /// `[network]`; written before the session starts, so that a crash in
+    /// the middle of a start still finds what to remove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Attachment>,
+    /// The TCP port of its display server, for a desktop session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_port: Option<u16>,
 }
 
 /// The whole file.
@@ -83,6 +93,10 @@ pub struct SessionRecord {
 pub struct State {
     pub version: u32,
     pub sessions: Vec<SessionRecord>,
+    /// The server's address allocator (with a `[network]`): its leases
+    /// (address -> session) and where the next search starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
 }
 
 /// The locked state directory.
@@ -135,6 +149,7 @@ impl StateStore {
                 return Ok(State {
                     version: VERSION,
                     sessions: Vec::new(),
+                    ipam: None,
                 })
             }
             Err(e) => return Err(io("reading", &path)(e)),
@@ -253,6 +268,8 @@ mod tests {
             cgroups: vec!["/sys/fs/cgroup/pids/mobidesk/a".into()],
             session_dir: "/run/mobidesk/sessions/a".into(),
             destroying: false,
+            network: None,
+            display_port: None,
         }
     }
 
@@ -271,9 +288,20 @@ mod tests {
         let dir = tempdir();
         let store = StateStore::open(&dir).unwrap();
         assert_eq!(store.load().unwrap().sessions, vec![]);
+        let mut ipam = Ipam::new("10.1.0.100-10.1.0.103".parse().unwrap(), []);
+        let address = ipam.allocate("b").unwrap();
+        let mut b = record("b");
+        b.network = Some(Attachment {
+            session: "b".into(),
+            link: "ses-b".into(),
+            address,
+            physical: None,
+        });
+        b.display_port = Some(5901);
         let state = State {
             version: VERSION,
-            sessions: vec![record("a"), record("b")],
+            sessions: vec![record("a"), b],
+            ipam: Some(ipam),
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), state);

@@ -23,10 +23,10 @@ use crate::support::{require_root, unique, TempDir, DEADLINE, PROBE};
 const BIN: &str = env!("CARGO_BIN_EXE_mobidesk-sessiond");
 
 /// A daemon under test, with its directories, token and log.
-struct TestDaemon {
-    dir: TempDir,
+pub(crate) struct TestDaemon {
+    pub(crate) dir: TempDir,
     config: PathBuf,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     token: String,
     metrics: SocketAddr,
     child: Option<Child>,
@@ -35,7 +35,13 @@ struct TestDaemon {
 
 impl TestDaemon {
     /// A daemon (not started) whose config adds `limits` to `[limits]`.
-    fn new(limits: &str) -> TestDaemon {
+    pub(crate) fn new(limits: &str) -> TestDaemon {
+        TestDaemon::with_tables(limits, "")
+    }
+
+    /// A daemon (not started) whose config adds `limits` to `[limits]` and
+    /// ends with `tables` (e.g. `[network]`).
+    pub(crate) fn with_tables(limits: &str, tables: &str) -> TestDaemon {
         require_root();
         let dir = TempDir::new();
         let p = dir.path();
@@ -70,7 +76,7 @@ impl TestDaemon {
             format!(
                 "socket = \"{}\"\ntoken_file = \"{}\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n\
                  profiles_dir = \"{}\"\nhomes_dir = \"{}\"\ndefault_profile = \"{}\"\n\
-                 metrics = \"{metrics}\"\n[limits]\n{limits}\n",
+                 metrics = \"{metrics}\"\n[limits]\n{limits}\n{tables}\n",
                 socket.display(),
                 p.join("token").display(),
                 p.join("state").display(),
@@ -93,7 +99,7 @@ impl TestDaemon {
     }
 
     /// Starts the daemon and waits for its "sessiond up" log line.
-    fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(&self.config)
@@ -125,12 +131,12 @@ impl TestDaemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// SIGKILL, and wait for the daemon's end.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -138,18 +144,18 @@ impl TestDaemon {
     }
 
     /// One request (token added) on a fresh connection.
-    fn call(&self, request: Value) -> Response {
+    pub(crate) fn call(&self, request: Value) -> Response {
         mobidesk_sessiond::daemon::request(&self.socket, &self.token, &request, DEADLINE)
             .unwrap_or_else(|e| panic!("{request}: {e}\n{}", self.log()))
     }
 
-    fn ok(&self, request: Value) -> Response {
+    pub(crate) fn ok(&self, request: Value) -> Response {
         let r = self.call(request.clone());
         assert!(r.ok, "{request} failed: {r:?}\n{}", self.log());
         r
     }
 
-    fn err(&self, request: Value) -> ErrorKind {
+    pub(crate) fn err(&self, request: Value) -> ErrorKind {
         let r = self.call(request.clone());
         assert!(!r.ok, "{request} succeeded: {r:?}");
         let e = r.error.unwrap();
@@ -157,7 +163,7 @@ impl TestDaemon {
         e.kind
     }
 
-    fn create(&self, profile: &str) -> SessionInfo {
+    pub(crate) fn create(&self, profile: &str) -> SessionInfo {
         let id = unique("dm-");
         self.ok(json!({"op": "create", "id": id, "profile": profile}))
             .session
@@ -165,7 +171,7 @@ impl TestDaemon {
     }
 
     /// Runs `argv` in the session; returns (exit code, stdout, stderr).
-    fn exec(&self, id: &str, argv: &[&str]) -> (i32, String, String) {
+    pub(crate) fn exec(&self, id: &str, argv: &[&str]) -> (i32, String, String) {
         let x = self
             .ok(json!({"op": "exec", "id": id, "argv": argv}))
             .exec
@@ -173,7 +179,7 @@ impl TestDaemon {
         (x.exit_code, x.stdout, x.stderr)
     }
 
-    fn probe(&self, id: &str, args: &[&str]) -> String {
+    pub(crate) fn probe(&self, id: &str, args: &[&str]) -> String {
         let mut argv = vec![PROBE];
         argv.extend_from_slice(args);
         let (code, out, err) = self.exec(id, &argv);
@@ -181,12 +187,12 @@ impl TestDaemon {
         out.trim().to_string()
     }
 
-    fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         let text = std::fs::read_to_string(self.dir.path().join("state/sessions.json")).unwrap();
         serde_json::from_str(&text).unwrap()
     }
 
-    fn layer_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn layer_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join("run").join(id)
     }
 
@@ -200,7 +206,7 @@ impl TestDaemon {
         }
     }
 
-    fn scrape(&self) -> String {
+    pub(crate) fn scrape(&self) -> String {
         let mut s = TcpStream::connect(self.metrics).unwrap();
         s.set_read_timeout(Some(DEADLINE)).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -885,7 +891,10 @@ fn a_reused_pid_is_not_taken_for_a_session() {
             cgroups: Vec::new(),
             session_dir: d.layer_dir(&id),
             destroying: false,
+            network: None,
+            display_port: None,
         }],
+        ipam: None,
     };
     let dir = d.dir.path().join("state");
     std::fs::create_dir_all(&dir).unwrap();

@@ -25,7 +25,7 @@ use crate::support::{unique, Fixture, TempDir, DEADLINE};
 
 /// `mobidesk-display` (feature `server`) and `mobidesk-client`, built by
 /// `cargo build` into this test binary's own target directory and profile.
-fn binaries() -> &'static (PathBuf, PathBuf) {
+pub(crate) fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         // <target>/<profile>/deps/session-<hash>
@@ -116,7 +116,7 @@ fn session_members(init_pid: u32) -> Vec<(nix::unistd::Pid, String)> {
 }
 
 /// The command names of every process of the session, sorted.
-fn session_processes(init_pid: u32) -> Vec<String> {
+pub(crate) fn session_processes(init_pid: u32) -> Vec<String> {
     let mut names: Vec<String> = session_members(init_pid)
         .into_iter()
         .map(|(_, n)| n)
@@ -147,7 +147,7 @@ fn drawn(px: &[u32]) -> bool {
 /// number of viewer runs, both pictures and the viewer's statistics.
 /// `context` adds the session's state to a failure.
 #[allow(clippy::type_complexity)]
-fn viewer_sees_the_desktop(
+pub(crate) fn viewer_sees_the_desktop(
     lan: &Lan,
     client: &Path,
     address: std::net::Ipv4Addr,
@@ -217,7 +217,7 @@ fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet(
 fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: &mut Ipam) {
     let (display_server, client) = binaries().clone();
     let desktop = DesktopProfile {
-        display_server,
+        display_server: Some(display_server),
         ..DesktopProfile::default()
     };
     let port = desktop.port;
@@ -359,7 +359,7 @@ fn a_desktop_session_is_checkpointed_and_restored_with_its_network() {
     let launcher = fx.launcher.clone().keep_layer(true);
 
     let desktop = DesktopProfile {
-        display_server,
+        display_server: Some(display_server),
         ..DesktopProfile::default()
     };
     let port = desktop.port;

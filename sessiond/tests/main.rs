@@ -9,6 +9,7 @@
 mod checkpoint;
 mod cli;
 mod daemon;
+mod daemon_net;
 mod desktop;
 mod escapes;
 mod fds;

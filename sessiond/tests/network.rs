@@ -213,7 +213,7 @@ pub(crate) fn start_attached(
 }
 
 /// A deterministic payload of `len` bytes, different per `seed`.
-fn payload(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn payload(seed: u8, len: usize) -> Vec<u8> {
     let mut s = u32::from(seed) | 0x1000;
     (0..len)
         .map(|_| {
@@ -224,7 +224,7 @@ fn payload(seed: u8, len: usize) -> Vec<u8> {
 }
 
 /// FNV-1a 64 of the bytes (a checksum both ends compute the same way).
-fn fnv(b: &[u8]) -> u64 {
+pub(crate) fn fnv(b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for x in b {
         h ^= u64::from(*x);

@@ -1,0 +1,403 @@
+//! The daemon with a `[network]` (and a desktop): sessions created through
+//! the API get their address from the daemon's pool and a `ses-*` veth in a
+//! per-test server namespace, the peer on the subnet reaches them, destroy
+//! frees the address, a restart after SIGKILL keeps them (re-plumbing what
+//! was lost meanwhile), a failed attach leaves nothing behind, and a desktop
+//! profile comes up seen pixel-exact by the headless viewer.
+//!
+//! ```text
+//!  peer ns  eth0 10.1.0.1/24 ══ eth0 10.1.0.10/24  server ns  ses-* ══ eth0 (session)
+//! ```
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+
+use mobidesk_sessiond::api::{ErrorKind, SessionInfo};
+use mobidesk_sessiond::desktop::framebuffer_file;
+use mobidesk_sessiond::state::{is_alive, ProcStat};
+use serde_json::json;
+
+use crate::daemon::TestDaemon;
+use crate::desktop::{binaries, session_processes, viewer_sees_the_desktop};
+use crate::network::{fnv, payload, spawn_in, Lan, PEER};
+use crate::support::{sh, unique, TempDir, DEADLINE};
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// A daemon whose `[network]` is the server namespace of `lan`, with
+/// `pool`, and `extra` tables after it.
+fn daemon_on(lan: &Lan, pool: &str, extra: &str) -> TestDaemon {
+    let tables = format!(
+        "[network]\nuplink = \"eth0\"\npool = \"{pool}\"\nexclude = [\"10.1.0.1\", \"10.1.0.10\"]\nnetns = \"{}\"\n{extra}",
+        lan.server
+    );
+    TestDaemon::with_tables("", &tables)
+}
+
+/// The server's links (names).
+fn links(lan: &Lan) -> Vec<String> {
+    sh(Command::new("ip").args(["-n", &lan.server, "-o", "link", "show"]))
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// The peer pings `address` (one echo, answered within 10 s).
+fn peer_pings(lan: &Lan, address: Ipv4Addr) {
+    sh(Lan::run_in(&lan.peer, "ping").args(["-c", "1", "-W", "10", &address.to_string()]));
+}
+
+/// Leases of the daemon's state file: (address, session).
+fn leases(d: &TestDaemon) -> Vec<(Ipv4Addr, String)> {
+    d.state()
+        .ipam
+        .map(|i| i.leases().map(|(a, s)| (a, s.to_string())).collect())
+        .unwrap_or_default()
+}
+
+fn addresses_free(d: &TestDaemon) -> u64 {
+    let text = d.scrape();
+    text.lines()
+        .find_map(|l| l.strip_prefix("mobidesk_sessiond_addresses_free "))
+        .unwrap_or_else(|| panic!("addresses_free missing in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The session's cgroup directories named after `id` that exist (v1: one
+/// per hierarchy, v2: one).
+fn cgroups_named(id: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let root = Path::new("/sys/fs/cgroup");
+    let mut candidates = vec![root.join("mobidesk").join(id)];
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        candidates.push(e.path().join("mobidesk").join(id));
+    }
+    for c in candidates {
+        if c.exists() {
+            v.push(c);
+        }
+    }
+    v
+}
+
+fn create(d: &TestDaemon, id: &str) -> SessionInfo {
+    d.ok(json!({"op": "create", "id": id, "profile": "probe.toml"}))
+        .session
+        .unwrap()
+}
+
+/// Inside the session: fetch the peer's payload on port 7001 and print its
+/// length and checksum (FNV-1a 64, as [`fnv`]).
+const FETCH: &str = r#"
+import socket, sys
+h = 0xcbf29ce484222325
+n = 0
+c = socket.create_connection((sys.argv[1], 7001), timeout=60)
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    n += len(b)
+    for x in b:
+        h = ((h ^ x) * 0x100000001b3) & 0xffffffffffffffff
+print("got %d %x" % (n, h))
+"#;
+
+#[test]
+fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_restart() {
+    let lan = Lan::new();
+    // Three addresses: exhaustion and reuse are reachable.
+    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.102", "");
+    d.start();
+    assert_eq!(addresses_free(&d), 3);
+
+    // The peer serves each session a payload that depends on its address.
+    let (tx, rx) = mpsc::channel();
+    let server = spawn_in(&lan.peer, move || {
+        let l = TcpListener::bind((PEER, 7001)).unwrap();
+        tx.send(()).unwrap();
+        for _ in 0..2 {
+            let (mut c, from) = l.accept().unwrap();
+            let SocketAddr::V4(from) = from else { panic!() };
+            c.write_all(&payload(from.ip().octets()[3], 256 << 10))
+                .unwrap();
+        }
+    });
+    rx.recv_timeout(DEADLINE).unwrap();
+
+    let ids: Vec<String> = (0..3).map(|_| unique("dn-")).collect();
+    let a = create(&d, &ids[0]);
+    let b = create(&d, &ids[1]);
+    assert_eq!(
+        (a.address, b.address),
+        (Some(ip("10.1.0.100")), Some(ip("10.1.0.101"))),
+        "each its own address from the pool"
+    );
+    assert_eq!(a.physical_address, a.address, "virtual = physical at first");
+    let link_a = a.link.clone().unwrap();
+    assert!(links(&lan).contains(&link_a), "{:?}", links(&lan));
+    // Outbound TCP through the server: the session gets its own payload.
+    for s in [&a, &b] {
+        let (code, out, err) = d.exec(&s.id, &["/usr/bin/python3", "-c", FETCH, "10.1.0.1"]);
+        assert_eq!(code, 0, "{err}");
+        let want = payload(s.address.unwrap().octets()[3], 256 << 10);
+        assert_eq!(out.trim(), format!("got {} {:x}", want.len(), fnv(&want)));
+        // Inbound: the peer reaches the session's address.
+        peer_pings(&lan, s.address.unwrap());
+    }
+    server.join().unwrap();
+    let i = d.ok(json!({"op": "inspect", "id": a.id})).session.unwrap();
+    assert_eq!(
+        (i.address, i.link.as_deref()),
+        (a.address, Some(link_a.as_str()))
+    );
+    let rec = d.state();
+    assert_eq!(
+        rec.sessions[0].network.as_ref().unwrap().address,
+        ip("10.1.0.100")
+    );
+    assert_eq!(leases(&d).len(), 2);
+
+    // The last address, then none left: a clear error, nothing made.
+    let c = create(&d, &ids[2]);
+    assert_eq!(c.address, Some(ip("10.1.0.102")));
+    assert_eq!(addresses_free(&d), 0);
+    let full = unique("dn-");
+    let r = d.call(json!({"op": "create", "id": full, "profile": "probe.toml"}));
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Limit);
+    assert!(e.message.contains("exhausted"), "{e:?}");
+    assert!(!d.layer_dir(&full).exists() && cgroups_named(&full).is_empty());
+
+    // Destroy frees the address and removes the link and its route.
+    d.ok(json!({"op": "destroy", "id": a.id}));
+    assert!(!links(&lan).contains(&link_a));
+    let routes = sh(Command::new("ip").args(["-n", &lan.server, "route", "show"]));
+    assert!(!routes.contains("10.1.0.100 "), "{routes}");
+    assert_eq!(addresses_free(&d), 1);
+    let again = create(&d, &full);
+    assert_eq!(again.address, Some(ip("10.1.0.100")), "the freed address");
+    peer_pings(&lan, ip("10.1.0.100"));
+
+    // SIGKILL of the daemon. Meanwhile: c's PID 1 dies, b's link is
+    // deleted (both ends), `again` loses its route.
+    d.kill9();
+    let b_init = b.init_pid.unwrap();
+    let b_start = ProcStat::read(b_init).unwrap().start_time;
+    let c_init = c.init_pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c_init as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(mobidesk_sessiond::environment::wait_for_exit(c_init, DEADLINE).unwrap());
+    sh(Command::new("ip").args(["-n", &lan.server, "link", "del", b.link.as_deref().unwrap()]));
+    sh(Command::new("ip").args(["-n", &lan.server, "route", "del", "10.1.0.100/32"]));
+
+    d.start();
+    let list = d.ok(json!({"op": "list"})).sessions.unwrap();
+    let mut listed: Vec<(String, Option<Ipv4Addr>, bool)> = list
+        .iter()
+        .map(|s| (s.id.clone(), s.address, s.adopted))
+        .collect();
+    listed.sort();
+    let mut want = vec![
+        (b.id.clone(), b.address, true),
+        (again.id.clone(), again.address, true),
+    ];
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(is_alive(b_init, b_start), "b kept its PID 1");
+    // Both answer again: b's link attached anew, the route re-plumbed.
+    peer_pings(&lan, b.address.unwrap());
+    peer_pings(&lan, again.address.unwrap());
+    // c's link and lease are gone; its address is the one left.
+    assert!(!links(&lan).contains(c.link.as_ref().unwrap()));
+    let mut held: Vec<Ipv4Addr> = leases(&d).into_iter().map(|(a, _)| a).collect();
+    held.sort();
+    assert_eq!(held, [ip("10.1.0.100"), ip("10.1.0.101")]);
+    assert_eq!(addresses_free(&d), 1);
+    let last = create(&d, &unique("dn-"));
+    assert_eq!(last.address, c.address);
+    peer_pings(&lan, ip("10.1.0.102"));
+
+    for s in [&b, &again, &last] {
+        d.ok(json!({"op": "destroy", "id": s.id}));
+    }
+    let left: Vec<String> = links(&lan)
+        .into_iter()
+        .filter(|l| l.starts_with("ses-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(leases(&d).is_empty());
+    assert_eq!(addresses_free(&d), 3);
+}
+
+#[test]
+fn a_create_that_fails_leaves_nothing_and_a_requested_address_is_reserved() {
+    let lan = Lan::new();
+    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.101", "");
+    d.start();
+    // A link of the session's name exists in the server: attach fails.
+    let id = unique("dq-");
+    let link = mobidesk_sessiond::network::link_name(&id);
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.server,
+        "link",
+        "add",
+        &link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "squatter",
+    ]));
+    let r = d.call(json!({"op": "create", "id": id, "profile": "probe.toml"}));
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, ErrorKind::Failed);
+    assert!(
+        e.message.contains("network set-up failed") && e.message.contains("exists"),
+        "{e:?}"
+    );
+    // No record, no lease, no layer, no cgroup; the squatter's link is
+    // left alone and no other link was made.
+    assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
+    assert!(d.state().sessions.is_empty());
+    assert!(leases(&d).is_empty());
+    assert!(!d.layer_dir(&id).exists());
+    assert_eq!(cgroups_named(&id), Vec::<PathBuf>::new());
+    let mut l = links(&lan);
+    l.sort();
+    let mut want = vec![
+        "eth0".to_string(),
+        "lo".into(),
+        link.clone(),
+        "squatter".into(),
+    ];
+    want.sort();
+    assert_eq!(l, want);
+    assert_eq!(addresses_free(&d), 2);
+
+    // A failure after the attach (the desktop never comes up: its script
+    // finds no program, the session ends) removes the veth too.
+    std::fs::write(
+        d.dir.path().join("profiles/broken-desktop.toml"),
+        "env = [[\"PATH\", \"/nonexistent\"]]\n[desktop]\ndisplay_server = \"/usr/bin/true\"\n",
+    )
+    .unwrap();
+    let id = unique("dq-");
+    let r = d.call(json!({"op": "create", "id": id, "profile": "broken-desktop.toml"}));
+    let e = r.error.unwrap();
+    assert!(e.message.contains("the desktop did not come up"), "{e:?}");
+    assert!(d.state().sessions.is_empty() && leases(&d).is_empty());
+    assert!(!d.layer_dir(&id).exists());
+    assert_eq!(cgroups_named(&id), Vec::<PathBuf>::new());
+    let mut l = links(&lan);
+    l.sort();
+    assert_eq!(l, want, "the session's veth was removed");
+
+    // A requested address (outside the pool: one a migrating session
+    // brings) is reserved and routed; asking for it again is a conflict,
+    // an excluded one a bad request.
+    let s = d
+        .ok(
+            json!({"op": "create", "id": unique("dq-"), "profile": "probe.toml",
+                   "address": "10.1.0.150"}),
+        )
+        .session
+        .unwrap();
+    assert_eq!(s.address, Some(ip("10.1.0.150")));
+    peer_pings(&lan, ip("10.1.0.150"));
+    assert_eq!(
+        d.err(json!({"op": "create", "id": unique("dq-"), "address": "10.1.0.150"})),
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        d.err(json!({"op": "create", "id": unique("dq-"), "address": "10.1.0.10"})),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(addresses_free(&d), 2, "the pool is untouched");
+    d.ok(json!({"op": "destroy", "id": s.id}));
+    assert!(leases(&d).is_empty());
+}
+
+#[test]
+fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
+    let (display_server, client) = binaries().clone();
+    let lan = Lan::new();
+    let extra = format!(
+        "[desktop]\ndisplay_server = \"{}\"\n",
+        display_server.display()
+    );
+    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.109", &extra);
+    let profiles = d.dir.path().join("profiles");
+    std::fs::write(
+        profiles.join("desktop.toml"),
+        "hostname = \"apidesk\"\n[desktop]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        profiles.join("desktop-missing.toml"),
+        "[desktop]\ndisplay_server = \"/nonexistent/mobidesk-display\"\n",
+    )
+    .unwrap();
+    d.start();
+
+    // A display server that is not there: a clear error, nothing made.
+    let id = unique("dd-");
+    let r = d.call(json!({"op": "create", "id": id, "profile": "desktop-missing.toml"}));
+    let e = r.error.unwrap();
+    assert!(
+        e.message.contains("/nonexistent/mobidesk-display") && e.message.contains("cargo build"),
+        "{e:?}"
+    );
+    assert!(leases(&d).is_empty() && !d.layer_dir(&id).exists());
+    // A desktop runs its desktop, not a command.
+    assert_eq!(
+        d.err(json!({"op": "create", "profile": "desktop.toml", "command": ["true"]})),
+        ErrorKind::BadRequest
+    );
+
+    let s = d
+        .ok(json!({"op": "create", "id": unique("dd-"), "profile": "desktop.toml"}))
+        .session
+        .unwrap();
+    let (address, port) = (s.address.unwrap(), s.display_port.unwrap());
+    assert_eq!(port, 5901);
+    let pid = s.init_pid.unwrap();
+    let out = TempDir::new();
+    let fb = framebuffer_file(&s.layer);
+    let (rounds, viewer, screen, _) =
+        viewer_sees_the_desktop(&lan, &client, address, port, &fb, out.path(), &|| {
+            format!("processes {:?}", session_processes(pid))
+        });
+    assert_eq!(viewer, screen);
+    assert_eq!((viewer.0, viewer.1), (1024, 768));
+    let procs = session_processes(pid);
+    for p in ["Xvfb", "openbox", "xterm", "mobidesk-displa"] {
+        assert!(
+            procs.iter().any(|n| n == p),
+            "{p} in the session: {procs:?}"
+        );
+    }
+    // The session's own /etc/hosts names it at its address.
+    let (_, hosts, _) = d.exec(&s.id, &["cat", "/etc/hosts"]);
+    assert!(hosts.contains(&format!("{address}\tapidesk")), "{hosts}");
+    eprintln!(
+        "desktop through the API at {address}:{port}: pixel-exact after {rounds} viewer run(s)"
+    );
+
+    d.ok(json!({"op": "destroy", "id": s.id}));
+    assert!(mobidesk_sessiond::environment::wait_for_exit(pid, DEADLINE).unwrap());
+    assert!(!links(&lan).contains(s.link.as_ref().unwrap()));
+    assert!(!d.layer_dir(&s.id).exists());
+    assert!(leases(&d).is_empty());
+}
