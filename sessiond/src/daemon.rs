@@ -1161,6 +1161,10 @@ impl Daemon {
                 return Err(failed(format!("session {id:?} has no PID 1")));
             };
             let mut vars = session_env(id, &r.profile);
+            if let Some(d) = &r.profile.desktop {
+                // X clients run by exec find the session's display.
+                vars.push(("DISPLAY".into(), d.display_name()));
+            }
             for (k, v) in env {
                 vars.retain(|(name, _)| *name != k);
                 vars.push((k, v));

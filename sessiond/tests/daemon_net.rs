@@ -388,7 +388,10 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
             "{p} in the session: {procs:?}"
         );
     }
-    // The session's own /etc/hosts names it at its address.
+    // An exec finds the display; the session's own /etc/hosts names it at
+    // its address.
+    let (code, _, err) = d.exec(&s.id, &["xprop", "-root", "_NET_CLIENT_LIST"]);
+    assert_eq!(code, 0, "{err}");
     let (_, hosts, _) = d.exec(&s.id, &["cat", "/etc/hosts"]);
     assert!(hosts.contains(&format!("{address}\tapidesk")), "{hosts}");
     eprintln!(
