@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::daemon::TestDaemon;
 use crate::desktop::{binaries, session_processes, viewer_sees_the_desktop};
 use crate::network::{fnv, payload, spawn_in, Lan, PEER};
-use crate::support::{sh, unique, TempDir, DEADLINE};
+use crate::support::{require_root, sh, unique, TempDir, DEADLINE};
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -61,8 +61,23 @@ fn leases(d: &TestDaemon) -> Vec<(Ipv4Addr, String)> {
         .unwrap_or_default()
 }
 
+/// `mobidesk_sessiond_addresses_free` of a scrape (which `promtool check
+/// metrics` passes, when `/usr/bin/promtool` exists).
 fn addresses_free(d: &TestDaemon) -> u64 {
     let text = d.scrape();
+    let promtool = Path::new("/usr/bin/promtool");
+    if promtool.exists() {
+        let mut p = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "promtool: {out:?}");
+    }
     text.lines()
         .find_map(|l| l.strip_prefix("mobidesk_sessiond_addresses_free "))
         .unwrap_or_else(|| panic!("addresses_free missing in\n{text}"))
@@ -112,6 +127,7 @@ print("got %d %x" % (n, h))
 
 #[test]
 fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_restart() {
+    require_root();
     let lan = Lan::new();
     // Three addresses: exhaustion and reuse are reachable.
     let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.102", "");
@@ -242,6 +258,7 @@ fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_re
 
 #[test]
 fn a_create_that_fails_leaves_nothing_and_a_requested_address_is_reserved() {
+    require_root();
     let lan = Lan::new();
     let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.101", "");
     d.start();
@@ -331,6 +348,7 @@ fn a_create_that_fails_leaves_nothing_and_a_requested_address_is_reserved() {
 
 #[test]
 fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
+    require_root();
     let (display_server, client) = binaries().clone();
     let lan = Lan::new();
     let extra = format!(
