@@ -422,3 +422,84 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
     assert!(!d.layer_dir(&s.id).exists());
     assert!(leases(&d).is_empty());
 }
+
+#[test]
+fn a_start_cut_short_by_a_crash_is_cleaned_up_with_its_link_and_lease() {
+    use mobidesk_sessiond::ipam::Ipam;
+    use mobidesk_sessiond::network::{link_name, Attachment};
+    use mobidesk_sessiond::state::{SessionRecord, State, VERSION};
+    require_root();
+    let lan = Lan::new();
+    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.101", "");
+    // What a daemon killed between attach and "running" leaves: a record
+    // without PID 1 but with its attachment, the lease, the link and the
+    // layer.
+    let id = unique("dc-");
+    let link = link_name(&id);
+    let mut ipam = Ipam::new(
+        "10.1.0.100-10.1.0.101".parse().unwrap(),
+        [ip("10.1.0.1"), ip("10.1.0.10")],
+    );
+    let address = ipam.allocate(&id).unwrap();
+    let state = State {
+        version: VERSION,
+        sessions: vec![SessionRecord {
+            id: id.clone(),
+            init_pid: None,
+            init_start_time: None,
+            created: 0,
+            profile: mobidesk_sessiond::Profile::default(),
+            home: None,
+            command: vec!["sleep".into(), "infinity".into()],
+            limits: mobidesk_sessiond::Limits::default(),
+            cgroups: Vec::new(),
+            session_dir: d.layer_dir(&id),
+            destroying: false,
+            network: Some(Attachment {
+                session: id.clone(),
+                link: link.clone(),
+                address,
+                physical: None,
+            }),
+            display_port: None,
+        }],
+        ipam: Some(ipam),
+    };
+    let dir = d.dir.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sessions.json"),
+        serde_json::to_string(&state).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.layer_dir(&id).join("root")).unwrap();
+    sh(Command::new("ip").args([
+        "-n",
+        &lan.server,
+        "link",
+        "add",
+        &link,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "half",
+    ]));
+    d.start();
+    assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
+    assert!(!links(&lan).contains(&link), "{:?}", links(&lan));
+    assert!(!d.layer_dir(&id).exists());
+    assert!(d.state().sessions.is_empty() && leases(&d).is_empty());
+    assert_eq!(addresses_free(&d), 2);
+    // Next fit survives the restart (.101 first), then the crashed
+    // start's address is handed out again.
+    let s1 = create(&d, &unique("dc-"));
+    let s2 = create(&d, &unique("dc-"));
+    assert_eq!(
+        (s1.address, s2.address),
+        (Some(ip("10.1.0.101")), Some(address))
+    );
+    for s in [s1, s2] {
+        d.ok(json!({"op": "destroy", "id": s.id}));
+    }
+}
