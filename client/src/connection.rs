@@ -1,4 +1,5 @@
-//! A blocking TCP transport around a [`Viewer`].
+//! A blocking transport around a [`Viewer`]: TLS 1.3 over TCP, or plain TCP
+//! when asked for.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use mobidesk_display::codec::Framebuffer;
 use mobidesk_display::protocol::{CloseCode, Message};
 
+use super::tls::Security;
 use super::viewer::{keysyms_for, Viewer, ViewerConfig, ViewerError};
 
 /// Why a connection failed.
@@ -24,6 +26,10 @@ pub enum ConnectionError {
     /// The protocol failed (or the server closed).
     #[error(transparent)]
     Viewer(#[from] ViewerError),
+    /// The TLS handshake failed (an untrusted certificate, a wrong name, a
+    /// server that does not speak TLS 1.3).
+    #[error("tls handshake: {0}")]
+    Handshake(#[source] std::io::Error),
     /// The server ended the transport without a `Close`.
     #[error("the server closed the connection without a Close")]
     Eof,
@@ -41,21 +47,85 @@ impl ConnectionError {
 /// The Shift_L keysym.
 const SHIFT_L: u32 = 0xffe1;
 
+/// How long the TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The byte stream: TLS or plain TCP.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A viewer connected to a display server.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     viewer: Viewer,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects and sends the hello.
-    pub fn connect(addr: SocketAddr, config: &ViewerConfig) -> Result<Self, ConnectionError> {
-        let stream = TcpStream::connect(addr).map_err(ConnectionError::io("connect"))?;
-        stream
-            .set_nodelay(true)
+    /// Connects (with TLS: completes the handshake, so an untrusted server
+    /// fails here with [`ConnectionError::Handshake`]) and sends the hello.
+    pub fn connect(
+        addr: SocketAddr,
+        config: &ViewerConfig,
+        security: &Security,
+    ) -> Result<Self, ConnectionError> {
+        let mut tcp = TcpStream::connect(addr).map_err(ConnectionError::io("connect"))?;
+        tcp.set_nodelay(true)
             .map_err(ConnectionError::io("nodelay"))?;
+        let stream = match security {
+            Security::InsecurePlaintext => Stream::Plain(tcp),
+            Security::Tls(tls) => {
+                let mut session =
+                    rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                        .map_err(|e| ConnectionError::Handshake(std::io::Error::other(e)))?;
+                tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                    .map_err(ConnectionError::io("set_read_timeout"))?;
+                while session.is_handshaking() {
+                    session
+                        .complete_io(&mut tcp)
+                        .map_err(ConnectionError::Handshake)?;
+                }
+                Stream::Tls(Box::new(rustls::StreamOwned::new(session, tcp)))
+            }
+        };
         let mut connection = Connection {
             stream,
             viewer: Viewer::new(config),
@@ -123,6 +193,7 @@ impl Connection {
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
         self.stream
             .write_all(bytes)
+            .and_then(|()| self.stream.flush())
             .map_err(ConnectionError::io("write"))
     }
 
@@ -131,6 +202,7 @@ impl Connection {
         if !out.is_empty() {
             self.stream
                 .write_all(&out)
+                .and_then(|()| self.stream.flush())
                 .map_err(ConnectionError::io("write"))?;
         }
         Ok(())
@@ -140,6 +212,7 @@ impl Connection {
     pub fn poll(&mut self, timeout: Duration) -> Result<bool, ConnectionError> {
         let timeout = timeout.max(Duration::from_millis(1));
         self.stream
+            .tcp()
             .set_read_timeout(Some(timeout))
             .map_err(ConnectionError::io("set_read_timeout"))?;
         match self.stream.read(&mut self.buf) {
@@ -207,7 +280,10 @@ impl Connection {
                 }
                 Err(ConnectionError::Eof) => return Ok(None),
                 Err(ConnectionError::Io { source, .. })
-                    if source.kind() == ErrorKind::ConnectionReset =>
+                    if matches!(
+                        source.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+                    ) =>
                 {
                     return Ok(None)
                 }

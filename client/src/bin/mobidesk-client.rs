@@ -1,9 +1,15 @@
 //! `mobidesk-client`: a MobiDesk viewer. So far only `--headless`.
 //!
 //! ```text
-//! mobidesk-client --headless --connect 127.0.0.1:5905 --png out.png --stats stats.json
-//! mobidesk-client --headless --connect 127.0.0.1:5905 --type 'ls -l\n' --stats stats.json
+//! mobidesk-client --headless --connect 127.0.0.1:5905 --ca ca.pem --png out.png --stats stats.json
+//! mobidesk-client --headless --connect 127.0.0.1:5905 --ca ca.pem --server-name desk.example \
+//!     --viewport 800x600 --type 'ls -l\n' --stats stats.json
+//! mobidesk-client --headless --connect 127.0.0.1:5905 --insecure-plaintext --stats stats.json
 //! ```
+//!
+//! TLS 1.3 is the default: `--ca` names the CA certificates (PEM) the
+//! server's certificate must chain to, `--server-name` the name it must
+//! carry (default: the address of `--connect`).
 //!
 //! `--stats` is JSON: bytes in all, messages and bytes per message type
 //! (every display command: `Raw`, `Copy`, `SFill`, `Bitmap`, `PFill`,
@@ -19,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use mobidesk_client::{write_png, Connection, ViewerConfig};
+use mobidesk_client::{write_png, Connection, Security, TlsClient, ViewerConfig};
 
 /// Connects to a display server and keeps its framebuffer in memory.
 #[derive(Debug, Parser)]
@@ -31,6 +37,20 @@ struct Args {
     /// The display server.
     #[arg(long)]
     connect: SocketAddr,
+    /// CA certificates (PEM) that the server's certificate must chain to.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure_plaintext")]
+    ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (a DNS name or an IP
+    /// address); default: the address of --connect.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Plain TCP instead of TLS: benchmarks and tests only.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// The viewport, WIDTHxHEIGHT: a larger session is scaled down to fit
+    /// by the server (PROTOCOL.md §9).
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    viewport: Option<(u16, u16)>,
     /// Write the framebuffer here as PNG when done.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -55,6 +75,15 @@ struct Args {
     r#type: Option<String>,
 }
 
+fn parse_size(s: &str) -> Result<(u16, u16), String> {
+    let (w, h) = s.split_once('x').ok_or("expected WIDTHxHEIGHT")?;
+    let dim = |v: &str| match v.parse::<u16>() {
+        Ok(n) if (1..=mobidesk_display::protocol::MAX_DIMENSION).contains(&n) => Ok(n),
+        _ => Err(format!("{v:?}: expected 1 ..= 8192")),
+    };
+    Ok((dim(w)?, dim(h)?))
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,7 +96,23 @@ fn main() -> anyhow::Result<()> {
     if !args.headless {
         bail!("only --headless exists so far");
     }
-    let mut connection = Connection::connect(args.connect, &ViewerConfig::default())
+    let security = match (&args.ca, args.insecure_plaintext) {
+        (Some(ca), false) => {
+            let name = args
+                .server_name
+                .clone()
+                .unwrap_or_else(|| args.connect.ip().to_string());
+            Security::Tls(TlsClient::from_ca_file(ca, &name).context("--ca")?)
+        }
+        (None, true) => Security::InsecurePlaintext,
+        _ => bail!("give --ca (TLS 1.3), or --insecure-plaintext"),
+    };
+    let mut config = ViewerConfig::default();
+    if let Some((w, h)) = args.viewport {
+        config.max_width = w;
+        config.max_height = h;
+    }
+    let mut connection = Connection::connect(args.connect, &config, &security)
         .with_context(|| format!("connecting to {}", args.connect))?;
     let idle = Duration::from_millis(args.idle_ms);
     let timeout = Duration::try_from_secs_f64(args.timeout).context("--timeout")?;

@@ -1,26 +1,42 @@
 //! `mobidesk-display`: the display server of one session (DESIGN.md §3.1).
 //!
 //! ```text
-//! mobidesk-display --display :5 --listen 127.0.0.1:5905 [--fbdir DIR]
+//! mobidesk-display --display :5 --listen 127.0.0.1:5905 [--fbdir DIR] \
+//!     --tls-cert cert.pem --tls-key key.pem
+//! mobidesk-display --display :5 --listen 127.0.0.1:5905 --insecure-plaintext
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::Parser;
-use mobidesk_display::server::{self, Config};
+use mobidesk_display::server::{self, Config, Security};
 
-/// Serves a session's X display (Xvfb) to MobiDesk viewers over TCP.
+/// Serves a session's X display (Xvfb) to MobiDesk viewers over TLS 1.3.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// The X display to serve, e.g. `:5`.
     #[arg(long)]
     display: String,
-    /// Where viewers connect (plain TCP for now; TLS comes later).
+    /// Where viewers connect (TLS 1.3 unless --insecure-plaintext).
     #[arg(long)]
     listen: SocketAddr,
+    /// The server's certificate chain (PEM: its certificate first).
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "tls_key",
+        conflicts_with = "insecure_plaintext"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Plain TCP instead of TLS: for benchmarks and tests on loopback only.
+    #[arg(long, conflicts_with = "tls_key")]
+    insecure_plaintext: bool,
     /// Xvfb's `-fbdir` directory: read pixels from its memory-mapped
     /// framebuffer instead of `GetImage`.
     #[arg(long)]
@@ -43,7 +59,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let mut config = Config::new(args.display, args.listen);
+    let security = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
+        (Some(cert), Some(key), false) => {
+            Security::Tls(server::tls::config_from_files(cert, key).context("TLS")?)
+        }
+        (None, None, true) => Security::InsecurePlaintext,
+        _ => bail!("give --tls-cert and --tls-key (TLS 1.3), or --insecure-plaintext"),
+    };
+    let mut config = Config::new(args.display, args.listen, security);
     config.fbdir = args.fbdir;
     config.queue_bytes = args.queue_bytes;
     config.send_buffer = (args.send_buffer > 0).then_some(args.send_buffer);

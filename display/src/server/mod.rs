@@ -6,7 +6,8 @@
 //!   `-fbdir` mapping in [`fbdir`], or `GetImage` into a shadow copy when no
 //!   `-fbdir` is given), the XFIXES cursor image, and XTEST input. Blocking,
 //!   on two threads of its own.
-//! - [`net`]: the viewer side — TCP (TLS comes later), the hellos, the full
+//! - [`net`]: the viewer side — TLS 1.3 over TCP ([`tls`]; plain TCP only
+//!   when asked for with [`Security::InsecurePlaintext`]), the hellos, the full
 //!   state on connect, then server push. Each viewer has its own damage
 //!   [`Region`](crate::encode::Region) (with recent window moves as COPY
 //!   hints), its own
@@ -23,6 +24,7 @@
 
 pub mod fbdir;
 pub mod net;
+pub mod tls;
 pub mod x11;
 
 use std::net::SocketAddr;
@@ -52,6 +54,9 @@ pub enum ServerError {
     /// The X server lacks something the display server needs.
     #[error("x11: unsupported: {0}")]
     Unsupported(String),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The `-fbdir` framebuffer file is missing or not what Xvfb writes.
     #[error("fbdir: {0}")]
     Fbdir(String),
@@ -72,9 +77,21 @@ impl ServerError {
     }
 }
 
+/// How viewers' connections are protected.
+#[derive(Debug, Clone)]
+pub enum Security {
+    /// TLS 1.3 with this configuration ([`tls::config_from_files`]).
+    Tls(Arc<rustls::ServerConfig>),
+    /// Plain TCP (`--insecure-plaintext`): for benches and tests on
+    /// loopback only; never expose such a port.
+    InsecurePlaintext,
+}
+
 /// What the display server is told on its command line.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// TLS (the default) or plain TCP.
+    pub security: Security,
     /// The X display, e.g. `:5`.
     pub display: String,
     /// Xvfb's `-fbdir` directory: pixels are read from its mapping. Without
@@ -96,9 +113,10 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults for `display` and `listen`.
-    pub fn new(display: impl Into<String>, listen: SocketAddr) -> Self {
+    /// Defaults for `display`, `listen` and `security`.
+    pub fn new(display: impl Into<String>, listen: SocketAddr, security: Security) -> Self {
         Config {
+            security,
             display: display.into(),
             fbdir: None,
             listen,

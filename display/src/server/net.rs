@@ -1,19 +1,19 @@
-//! The viewer side: TCP, the hellos, the full state, server push
-//! (PROTOCOL.md §3, §11). TLS comes in a later step.
+//! The viewer side: TLS 1.3 over TCP (or plain TCP when asked for), the
+//! hellos, the full state, server push (PROTOCOL.md §2, §3, §11).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::x11::XSession;
-use super::{lock, ClientShared, Config, Hub, Inject, ServerError};
+use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
 use crate::encode::{Encoder, TILE};
 use crate::protocol::{
     Buttons, Capabilities, ClientHelloRepr, CloseCode, CloseRepr, CursorPositionRepr, Frame,
@@ -22,6 +22,15 @@ use crate::protocol::{
 };
 use crate::schedule::Scheduler;
 
+/// The read half of a viewer's transport (TLS or plain TCP).
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+/// The write half of a viewer's transport.
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// The first byte of a TLS handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE: u8 = 0x16;
+/// How long a viewer has for the TLS handshake, and, separately, its hello.
+const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a viewer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The capabilities this server offers (no VIDEO, no CLIPBOARD yet).
@@ -36,6 +45,7 @@ pub struct DisplayServer {
     listener: TcpListener,
     x_failed: oneshot::Receiver<ServerError>,
     queue_bytes: usize,
+    tls: Option<TlsAcceptor>,
 }
 
 impl std::fmt::Debug for DisplayServer {
@@ -85,12 +95,18 @@ impl DisplayServer {
             })?;
         info!(display = %config.display, listen = ?listener.local_addr().ok(),
               width = hub.width, height = hub.height,
-              fbdir = config.fbdir.is_some(), "display server started");
+              fbdir = config.fbdir.is_some(),
+              tls = matches!(config.security, Security::Tls(_)), "display server started");
+        let tls = match &config.security {
+            Security::Tls(c) => Some(TlsAcceptor::from(c.clone())),
+            Security::InsecurePlaintext => None,
+        };
         Ok(DisplayServer {
             hub,
             listener,
             x_failed,
             queue_bytes: config.queue_bytes.max(64 * 1024),
+            tls,
         })
     }
 
@@ -122,7 +138,12 @@ impl DisplayServer {
                     let _ = stream.set_nodelay(true);
                     let hub = self.hub.clone();
                     let queue = self.queue_bytes;
-                    tokio::spawn(async move { serve(hub, stream, peer, queue).await });
+                    let tls = self.tls.clone();
+                    tokio::spawn(async move {
+                        if let Some((rd, wr)) = secure(stream, peer, tls).await {
+                            serve(hub, rd, wr, peer, queue).await;
+                        }
+                    });
                 }
             }
         }
@@ -144,6 +165,71 @@ fn listen(config: &Config) -> std::io::Result<TcpListener> {
     socket.listen(128)
 }
 
+/// The viewer's transport: the TLS 1.3 handshake when TLS is on (a viewer
+/// that speaks the protocol in plain TCP instead gets a plain `Close`, so it
+/// sees why; one that fails the handshake is dropped), else the socket.
+async fn secure(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) -> Option<(ReadHalf, WriteHalf)> {
+    let Some(acceptor) = tls else {
+        let (rd, wr) = stream.into_split();
+        return Some((Box::new(rd), Box::new(wr)));
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(TLS_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            warn!(%peer, "plain-text viewer on a TLS port: refused");
+            refuse_plaintext(stream).await;
+            return None;
+        }
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "read");
+            return None;
+        }
+        Err(_) => {
+            warn!(%peer, "no TLS handshake in time");
+            return None;
+        }
+    }
+    match tokio::time::timeout(TLS_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let (rd, wr) = tokio::io::split(stream);
+            Some((Box::new(rd), Box::new(wr)))
+        }
+        Ok(Err(e)) => {
+            warn!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            warn!(%peer, "TLS handshake not done in time");
+            None
+        }
+    }
+}
+
+/// PROTOCOL.md §2: a plain-text hello on a TLS port gets a plain-text
+/// `Close` (`unexpected_message`). What the viewer sent is read first and
+/// the stream drained after, so the kernel does not reset the connection
+/// (which could discard the `Close`) for unread bytes.
+async fn refuse_plaintext(mut stream: TcpStream) {
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
+    let close = Message::Close(CloseRepr::new(
+        CloseCode::UnexpectedMessage,
+        "this server speaks TLS 1.3 only",
+    ));
+    if let Ok(bytes) = close.to_vec() {
+        let _ = stream.write_all(&bytes).await;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async { while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 /// What the reader tells the writer.
 #[derive(Debug)]
 enum Ctrl {
@@ -156,7 +242,7 @@ enum Ctrl {
 
 /// Bytes read but not yet consumed, and the decoder.
 struct Incoming {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     decoder: FrameDecoder,
     pending: Vec<u8>,
     buf: Box<[u8]>,
@@ -193,7 +279,7 @@ impl Incoming {
 
 /// Encoded messages waiting for the socket, flushed at `limit` bytes.
 struct Out {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     buf: Vec<u8>,
     limit: usize,
 }
@@ -223,6 +309,8 @@ impl Out {
         if !self.buf.is_empty() {
             self.wr.write_all(&self.buf).await?;
             self.buf.clear();
+            // TLS: the records go to the socket now, not with the next write.
+            self.wr.flush().await?;
         }
         Ok(())
     }
@@ -245,8 +333,7 @@ fn truncate(s: &str, max: usize) -> String {
     s.get(..end).unwrap_or_default().to_owned()
 }
 
-async fn serve(hub: Arc<Hub>, stream: TcpStream, peer: SocketAddr, queue_bytes: usize) {
-    let (rd, wr) = stream.into_split();
+async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, queue_bytes: usize) {
     let mut incoming = Incoming {
         rd,
         decoder: FrameDecoder::new(Sender::Client),

@@ -11,14 +11,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apps;
+mod tls;
 mod xvfb;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mobidesk_client::{Connection, ViewerConfig};
+use mobidesk_client::{Connection, Security as ClientSecurity, ViewerConfig};
 use mobidesk_display::protocol::{Buttons, CloseCode, KeyRepr, Message, PingRepr, PointerRepr};
-use mobidesk_display::server::{self, Config};
+use mobidesk_display::server::{self, Config, Security};
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, ImageFormat};
 use x11rb::rust_connection::RustConnection;
@@ -191,7 +192,12 @@ fn start_server(xvfb: &Xvfb, fbdir: bool) -> SocketAddr {
 
 /// [`start_server`] with the configuration changed by `tune`.
 fn start_server_with(xvfb: &Xvfb, fbdir: bool, tune: impl FnOnce(&mut Config)) -> SocketAddr {
-    let mut config = Config::new(xvfb.display(), "127.0.0.1:0".parse().unwrap());
+    // Plain TCP unless `tune` sets TLS: `tls.rs` tests the TLS transport.
+    let mut config = Config::new(
+        xvfb.display(),
+        "127.0.0.1:0".parse().unwrap(),
+        Security::InsecurePlaintext,
+    );
     if fbdir {
         config.fbdir = Some(xvfb.fbdir().to_owned());
     }
@@ -219,7 +225,12 @@ fn start_server_with(xvfb: &Xvfb, fbdir: bool, tune: impl FnOnce(&mut Config)) -
 }
 
 fn connect(addr: SocketAddr) -> Connection {
-    Connection::connect(addr, &ViewerConfig::default()).unwrap()
+    Connection::connect(
+        addr,
+        &ViewerConfig::default(),
+        &ClientSecurity::InsecurePlaintext,
+    )
+    .unwrap()
 }
 
 /// Polls the viewer until its framebuffer equals the screen.
