@@ -25,6 +25,7 @@
 mod copy;
 mod image;
 mod region;
+pub mod scale;
 mod tiles;
 
 pub use self::copy::{Move, MIN_COPY_ROWS};

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::x11::XSession;
 use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
-use crate::encode::{Encoder, TILE};
+use crate::encode::scale::{fit, src_point, Downscaler};
+use crate::encode::{Encoder, PixelView, TILE};
 use crate::protocol::{
     Buttons, Capabilities, ClientHelloRepr, CloseCode, CloseRepr, CursorPositionRepr, Frame,
     FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender, ServerHelloRepr,
@@ -234,7 +235,8 @@ async fn refuse_plaintext(mut stream: TcpStream) {
 #[derive(Debug)]
 enum Ctrl {
     Pong(u64),
-    FullState,
+    /// A `ViewportRequest`: resize for it and send the full state.
+    Viewport(u16, u16),
     Close(CloseCode, String),
     /// The viewer closed or the transport ended: stop without a Close.
     Stop,
@@ -361,7 +363,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         Ok(Ok(Some(frame))) => frame,
     };
     let (capabilities, viewport) = match hello.parse() {
-        Ok(Message::ClientHello(h)) => match negotiate(&h, &hub) {
+        Ok(Message::ClientHello(h)) => match negotiate(&h) {
             Ok(v) => v,
             Err((code, reason)) => {
                 warn!(%peer, code = code.name(), %reason, "refusing viewer");
@@ -402,7 +404,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
             &shared,
             &mut out,
             ctrl_rx,
-            capabilities,
+            (capabilities, viewport),
             peer,
             queue_bytes,
         )
@@ -420,30 +422,25 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
 /// The capabilities in force and the viewport, or why the viewer is refused.
 fn negotiate(
     hello: &ClientHelloRepr<'_>,
-    hub: &Hub,
 ) -> Result<(Capabilities, (u16, u16)), (CloseCode, String)> {
     if hello.choose_version(SUPPORTED_VERSIONS).is_none() {
         return Err((CloseCode::VersionMismatch, "server speaks 1".into()));
     }
-    check_viewport(hub, hello.max_width, hello.max_height)?;
     Ok((
         hello.capabilities.intersection(SERVER_CAPABILITIES),
         (hello.max_width, hello.max_height),
     ))
 }
 
-fn check_viewport(hub: &Hub, max_w: u16, max_h: u16) -> Result<(), (CloseCode, String)> {
-    if hub.width > max_w || hub.height > max_h {
-        // PROTOCOL.md §9 scales the session down; that comes later.
-        return Err((
-            CloseCode::InternalError,
-            format!(
-                "viewport {max_w}x{max_h} is smaller than the {}x{} session: scaling is not implemented yet",
-                hub.width, hub.height
-            ),
-        ));
-    }
-    Ok(())
+/// Maps a framebuffer point of a viewer with this viewport to the screen
+/// (PROTOCOL.md §8, §9), clamped to the screen.
+fn to_screen(hub: &Hub, viewport: (u16, u16), x: u16, y: u16) -> (u16, u16) {
+    let screen = (hub.width, hub.height);
+    let (x, y) = src_point(screen, fit(screen, viewport), x, y);
+    (
+        x.min(screen.0.saturating_sub(1)),
+        y.min(screen.1.saturating_sub(1)),
+    )
 }
 
 async fn read_loop(
@@ -452,7 +449,7 @@ async fn read_loop(
     peer: SocketAddr,
     mut incoming: Incoming,
     ctrl: mpsc::Sender<Ctrl>,
-    _viewport: (u16, u16),
+    mut viewport: (u16, u16),
 ) {
     let mut input = InputState::default();
     let end = loop {
@@ -485,21 +482,22 @@ async fn read_loop(
                 keysym: k.keysym,
                 down: k.down,
             }],
-            Message::Pointer(p) => input.pointer(
-                p.x.min(hub.width.saturating_sub(1)),
-                p.y.min(hub.height.saturating_sub(1)),
-                p.buttons,
-            ),
+            Message::Pointer(p) => {
+                let (x, y) = to_screen(&hub, viewport, p.x, p.y);
+                input.pointer(x, y, p.buttons)
+            }
             Message::Wheel(w) => input.wheel(w.dx, w.dy),
-            Message::ViewportRequest(v) => match check_viewport(&hub, v.max_width, v.max_height) {
-                Ok(()) => {
-                    if ctrl.send(Ctrl::FullState).await.is_err() {
-                        break Ctrl::Stop;
-                    }
-                    Vec::new()
+            Message::ViewportRequest(v) => {
+                viewport = (v.max_width, v.max_height);
+                if ctrl
+                    .send(Ctrl::Viewport(v.max_width, v.max_height))
+                    .await
+                    .is_err()
+                {
+                    break Ctrl::Stop;
                 }
-                Err((code, reason)) => break Ctrl::Close(code, reason),
-            },
+                Vec::new()
+            }
             other => {
                 let reason = format!("{} is not expected now", other.message_type());
                 break Ctrl::Close(crate::protocol::CloseCode::UnexpectedMessage, reason);
@@ -583,19 +581,75 @@ impl InputState {
     }
 }
 
+/// What one viewer has: its encoder (an image of its framebuffer) and, when
+/// its viewport is smaller than the screen, the downscaled screen that the
+/// encoder works on (PROTOCOL.md §9; COPY, SFILL... all in scaled space).
+struct View {
+    screen: (u16, u16),
+    encoder: Encoder,
+    scaler: Option<Downscaler>,
+}
+
+impl View {
+    fn new(hub: &Hub, viewport: (u16, u16)) -> Self {
+        let screen = (hub.width, hub.height);
+        let size = fit(screen, viewport);
+        View {
+            screen,
+            encoder: Encoder::new(size.0, size.1),
+            scaler: (size != screen).then(|| Downscaler::new(screen, size)),
+        }
+    }
+
+    /// The framebuffer size.
+    fn size(&self) -> (u16, u16) {
+        match &self.scaler {
+            Some(s) => s.size(),
+            None => self.screen,
+        }
+    }
+
+    /// Runs `f` with the encoder, the pixels it encodes from and a screen
+    /// rectangle mapped to them (the downscale brought up to date there
+    /// first). `None` when the rectangle maps to nothing.
+    fn with_pixels<R>(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        f: impl FnOnce(&mut Encoder, &PixelView<'_>, Rect) -> R,
+    ) -> Option<R> {
+        match &mut self.scaler {
+            None => Some(f(&mut self.encoder, screen, rect)),
+            Some(scaler) => {
+                let r = scaler.dst_rect(rect)?;
+                scaler.update(screen, r);
+                Some(f(&mut self.encoder, &scaler.view(), r))
+            }
+        }
+    }
+
+    /// A rectangle of the encoder's pixels back in screen coordinates.
+    fn to_screen_rect(&self, r: Rect) -> Option<Rect> {
+        match &self.scaler {
+            None => Some(r),
+            Some(s) => s.src_rect(r),
+        }
+    }
+}
+
 async fn write_loop(
     hub: &Hub,
     shared: &ClientShared,
     out: &mut Out,
     mut ctrl: mpsc::Receiver<Ctrl>,
-    capabilities: Capabilities,
+    (capabilities, viewport): (Capabilities, (u16, u16)),
     peer: SocketAddr,
     queue_bytes: usize,
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
-    let mut encoder = Encoder::new(hub.width, hub.height);
+    let mut view = View::new(hub, viewport);
     let mut queue = Scheduler::new(queue_bytes);
-    send_full_state(hub, shared, &mut encoder, &mut queue, out, cursor).await?;
+    send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
     loop {
         // Control first: a Pong or a Close never waits behind updates.
         let msg = match ctrl.try_recv() {
@@ -604,7 +658,7 @@ async fn write_loop(
             Err(mpsc::error::TryRecvError::Disconnected) => Some(Ctrl::Stop),
         };
         if let Some(msg) = msg {
-            let mut state = (&mut encoder, &mut queue, &mut *out);
+            let mut state = (&mut view, &mut queue, &mut *out);
             if handle_ctrl(msg, hub, shared, &mut state, cursor, peer).await? {
                 return Ok(());
             }
@@ -613,7 +667,7 @@ async fn write_loop(
         if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
             out.push(&Message::CursorShape(hub.cursor().shape)).await?;
         }
-        refill(hub, shared, &mut encoder, &mut queue);
+        refill(hub, shared, &mut view, &mut queue);
         if !queue.is_empty() {
             // One chunk to the socket, then look for control messages and
             // new (possibly smaller) updates again: preemption between
@@ -631,7 +685,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             msg = ctrl.recv() => {
-                let mut state = (&mut encoder, &mut queue, &mut *out);
+                let mut state = (&mut view, &mut queue, &mut *out);
                 let msg = msg.unwrap_or(Ctrl::Stop);
                 if handle_ctrl(msg, hub, shared, &mut state, cursor, peer).await? {
                     return Ok(());
@@ -647,7 +701,7 @@ async fn handle_ctrl(
     msg: Ctrl,
     hub: &Hub,
     shared: &ClientShared,
-    (encoder, queue, out): &mut (&mut Encoder, &mut Scheduler, &mut Out),
+    (view, queue, out): &mut (&mut View, &mut Scheduler, &mut Out),
     cursor: bool,
     peer: SocketAddr,
 ) -> std::io::Result<bool> {
@@ -656,7 +710,10 @@ async fn handle_ctrl(
             out.push(&Message::Pong(PingRepr { token })).await?;
             out.flush().await?;
         }
-        Ctrl::FullState => send_full_state(hub, shared, encoder, queue, out, cursor).await?,
+        Ctrl::Viewport(w, h) => {
+            **view = View::new(hub, (w, h));
+            send_full_state(hub, shared, view, queue, out, cursor).await?;
+        }
         Ctrl::Close(code, reason) => {
             out.close(code, &reason).await;
             return Ok(true);
@@ -674,16 +731,17 @@ async fn handle_ctrl(
 
 /// Encodes pending damage into the queue while it has room: first the
 /// window moves that came with it (each verified once, before any of the
-/// damage is painted: painting first would spoil the COPY), then the
-/// smallest damaged rectangle first: COPY for scrolls in the whole
-/// rectangle, then one update per band of [`TILE`] rows; when the queue
-/// fills up, the rows not encoded go back into the region.
-fn refill(hub: &Hub, shared: &ClientShared, encoder: &mut Encoder, queue: &mut Scheduler) {
+/// damage is painted: painting first would spoil the COPY; not for a scaled
+/// viewer, whose moves are rarely whole pixels), then the smallest damaged
+/// rectangle first: COPY for scrolls in the whole rectangle, then one
+/// update per band of [`TILE`] rows; when the queue fills up, the rows not
+/// encoded go back into the region.
+fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Scheduler) {
     let moves = std::mem::take(&mut lock(&shared.dirty).moves);
-    if !moves.is_empty() {
+    if !moves.is_empty() && view.scaler.is_none() {
         let copies = hub
             .pixels
-            .with_view(|view| encoder.moves(view, &moves))
+            .with_view(|screen| view.encoder.moves(screen, &moves))
             .unwrap_or_default();
         if !copies.is_empty() {
             queue.push_update(copies);
@@ -697,25 +755,29 @@ fn refill(hub: &Hub, shared: &ClientShared, encoder: &mut Encoder, queue: &mut S
             };
             rect
         };
-        let bottom = rect.y + rect.h;
-        let rest = hub.pixels.with_view(|view| {
-            let mut commands = encoder.copies(view, rect, &[]);
-            let mut y = rect.y;
-            while y < bottom {
-                if !queue.has_room() {
-                    return Some(Rect::new(rect.x, y, rect.w, bottom - y));
+        let rest = hub.pixels.with_view(|screen| {
+            view.with_pixels(screen, rect, |encoder, pixels, rect| {
+                let bottom = rect.y + rect.h;
+                let mut commands = encoder.copies(pixels, rect, &[]);
+                let mut y = rect.y;
+                while y < bottom {
+                    if !queue.has_room() {
+                        return Some(Rect::new(rect.x, y, rect.w, bottom - y));
+                    }
+                    let band = Rect::new(rect.x, y, rect.w, TILE.min(bottom - y));
+                    commands.extend(encoder.paint(pixels, band));
+                    if !commands.is_empty() {
+                        queue.push_update(std::mem::take(&mut commands));
+                    }
+                    y += band.h;
                 }
-                let band = Rect::new(rect.x, y, rect.w, TILE.min(bottom - y));
-                commands.extend(encoder.paint(view, band));
-                if !commands.is_empty() {
-                    queue.push_update(std::mem::take(&mut commands));
-                }
-                y += band.h;
-            }
-            None
+                None
+            })
         });
-        if let Some(Some(rest)) = rest {
-            lock(&shared.dirty).region.add(rest);
+        if let Some(Some(Some(rest))) = rest {
+            if let Some(rest) = view.to_screen_rect(rest) {
+                lock(&shared.dirty).region.add(rest);
+            }
         }
     }
 }
@@ -725,36 +787,45 @@ fn refill(hub: &Hub, shared: &ClientShared, encoder: &mut Encoder, queue: &mut S
 async fn send_full_state(
     hub: &Hub,
     shared: &ClientShared,
-    encoder: &mut Encoder,
+    view: &mut View,
     queue: &mut Scheduler,
     out: &mut Out,
     cursor: bool,
 ) -> std::io::Result<()> {
-    encoder.reset();
+    view.encoder.reset();
     queue.clear();
+    let (width, height) = view.size();
     out.push(&Message::FramebufferSize(FramebufferSizeRepr {
-        width: hub.width,
-        height: hub.height,
-        session_width: hub.width,
-        session_height: hub.height,
+        width,
+        height,
+        session_width: view.screen.0,
+        session_height: view.screen.1,
     }))
     .await?;
     if cursor {
         shared.cursor_dirty.store(false, Ordering::Release);
         let c = hub.cursor();
         out.push(&Message::CursorShape(c.shape)).await?;
-        out.push(&Message::CursorPosition(CursorPositionRepr {
-            x: c.x,
-            y: c.y,
-        }))
-        .await?;
+        let (x, y) = match &view.scaler {
+            Some(s) => s
+                .dst_rect(Rect::new(c.x, c.y, 1, 1))
+                .map_or((0, 0), |r| (r.x, r.y)),
+            None => (c.x, c.y),
+        };
+        out.push(&Message::CursorPosition(CursorPositionRepr { x, y }))
+            .await?;
     }
     let mut y = 0;
-    while y < hub.height {
-        let band = Rect::new(0, y, hub.width, TILE.min(hub.height - y));
+    while y < view.screen.1 {
+        let band = Rect::new(0, y, view.screen.0, TILE.min(view.screen.1 - y));
         let commands = hub
             .pixels
-            .with_view(|view| encoder.paint(view, band))
+            .with_view(|screen| {
+                view.with_pixels(screen, band, |encoder, pixels, rect| {
+                    encoder.paint(pixels, rect)
+                })
+            })
+            .flatten()
             .unwrap_or_default();
         for command in commands {
             out.push(&Message::Command(command)).await?;

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apps;
+mod scale;
 mod tls;
 mod xvfb;
 
@@ -146,11 +147,18 @@ impl Painter {
         self.conn.get_input_focus().unwrap().reply().unwrap();
     }
 
+    /// The root window's size now.
+    fn size(&self) -> (u16, u16) {
+        let g = self.conn.get_geometry(self.root).unwrap().reply().unwrap();
+        (g.width, g.height)
+    }
+
     /// The root window's pixels (X bytes cleared).
     fn screen(&self) -> Vec<u32> {
+        let (w, h) = self.size();
         let image = self
             .conn
-            .get_image(ImageFormat::Z_PIXMAP, self.root, 0, 0, 640, 480, !0)
+            .get_image(ImageFormat::Z_PIXMAP, self.root, 0, 0, w, h, !0)
             .unwrap()
             .reply()
             .unwrap();
@@ -235,20 +243,24 @@ fn connect(addr: SocketAddr) -> Connection {
 
 /// Polls the viewer until its framebuffer equals the screen.
 fn assert_catches_up(viewer: &mut Connection, painter: &Painter) {
-    let want = painter.screen();
     let deadline = Instant::now() + MAX;
     loop {
         viewer.run_until_idle(IDLE, MAX).unwrap();
-        let got = viewer.framebuffer().unwrap().pixels();
-        if got == want.as_slice() {
+        let want = painter.screen();
+        let size = painter.size();
+        let fb = viewer.framebuffer().unwrap();
+        let got = fb.pixels();
+        if (fb.width(), fb.height()) == size && got == want.as_slice() {
             return;
         }
         if Instant::now() > deadline {
+            assert_eq!((fb.width(), fb.height()), size, "framebuffer size");
             let diff = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+            let w = usize::from(size.0);
             panic!(
                 "framebuffer differs at ({}, {}): viewer {:#08x}, X {:#08x}",
-                diff % 640,
-                diff / 640,
+                diff % w,
+                diff / w,
                 got[diff],
                 want[diff]
             );
