@@ -56,7 +56,7 @@ use crate::api::{
     SessionState,
 };
 use crate::cgroup::{CgroupManager, SessionCgroup};
-use crate::desktop::{desktop_spec, wait_listening, DEFAULT_DISPLAY_SERVER};
+use crate::desktop::{desktop_spec, wait_listening, DisplayTls, DEFAULT_DISPLAY_SERVER};
 use crate::environment::{Launcher, Session, SessionSpec, SessionStdio};
 use crate::ipam::{Ipam, IpamError, IpamState};
 use crate::metrics::{SessionSample, Snapshot};
@@ -156,15 +156,31 @@ pub struct DesktopConfig {
     /// The display server binary, for profiles whose `[desktop]` names
     /// none. The same path on every server (CRIU).
     pub display_server: PathBuf,
+    /// TLS 1.3 between viewers and the display server: its certificate
+    /// chain and private key (PEM). Each desktop session gets its own copy,
+    /// readable by the session's root (the display server runs inside).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Plain TCP instead of TLS (tests and benchmarks on loopback only).
+    /// With neither, a desktop `create` fails saying so.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for DesktopConfig {
     fn default() -> Self {
         DesktopConfig {
             display_server: PathBuf::from(DEFAULT_DISPLAY_SERVER),
+            tls_cert: None,
+            tls_key: None,
+            insecure_plaintext: false,
         }
     }
 }
+
+/// Largest certificate chain or key file copied into a session.
+const MAX_TLS_FILE: u64 = 1 << 20;
 
 /// `[limits]`: everything the daemon bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,6 +308,19 @@ impl Config {
                     "metrics {a}: a fixed port, like \"127.0.0.1:9465\""
                 ));
             }
+        }
+        let d = &self.desktop;
+        match (&d.tls_cert, &d.tls_key) {
+            (Some(c), Some(k)) => {
+                if !c.is_absolute() || !k.is_absolute() {
+                    return bad("desktop.tls_cert, desktop.tls_key: absolute paths".into());
+                }
+                if d.insecure_plaintext {
+                    return bad("desktop: tls_cert/tls_key or insecure_plaintext, not both".into());
+                }
+            }
+            (None, None) => {}
+            _ => return bad("desktop.tls_cert and desktop.tls_key: both or neither".into()),
         }
         if let Some(n) = &self.network {
             n.validate()
@@ -817,6 +846,10 @@ impl Daemon {
                 )));
             }
         }
+        let tls = match &profile.desktop {
+            Some(_) => Some(self.display_tls()?),
+            None => None,
+        };
         let id = match id {
             Some(id) => id,
             None => format!(
@@ -879,9 +912,9 @@ impl Daemon {
                 _ => None,
             };
             let address = network.as_ref().map(|a| a.address);
-            let command = match &profile.desktop {
-                Some(d) => d.command(address),
-                None => command
+            let command = match (&profile.desktop, &tls) {
+                (Some(d), Some(tls)) => d.command(address, tls),
+                _ => command
                     .clone()
                     .unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
             };
@@ -913,7 +946,7 @@ impl Daemon {
             record
         };
         let mut attached = false;
-        match self.start_session(&record, &mut attached) {
+        match self.start_session(&record, tls.as_ref(), &mut attached) {
             Ok(session) => self.started(&id, session),
             Err(e) => {
                 // Nothing of it may stay: the launcher has removed what it
@@ -950,7 +983,12 @@ impl Daemon {
     /// before its command starts) and its desktop (running once the
     /// display server listens).
     /// `attached`: set once the session's veth exists.
-    fn start_session(&self, rec: &SessionRecord, attached: &mut bool) -> Result<Session, ApiError> {
+    fn start_session(
+        &self,
+        rec: &SessionRecord,
+        tls: Option<&DisplayTls>,
+        attached: &mut bool,
+    ) -> Result<Session, ApiError> {
         let id = rec.id.as_str();
         let address = rec.network.as_ref().map(|a| a.address);
         let spec = if rec.profile.desktop.is_some() {
@@ -960,8 +998,26 @@ impl Daemon {
             std::fs::create_dir_all(&rec.session_dir)
                 .and_then(|()| std::fs::write(&hosts, etc_hosts(&rec.profile.hostname, address)))
                 .map_err(|e| failed(format!("writing {}: {e}", hosts.display())))?;
-            desktop_spec(id, &rec.profile, rec.home.clone(), address, Some(hosts))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?
+            let tls = match tls {
+                Some(DisplayTls::Tls { cert, key }) => {
+                    let owner = rec.profile.userns.map(|u| (u.uid_base, u.gid_base));
+                    let dir = &rec.session_dir;
+                    DisplayTls::Tls {
+                        cert: private_copy(cert, &dir.join("display-cert.pem"), 0o444, owner)?,
+                        key: private_copy(key, &dir.join("display-key.pem"), 0o400, owner)?,
+                    }
+                }
+                _ => DisplayTls::InsecurePlaintext,
+            };
+            desktop_spec(
+                id,
+                &rec.profile,
+                rec.home.clone(),
+                address,
+                Some(hosts),
+                &tls,
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
         } else {
             SessionSpec {
                 id: id.to_string(),
@@ -993,6 +1049,33 @@ impl Daemon {
             }
         }
         Ok(session)
+    }
+
+    /// How desktop sessions' display servers serve viewers, from the
+    /// configuration's `[desktop]` (checked: the files are there).
+    fn display_tls(&self) -> Result<DisplayTls, ApiError> {
+        let d = &self.config.desktop;
+        match (&d.tls_cert, &d.tls_key) {
+            (Some(cert), Some(key)) => {
+                for f in [cert, key] {
+                    if !f.is_file() {
+                        return Err(failed(format!(
+                            "the display server's TLS file {} is not there ([desktop] tls_cert/tls_key)",
+                            f.display()
+                        )));
+                    }
+                }
+                Ok(DisplayTls::Tls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            _ if d.insecure_plaintext => Ok(DisplayTls::InsecurePlaintext),
+            _ => Err(failed(
+                "the display server needs TLS: set tls_cert and tls_key in the daemon's \
+                 [desktop] (or insecure_plaintext = true, for tests on loopback only)",
+            )),
+        }
     }
 
     /// Records a started session as running.
@@ -1404,6 +1487,46 @@ fn destroying(id: &str) -> ApiError {
         ErrorKind::Conflict,
         format!("session {id:?} is being destroyed"),
     )
+}
+
+/// Copies `src` (at most [`MAX_TLS_FILE`] bytes) to a new file `dst` with
+/// `mode`, owned by `owner` (uid, gid) when given: a session's own copy of
+/// a file its root must read.
+fn private_copy(
+    src: &Path,
+    dst: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, ApiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e: std::io::Error| {
+        failed(format!(
+            "copying {} to {}: {e}",
+            src.display(),
+            dst.display()
+        ))
+    };
+    let mut data = Vec::new();
+    std::fs::File::open(src)
+        .and_then(|f| f.take(MAX_TLS_FILE + 1).read_to_end(&mut data))
+        .map_err(err)?;
+    if data.len() as u64 > MAX_TLS_FILE {
+        return Err(failed(format!(
+            "{}: larger than {MAX_TLS_FILE} bytes",
+            src.display()
+        )));
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(dst)
+        .map_err(err)?;
+    f.write_all(&data).map_err(err)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
+    }
+    Ok(dst.to_path_buf())
 }
 
 /// `base` joined with `p` (relative, or absolute inside `base`), resolved

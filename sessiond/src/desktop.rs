@@ -46,6 +46,10 @@ use crate::profile::{Bind, Profile};
 
 /// Where the display server binary appears inside the session.
 pub const DISPLAY_SERVER_PATH: &str = "/.mobidesk/mobidesk-display";
+/// Where the display server's TLS certificate chain and key appear inside
+/// the session.
+pub const TLS_CERT_PATH: &str = "/.mobidesk/display-cert.pem";
+pub const TLS_KEY_PATH: &str = "/.mobidesk/display-key.pem";
 /// The display server binary on a server when neither the profile nor the
 /// daemon's configuration names one.
 pub const DEFAULT_DISPLAY_SERVER: &str = "/opt/mobidesk/bin/mobidesk-display";
@@ -83,6 +87,30 @@ pub enum DesktopError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// How the display server protects its viewers' connections (it refuses to
+/// start without one of the two).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisplayTls {
+    /// TLS 1.3 with this certificate chain and private key (host paths,
+    /// PEM), bound read-only at [`TLS_CERT_PATH`] and [`TLS_KEY_PATH`]:
+    /// the session's root must be able to read them.
+    Tls { cert: PathBuf, key: PathBuf },
+    /// Plain TCP (`--insecure-plaintext`): tests and benchmarks only.
+    InsecurePlaintext,
+}
+
+impl DisplayTls {
+    /// The display server's arguments for it.
+    fn args(&self) -> String {
+        match self {
+            DisplayTls::Tls { .. } => {
+                format!("--tls-cert {TLS_CERT_PATH} --tls-key {TLS_KEY_PATH}")
+            }
+            DisplayTls::InsecurePlaintext => "--insecure-plaintext".into(),
+        }
+    }
 }
 
 /// The screen of the session's X server: `WIDTHxHEIGHTxDEPTH`.
@@ -250,8 +278,8 @@ impl DesktopProfile {
 
     /// The session's command: the start-up script (module docs). The
     /// display server listens on `address` (the session's own; `None`: on
-    /// every address of the session).
-    pub fn command(&self, address: Option<Ipv4Addr>) -> Vec<String> {
+    /// every address of the session), with `tls`.
+    pub fn command(&self, address: Option<Ipv4Addr>, tls: &DisplayTls) -> Vec<String> {
         let d = self.display_name();
         let listen = format!("{}:{}", address.unwrap_or(Ipv4Addr::UNSPECIFIED), self.port);
         let mut s = String::new();
@@ -274,7 +302,8 @@ impl DesktopProfile {
         s.push_str(&format!("export DISPLAY={d}\n"));
         // The display server first: viewers see the desktop come up.
         s.push_str(&format!(
-            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} --fbdir {FBDIR} >&2 &\n"
+            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} {} --fbdir {FBDIR} >&2 &\n",
+            tls.args()
         ));
         // Applications start once the window manager has finished starting:
         // an EWMH window manager publishes _NET_CLIENT_LIST on the root after
@@ -322,13 +351,15 @@ fn shell_words(words: &[String]) -> String {
 /// session's `/etc/hosts` (write it with [`crate::network::etc_hosts`]):
 /// X clients resolve their own host name at start, and without an answer
 /// from `/etc/hosts` each waits for DNS (5 s when no resolver answers).
-/// Refused when the profile has no desktop.
+/// `tls`: how the display server serves its viewers (certificate and key
+/// bound read-only too). Refused when the profile has no desktop.
 pub fn desktop_spec(
     id: &str,
     profile: &Profile,
     home: Option<PathBuf>,
     address: Option<Ipv4Addr>,
     etc_hosts: Option<PathBuf>,
+    tls: &DisplayTls,
 ) -> Result<SessionSpec, DesktopError> {
     let desktop = profile
         .desktop
@@ -346,9 +377,17 @@ pub fn desktop_spec(
             target: PathBuf::from("/etc/hosts"),
         });
     }
+    if let DisplayTls::Tls { cert, key } = tls {
+        for (source, target) in [(cert, TLS_CERT_PATH), (key, TLS_KEY_PATH)] {
+            profile.root.binds.push(Bind {
+                source: source.clone(),
+                target: PathBuf::from(target),
+            });
+        }
+    }
     Ok(SessionSpec {
         id: id.into(),
-        command: desktop.command(address),
+        command: desktop.command(address, tls),
         profile,
         home,
     })
@@ -473,7 +512,11 @@ mod tests {
             apps: vec![vec!["xterm".into(), "-T".into(), "it's $HOME".into()]],
             ..DesktopProfile::default()
         };
-        let cmd = d.command(Some(Ipv4Addr::new(10, 1, 0, 100)));
+        let tls = DisplayTls::Tls {
+            cert: "/etc/c.pem".into(),
+            key: "/etc/k.pem".into(),
+        };
+        let cmd = d.command(Some(Ipv4Addr::new(10, 1, 0, 100)), &tls);
         assert_eq!(&cmd[..2], ["sh", "-c"]);
         let script = &cmd[2];
         assert!(
@@ -481,12 +524,18 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("--listen 10.1.0.100:5901 --fbdir /run/mobidesk/fb"),
+            script.contains("--listen 10.1.0.100:5901 --tls-cert /.mobidesk/display-cert.pem --tls-key /.mobidesk/display-key.pem --fbdir /run/mobidesk/fb"),
             "{script}"
         );
         assert!(
             script.contains("Xvfb :1 -screen 0 1024x768x24 -nolisten tcp -noreset"),
             "{script}"
+        );
+        let plain = d.command(None, &DisplayTls::InsecurePlaintext);
+        assert!(
+            plain[2].contains("--listen 0.0.0.0:5901 --insecure-plaintext --fbdir"),
+            "{}",
+            plain[2]
         );
         // The script is valid shell.
         let st = std::process::Command::new("sh")

@@ -25,7 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_mobidesk-sessiond");
 /// A daemon under test, with its directories, token and log.
 pub(crate) struct TestDaemon {
     pub(crate) dir: TempDir,
-    config: PathBuf,
+    pub(crate) config: PathBuf,
     pub(crate) socket: PathBuf,
     token: String,
     metrics: SocketAddr,

@@ -108,6 +108,59 @@ fn create(d: &TestDaemon, id: &str) -> SessionInfo {
         .unwrap()
 }
 
+/// The name on the display servers' certificate (viewers check it with
+/// `--server-name`; every session's display server has the same one).
+const DISPLAY_NAME: &str = "display.mobidesk.test";
+
+/// A CA and a server certificate for `name` signed by it, made with the
+/// `openssl` command: (CA file, certificate, key).
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f);
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    sh(Command::new("openssl")
+        .args(["req", "-x509"])
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.pem"))
+        .args(["-days", "2", "-subj", "/CN=mobidesk test CA"]));
+    sh(Command::new("openssl")
+        .arg("req")
+        .args(ec)
+        .arg("-keyout")
+        .arg(p("key.pem"))
+        .arg("-out")
+        .arg(p("req.csr"))
+        .args(["-subj", &format!("/CN={name}")]));
+    std::fs::write(
+        p("ext.cnf"),
+        format!(
+            "subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        ),
+    )
+    .unwrap();
+    sh(Command::new("openssl")
+        .args(["x509", "-req", "-in"])
+        .arg(p("req.csr"))
+        .arg("-CA")
+        .arg(p("ca.pem"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-CAcreateserial")
+        .arg("-out")
+        .arg(p("cert.pem"))
+        .args(["-days", "2", "-extfile"])
+        .arg(p("ext.cnf")));
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
 /// Inside the session: fetch the peer's payload on port 7001 and print its
 /// length and checksum (FNV-1a 64, as [`fnv`]).
 const FETCH: &str = r#"
@@ -178,6 +231,21 @@ fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_re
     assert_eq!(
         rec.sessions[0].network.as_ref().unwrap().address,
         ip("10.1.0.100")
+    );
+    assert_eq!(leases(&d).len(), 2);
+
+    // A desktop on a daemon that chose neither TLS nor plain text: a clear
+    // error, nothing made.
+    std::fs::write(
+        d.dir.path().join("profiles/desk.toml"),
+        "[desktop]\ndisplay_server = \"/usr/bin/true\"\n",
+    )
+    .unwrap();
+    let r = d.call(json!({"op": "create", "profile": "desk.toml"}));
+    let e = r.error.unwrap();
+    assert!(
+        e.message.contains("tls_cert") && e.message.contains("insecure_plaintext"),
+        "{e:?}"
     );
     assert_eq!(leases(&d).len(), 2);
 
@@ -260,7 +328,11 @@ fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_re
 fn a_create_that_fails_leaves_nothing_and_a_requested_address_is_reserved() {
     require_root();
     let lan = Lan::new();
-    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.101", "");
+    let mut d = daemon_on(
+        &lan,
+        "10.1.0.100-10.1.0.101",
+        "[desktop]\ninsecure_plaintext = true\n",
+    );
     d.start();
     // A link of the session's name exists in the server: attach fails.
     let id = unique("dq-");
@@ -351,9 +423,13 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
     require_root();
     let (display_server, client) = binaries().clone();
     let lan = Lan::new();
+    let pki = TempDir::new();
+    let (ca, cert, key) = certificates(pki.path(), DISPLAY_NAME);
     let extra = format!(
-        "[desktop]\ndisplay_server = \"{}\"\n",
-        display_server.display()
+        "[desktop]\ndisplay_server = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        display_server.display(),
+        cert.display(),
+        key.display()
     );
     let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.109", &extra);
     let profiles = d.dir.path().join("profiles");
@@ -393,10 +469,15 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
     let pid = s.init_pid.unwrap();
     let out = TempDir::new();
     let fb = framebuffer_file(&s.layer);
-    let (rounds, viewer, screen, _) =
-        viewer_sees_the_desktop(&lan, &client, address, port, &fb, out.path(), &|| {
-            format!("processes {:?}", session_processes(pid))
-        });
+    let (rounds, viewer, screen, _) = viewer_sees_the_desktop(
+        &lan,
+        &client,
+        (address, port),
+        &fb,
+        out.path(),
+        Some((&ca, DISPLAY_NAME)),
+        &|| format!("processes {:?}", session_processes(pid)),
+    );
     assert_eq!(viewer, screen);
     assert_eq!((viewer.0, viewer.1), (1024, 768));
     let procs = session_processes(pid);
@@ -406,6 +487,11 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
             "{p} in the session: {procs:?}"
         );
     }
+    // The session's own copy of the key: readable by its root only
+    // (host uid 100000 in its user namespace).
+    let copy = std::fs::metadata(d.layer_dir(&s.id).join("display-key.pem")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((copy.mode() & 0o777, copy.uid()), (0o400, 100_000));
     // An exec finds the display; the session's own /etc/hosts names it at
     // its address.
     let (code, _, err) = d.exec(&s.id, &["xprop", "-root", "_NET_CLIENT_LIST"]);
@@ -421,6 +507,28 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
     assert!(!links(&lan).contains(s.link.as_ref().unwrap()));
     assert!(!d.layer_dir(&s.id).exists());
     assert!(leases(&d).is_empty());
+}
+
+#[test]
+fn a_server_network_that_cannot_be_prepared_stops_the_daemon_before_it_serves() {
+    require_root();
+    let lan = Lan::new();
+    let d = TestDaemon::with_tables(
+        "",
+        &format!(
+            "[network]\nuplink = \"bogus0\"\npool = \"10.1.0.100-10.1.0.101\"\nnetns = \"{}\"\n",
+            lan.server
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mobidesk-sessiond"))
+        .arg("--config")
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("network") && err.contains("bogus0"), "{err}");
+    assert!(!d.socket.exists());
 }
 
 #[test]

@@ -15,7 +15,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use mobidesk_sessiond::desktop::{desktop_spec, framebuffer_file, wait_listening, DesktopProfile};
+use mobidesk_sessiond::desktop::{
+    desktop_spec, framebuffer_file, wait_listening, DesktopProfile, DisplayTls,
+};
 use mobidesk_sessiond::environment::SessionStdio;
 use mobidesk_sessiond::ipam::Ipam;
 use mobidesk_sessiond::network::{etc_hosts, ServerNetwork};
@@ -145,15 +147,16 @@ fn drawn(px: &[u32]) -> bool {
 /// the screen (Xvfb's framebuffer file `fb`) with the xterm drawn: the
 /// desktop settles as windows map and openbox decorates them. Returns the
 /// number of viewer runs, both pictures and the viewer's statistics.
-/// `context` adds the session's state to a failure.
+/// `tls`: the CA file and server name the viewer checks (TLS 1.3); `None`:
+/// plain TCP. `context` adds the session's state to a failure.
 #[allow(clippy::type_complexity)]
 pub(crate) fn viewer_sees_the_desktop(
     lan: &Lan,
     client: &Path,
-    address: std::net::Ipv4Addr,
-    port: u16,
+    (address, port): (std::net::Ipv4Addr, u16),
     fb: &Path,
     out: &Path,
+    tls: Option<(&Path, &str)>,
     context: &dyn Fn() -> String,
 ) -> (u32, (u32, u32, Vec<u32>), (u32, u32, Vec<u32>), String) {
     let (png, stats) = (out.join("out.png"), out.join("stats.json"));
@@ -161,7 +164,12 @@ pub(crate) fn viewer_sees_the_desktop(
     let mut rounds = 0;
     loop {
         rounds += 1;
-        let st = Lan::run_in(&lan.peer, client.to_str().unwrap())
+        let mut cmd = Lan::run_in(&lan.peer, client.to_str().unwrap());
+        match tls {
+            Some((ca, name)) => cmd.arg("--ca").arg(ca).args(["--server-name", name]),
+            None => cmd.arg("--insecure-plaintext"),
+        };
+        let st = cmd
             .args(["--headless", "--connect", &format!("{address}:{port}")])
             .arg("--png")
             .arg(&png)
@@ -228,7 +236,15 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
     // The session resolves its own host name from its own /etc/hosts.
     let hosts = fx.dir.path().join(format!("{id}.hosts"));
     std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
-    let spec = desktop_spec(&id, &profile, None, Some(address), Some(hosts)).unwrap();
+    let spec = desktop_spec(
+        &id,
+        &profile,
+        None,
+        Some(address),
+        Some(hosts),
+        &DisplayTls::InsecurePlaintext,
+    )
+    .unwrap();
     let started = Instant::now();
     let mut s = start_attached(fx, net, &spec, address);
     assert_eq!(s.held.line(), "mobidesk-desktop: started");
@@ -240,14 +256,21 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
 
     let out = TempDir::new();
     let fb = framebuffer_file(&s.held.session.layer());
-    let (rounds, viewer, screen, stats) =
-        viewer_sees_the_desktop(lan, &client, address, port, &fb, out.path(), &|| {
+    let (rounds, viewer, screen, stats) = viewer_sees_the_desktop(
+        lan,
+        &client,
+        (address, port),
+        &fb,
+        out.path(),
+        None,
+        &|| {
             format!(
                 "processes {:?}; the session's stderr:\n{}",
                 session_processes(pid),
                 s.stderr()
             )
-        });
+        },
+    );
     // Every program of the desktop is a process of the session (checked
     // once the xterm is on the screen: a program forked by the script is
     // named "sh" until its exec).
@@ -369,7 +392,15 @@ fn a_desktop_session_is_checkpointed_and_restored_with_its_network() {
     let address = ipam.allocate(&id).unwrap();
     let hosts = fx.dir.path().join(format!("{id}.hosts"));
     std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
-    let spec = desktop_spec(&id, &profile, None, Some(address), Some(hosts)).unwrap();
+    let spec = desktop_spec(
+        &id,
+        &profile,
+        None,
+        Some(address),
+        Some(hosts),
+        &DisplayTls::InsecurePlaintext,
+    )
+    .unwrap();
     // The session's own /dev/null as stdio: CRIU refuses descriptors from
     // outside its mount tree.
     let mut attachment = None;
@@ -386,8 +417,15 @@ fn a_desktop_session_is_checkpointed_and_restored_with_its_network() {
     let layer = session.layer();
     let fb = framebuffer_file(&layer);
     let context = || format!("processes {:?}", session_processes(pid));
-    let (_, before, _, _) =
-        viewer_sees_the_desktop(&lan, &client, address, port, &fb, out.path(), &context);
+    let (_, before, _, _) = viewer_sees_the_desktop(
+        &lan,
+        &client,
+        (address, port),
+        &fb,
+        out.path(),
+        None,
+        &context,
+    );
 
     let images = TempDir::new();
     let dir = images.path().display().to_string();
@@ -441,8 +479,15 @@ fn a_desktop_session_is_checkpointed_and_restored_with_its_network() {
     net.plumb_server(&attachment).unwrap();
 
     let context = || format!("processes {:?}", session_processes(new_pid));
-    let (rounds, after, _, _) =
-        viewer_sees_the_desktop(&lan, &client, address, port, &fb, out.path(), &context);
+    let (rounds, after, _, _) = viewer_sees_the_desktop(
+        &lan,
+        &client,
+        (address, port),
+        &fb,
+        out.path(),
+        None,
+        &context,
+    );
     assert_eq!(after, before, "the same desktop");
     let procs = session_processes(new_pid);
     for p in [
