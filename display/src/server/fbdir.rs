@@ -113,9 +113,11 @@ impl FbdirScreen {
         // SAFETY: memmap2 requires that the file is not truncated while
         // mapped (a read past the end would SIGBUS) and warns that its
         // contents may change underneath. Xvfb creates the file at its full
-        // size at startup and only truncates it when it exits or a screen is
-        // re-sized, which this server does not support while running (the
-        // size is checked below and after every RANDR change). The bytes
+        // size at startup and only truncates it when it exits; its RANDR
+        // (`vfbRRScreenSetSize`) changes only the screen's width and height
+        // within the size it started with, never the framebuffer or the file
+        // (the server reads the top-left part; the size is checked after
+        // every RANDR change, and the file's length below). The bytes
         // changing underneath is what we want: it is the live screen. We only
         // read them as plain bytes (no references into it outlive one encode
         // call, no invariants depend on their values); a row read while Xvfb

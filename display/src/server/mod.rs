@@ -132,29 +132,43 @@ impl Config {
 pub(crate) enum Pixels {
     /// Xvfb's framebuffer file, mapped (no copy).
     Fbdir(fbdir::FbdirScreen),
-    /// A copy kept up to date with `GetImage` on every damage.
-    Shadow {
-        width: u16,
-        height: u16,
-        data: RwLock<Vec<u8>>,
-    },
+    /// A copy kept up to date with `GetImage` on every damage (and
+    /// reallocated when the screen's size changes).
+    Shadow(RwLock<Shadow>),
+}
+
+/// The `GetImage` copy of the screen.
+#[derive(Debug)]
+pub(crate) struct Shadow {
+    pub(crate) width: u16,
+    pub(crate) height: u16,
+    pub(crate) data: Vec<u8>,
 }
 
 impl Pixels {
-    /// Runs `f` on a view of the whole screen as it is now (`None` when the
-    /// mapping is not readable).
-    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&PixelView<'_>) -> R) -> Option<R> {
+    /// Runs `f` on a view of the top-left `size` of the screen as it is now
+    /// (`None` when the mapping is not readable or smaller). Xvfb's RANDR
+    /// keeps its framebuffer (size and stride) and only changes the screen's
+    /// width and height, within the size it started with.
+    fn with_view<R>(&self, size: (u16, u16), f: impl FnOnce(&PixelView<'_>) -> R) -> Option<R> {
+        let whole = Rect::new(0, 0, size.0, size.1);
         match self {
-            Pixels::Fbdir(screen) => screen.view().ok().map(|view| f(&view)),
-            Pixels::Shadow {
-                width,
-                height,
-                data,
-            } => {
-                let data = data.read().unwrap_or_else(PoisonError::into_inner);
-                PixelView::new(&data, usize::from(*width) * 4, *width, *height)
-                    .ok()
-                    .map(|view| f(&view))
+            Pixels::Fbdir(screen) => screen
+                .view()
+                .ok()
+                .and_then(|view| view.sub(whole))
+                .map(|view| f(&view)),
+            Pixels::Shadow(shadow) => {
+                let shadow = shadow.read().unwrap_or_else(PoisonError::into_inner);
+                PixelView::new(
+                    &shadow.data,
+                    usize::from(shadow.width) * 4,
+                    shadow.width,
+                    shadow.height,
+                )
+                .ok()
+                .and_then(|view| view.sub(whole))
+                .map(|view| f(&view))
             }
         }
     }
@@ -180,8 +194,8 @@ pub(crate) struct Cursor {
 #[derive(Debug)]
 pub(crate) struct Hub {
     pub(crate) pixels: Pixels,
-    pub(crate) width: u16,
-    pub(crate) height: u16,
+    /// The screen's size now (RANDR changes it).
+    size: Mutex<(u16, u16)>,
     max_region_rects: usize,
     clients: Mutex<Vec<(u64, Arc<ClientShared>)>>,
     owner: Mutex<Option<u64>>,
@@ -206,6 +220,8 @@ pub(crate) const MAX_MOVES: usize = 16;
 pub(crate) struct ClientShared {
     pub(crate) dirty: Mutex<Pending>,
     pub(crate) cursor_dirty: AtomicBool,
+    /// The screen's size changed: a new `FramebufferSize` and full state.
+    pub(crate) resized: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
 }
 
@@ -223,8 +239,7 @@ impl Hub {
     ) -> Self {
         Hub {
             pixels,
-            width,
-            height,
+            size: Mutex::new((width, height)),
             max_region_rects,
             clients: Mutex::new(Vec::new()),
             owner: Mutex::new(None),
@@ -242,12 +257,14 @@ impl Hub {
     /// owner.
     pub(crate) fn join(&self) -> (u64, Arc<ClientShared>, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (width, height) = self.size();
         let shared = Arc::new(ClientShared {
             dirty: Mutex::new(Pending {
-                region: Region::new(self.width, self.height, self.max_region_rects),
+                region: Region::new(width, height, self.max_region_rects),
                 moves: Vec::new(),
             }),
             cursor_dirty: AtomicBool::new(false),
+            resized: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
         });
         lock(&self.clients).push((id, shared.clone()));
@@ -265,6 +282,31 @@ impl Hub {
         let mut owner = lock(&self.owner);
         if *owner == Some(id) {
             *owner = None;
+        }
+    }
+
+    /// The screen's size now.
+    pub(crate) fn size(&self) -> (u16, u16) {
+        *lock(&self.size)
+    }
+
+    /// Runs `f` on the screen's pixels as they are now, at its size now.
+    pub(crate) fn with_view<R>(&self, f: impl FnOnce(&PixelView<'_>) -> R) -> Option<R> {
+        self.pixels.with_view(self.size(), f)
+    }
+
+    /// The screen's size changed (RANDR): every viewer forgets its pending
+    /// damage and gets a new `FramebufferSize` and the full state.
+    pub(crate) fn resize(&self, width: u16, height: u16) {
+        *lock(&self.size) = (width, height);
+        for (_, client) in lock(&self.clients).iter() {
+            {
+                let mut dirty = lock(&client.dirty);
+                dirty.region = Region::new(width, height, self.max_region_rects);
+                dirty.moves.clear();
+            }
+            client.resized.store(true, Ordering::Release);
+            client.notify.notify_one();
         }
     }
 
@@ -321,11 +363,11 @@ mod test {
     #[test]
     fn hub_owner_seat_and_damage() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let pixels = Pixels::Shadow {
+        let pixels = Pixels::Shadow(RwLock::new(Shadow {
             width: 8,
             height: 8,
-            data: RwLock::new(vec![0; 8 * 8 * 4]),
-        };
+            data: vec![0; 8 * 8 * 4],
+        }));
         let hub = Hub::new(pixels, 8, 8, 4, tx);
         let (a, sa, owner_a) = hub.join();
         let (b, _sb, owner_b) = hub.join();

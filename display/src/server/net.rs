@@ -66,8 +66,8 @@ impl DisplayServer {
         let (input_tx, input_rx) = std::sync::mpsc::channel::<Inject>();
         let hub = Arc::new(Hub::new(
             pixels,
-            x.width,
-            x.height,
+            x.size().0,
+            x.size().1,
             config.max_region_rects,
             input_tx,
         ));
@@ -95,7 +95,7 @@ impl DisplayServer {
                 source,
             })?;
         info!(display = %config.display, listen = ?listener.local_addr().ok(),
-              width = hub.width, height = hub.height,
+              size = ?hub.size(),
               fbdir = config.fbdir.is_some(),
               tls = matches!(config.security, Security::Tls(_)), "display server started");
         let tls = match &config.security {
@@ -435,7 +435,7 @@ fn negotiate(
 /// Maps a framebuffer point of a viewer with this viewport to the screen
 /// (PROTOCOL.md §8, §9), clamped to the screen.
 fn to_screen(hub: &Hub, viewport: (u16, u16), x: u16, y: u16) -> (u16, u16) {
-    let screen = (hub.width, hub.height);
+    let screen = hub.size();
     let (x, y) = src_point(screen, fit(screen, viewport), x, y);
     (
         x.min(screen.0.saturating_sub(1)),
@@ -585,6 +585,7 @@ impl InputState {
 /// its viewport is smaller than the screen, the downscaled screen that the
 /// encoder works on (PROTOCOL.md §9; COPY, SFILL... all in scaled space).
 struct View {
+    viewport: (u16, u16),
     screen: (u16, u16),
     encoder: Encoder,
     scaler: Option<Downscaler>,
@@ -592,9 +593,10 @@ struct View {
 
 impl View {
     fn new(hub: &Hub, viewport: (u16, u16)) -> Self {
-        let screen = (hub.width, hub.height);
+        let screen = hub.size();
         let size = fit(screen, viewport);
         View {
+            viewport,
             screen,
             encoder: Encoder::new(size.0, size.1),
             scaler: (size != screen).then(|| Downscaler::new(screen, size)),
@@ -618,6 +620,10 @@ impl View {
         rect: Rect,
         f: impl FnOnce(&mut Encoder, &PixelView<'_>, Rect) -> R,
     ) -> Option<R> {
+        if (screen.width(), screen.height()) != self.screen {
+            // The screen was resized: a full state at the new size follows.
+            return None;
+        }
         match &mut self.scaler {
             None => Some(f(&mut self.encoder, screen, rect)),
             Some(scaler) => {
@@ -662,6 +668,11 @@ async fn write_loop(
             if handle_ctrl(msg, hub, shared, &mut state, cursor, peer).await? {
                 return Ok(());
             }
+            continue;
+        }
+        if shared.resized.swap(false, Ordering::AcqRel) {
+            view = View::new(hub, view.viewport);
+            send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
             continue;
         }
         if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
@@ -740,7 +751,6 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
     let moves = std::mem::take(&mut lock(&shared.dirty).moves);
     if !moves.is_empty() && view.scaler.is_none() {
         let copies = hub
-            .pixels
             .with_view(|screen| view.encoder.moves(screen, &moves))
             .unwrap_or_default();
         if !copies.is_empty() {
@@ -755,7 +765,7 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             };
             rect
         };
-        let rest = hub.pixels.with_view(|screen| {
+        let rest = hub.with_view(|screen| {
             view.with_pixels(screen, rect, |encoder, pixels, rect| {
                 let bottom = rect.y + rect.h;
                 let mut commands = encoder.copies(pixels, rect, &[]);
@@ -819,7 +829,6 @@ async fn send_full_state(
     while y < view.screen.1 {
         let band = Rect::new(0, y, view.screen.0, TILE.min(view.screen.1 - y));
         let commands = hub
-            .pixels
             .with_view(|screen| {
                 view.with_pixels(screen, band, |encoder, pixels, rect| {
                     encoder.paint(pixels, rect)

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use tracing::{debug, warn};
 use x11rb::connection::{Connection, RequestConnection as _};
 use x11rb::protocol::damage::{self, ConnectionExt as _};
+use x11rb::protocol::randr::{self, ConnectionExt as _};
 use x11rb::protocol::xfixes::{self, ConnectionExt as _};
 use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder, Window};
 use x11rb::protocol::xtest::ConnectionExt as _;
@@ -17,7 +18,7 @@ use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
 
 use super::fbdir::FbdirScreen;
-use super::{lock, Cursor, Hub, Inject, Pixels, ServerError};
+use super::{lock, Cursor, Hub, Inject, Pixels, ServerError, Shadow};
 use crate::encode::Move;
 use crate::protocol::{CursorShapeRepr, Payload, Rect, MAX_CURSOR_DIMENSION};
 
@@ -25,8 +26,8 @@ use crate::protocol::{CursorShapeRepr, Payload, Rect, MAX_CURSOR_DIMENSION};
 pub(crate) struct XSession {
     conn: Arc<RustConnection>,
     root: Window,
-    pub(crate) width: u16,
-    pub(crate) height: u16,
+    /// The screen's size now (RANDR changes it).
+    size: Mutex<(u16, u16)>,
     damage: damage::Damage,
     parts: xfixes::Region,
     /// Outer geometry (border included) of the root's children, to turn
@@ -90,6 +91,21 @@ impl XSession {
             .map_err(ServerError::x11)?
             .reply()
             .map_err(ServerError::x11)?;
+        // RANDR: size changes of the screen (without it, the size is fixed).
+        let randr = conn
+            .extension_information(randr::X11_EXTENSION_NAME)
+            .map_err(ServerError::x11)?
+            .is_some();
+        if randr {
+            conn.randr_query_version(1, 3)
+                .map_err(ServerError::x11)?
+                .reply()
+                .map_err(ServerError::x11)?;
+            conn.randr_select_input(root, randr::NotifyMask::SCREEN_CHANGE)
+                .map_err(ServerError::x11)?
+                .check()
+                .map_err(ServerError::x11)?;
+        }
         let damage = conn.generate_id().map_err(ServerError::x11)?;
         conn.damage_create(damage, root, damage::ReportLevel::NON_EMPTY)
             .map_err(ServerError::x11)?
@@ -133,8 +149,7 @@ impl XSession {
         Ok(XSession {
             conn: Arc::new(conn),
             root,
-            width,
-            height,
+            size: Mutex::new((width, height)),
             damage,
             parts,
             windows: Mutex::new(windows),
@@ -142,36 +157,67 @@ impl XSession {
         })
     }
 
+    /// The screen's size now.
+    pub(crate) fn size(&self) -> (u16, u16) {
+        *lock(&self.size)
+    }
+
     /// Where the pixels come from: the `-fbdir` mapping (checked against the
     /// X screen's size) or a shadow copy filled now.
     pub(crate) fn pixels(&self, fbdir: Option<&Path>) -> Result<Pixels, ServerError> {
+        let (width, height) = self.size();
         if let Some(dir) = fbdir {
             let screen = FbdirScreen::open(dir)?;
             let h = screen.header();
-            if (h.width, h.height) != (u32::from(self.width), u32::from(self.height)) {
+            // Xvfb's RANDR only shrinks the screen inside its framebuffer.
+            if h.width < u32::from(width) || h.height < u32::from(height) {
                 return Err(ServerError::Fbdir(format!(
-                    "{}x{} in the file, {}x{} on the X screen: is it this display's -fbdir?",
-                    h.width, h.height, self.width, self.height
+                    "{}x{} in the file, {width}x{height} on the X screen: is it this display's -fbdir?",
+                    h.width, h.height
                 )));
             }
             return Ok(Pixels::Fbdir(screen));
         }
-        let data = vec![0; usize::from(self.width) * usize::from(self.height) * 4];
-        let pixels = Pixels::Shadow {
-            width: self.width,
-            height: self.height,
-            data: RwLock::new(data),
-        };
-        self.refresh_shadow(&pixels, &[Rect::new(0, 0, self.width, self.height)])?;
+        let pixels = Pixels::Shadow(RwLock::new(Shadow {
+            width,
+            height,
+            data: vec![0; usize::from(width) * usize::from(height) * 4],
+        }));
+        self.refresh_shadow(&pixels, &[Rect::new(0, 0, width, height)])?;
         Ok(pixels)
+    }
+
+    /// The screen's size changed to `size`: the shadow copy (if any) is
+    /// reallocated and read whole, then the viewers are told.
+    fn resize(&self, hub: &Hub, size: (u16, u16)) -> Result<(), ServerError> {
+        *lock(&self.size) = size;
+        if let Pixels::Fbdir(screen) = &hub.pixels {
+            let h = screen.header();
+            if h.width < u32::from(size.0) || h.height < u32::from(size.1) {
+                return Err(ServerError::Fbdir(format!(
+                    "the screen grew to {}x{}, beyond the {}x{} framebuffer file",
+                    size.0, size.1, h.width, h.height
+                )));
+            }
+        }
+        if let Pixels::Shadow(shadow) = &hub.pixels {
+            let mut shadow = shadow.write().unwrap_or_else(PoisonError::into_inner);
+            *shadow = Shadow {
+                width: size.0,
+                height: size.1,
+                data: vec![0; usize::from(size.0) * usize::from(size.1) * 4],
+            };
+        }
+        self.refresh_shadow(&hub.pixels, &[Rect::new(0, 0, size.0, size.1)])?;
+        hub.resize(size.0, size.1);
+        Ok(())
     }
 
     /// Copies `rects` of the screen into the shadow copy (no-op for fbdir).
     fn refresh_shadow(&self, pixels: &Pixels, rects: &[Rect]) -> Result<(), ServerError> {
-        let Pixels::Shadow { width, data, .. } = pixels else {
+        let Pixels::Shadow(shadow) = pixels else {
             return Ok(());
         };
-        let stride = usize::from(*width) * 4;
         for rect in rects {
             // Bands of 64 rows keep each reply small.
             let mut y = rect.y;
@@ -193,7 +239,8 @@ impl XSession {
                     .reply()
                     .map_err(ServerError::x11)?;
                 let row = usize::from(rect.w) * 4;
-                let mut shadow = data.write().unwrap_or_else(PoisonError::into_inner);
+                let mut shadow = shadow.write().unwrap_or_else(PoisonError::into_inner);
+                let stride = usize::from(shadow.width) * 4;
                 for (i, src) in reply
                     .data
                     .chunks_exact(row)
@@ -201,7 +248,7 @@ impl XSession {
                     .enumerate()
                 {
                     let at = (usize::from(y) + i) * stride + usize::from(rect.x) * 4;
-                    if let Some(dst) = shadow.get_mut(at..at + row) {
+                    if let Some(dst) = shadow.data.get_mut(at..at + row) {
                         dst.copy_from_slice(src);
                     }
                 }
@@ -252,6 +299,7 @@ impl XSession {
         };
         self.handle_event(first, &mut seen);
         self.drain_events(&mut seen)?;
+        self.check_size(hub, &mut seen)?;
         while std::mem::take(&mut seen.damaged) {
             // Move the damage into `parts` and read it back: the round trip
             // orders every drawing reported here before our pixel reads, and
@@ -269,10 +317,13 @@ impl XSession {
             // ConfigureNotify can trail the damage of its pixels, and its
             // hint must travel with that damage.
             self.drain_events(&mut seen)?;
+            // A size change seen with the damage applies before it.
+            self.check_size(hub, &mut seen)?;
+            let (width, height) = self.size();
             let rects: Vec<Rect> = reply
                 .rectangles
                 .iter()
-                .filter_map(|r| clip_rect(r, self.width, self.height))
+                .filter_map(|r| clip_rect(r, width, height))
                 .collect();
             self.refresh_shadow(&hub.pixels, &rects)?;
             hub.damage(&rects, &std::mem::take(&mut seen.moves));
@@ -284,6 +335,25 @@ impl XSession {
         }
         if seen.cursor {
             hub.set_cursor(self.cursor()?);
+        }
+        Ok(())
+    }
+
+    /// After a RANDR screen change: the root's size now, and when it
+    /// changed, [`Self::resize`].
+    fn check_size(&self, hub: &Hub, seen: &mut Seen) -> Result<(), ServerError> {
+        if !std::mem::take(&mut seen.resized) {
+            return Ok(());
+        }
+        let g = self
+            .conn
+            .get_geometry(self.root)
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        if (g.width, g.height) != self.size() {
+            tracing::info!(width = g.width, height = g.height, "screen resized");
+            self.resize(hub, (g.width, g.height))?;
         }
         Ok(())
     }
@@ -300,6 +370,7 @@ impl XSession {
         match ev {
             Event::DamageNotify(_) => seen.damaged = true,
             Event::XfixesCursorNotify(_) => seen.cursor = true,
+            Event::RandrScreenChangeNotify(_) => seen.resized = true,
             Event::CreateNotify(e) if e.parent == self.root => {
                 let g = outer(e.x, e.y, e.width, e.height, e.border_width);
                 lock(&self.windows).insert(e.window, g);
@@ -308,8 +379,8 @@ impl XSession {
                 let g = outer(e.x, e.y, e.width, e.height, e.border_width);
                 let old = lock(&self.windows).insert(e.window, g);
                 if let Some(old) = old {
-                    seen.moves
-                        .extend(window_move(old, g, self.width, self.height));
+                    let (width, height) = self.size();
+                    seen.moves.extend(window_move(old, g, width, height));
                 }
             }
             Event::ReparentNotify(e) if e.event == self.root => {
@@ -341,6 +412,7 @@ impl XSession {
 struct Seen {
     damaged: bool,
     cursor: bool,
+    resized: bool,
     moves: Vec<Move>,
 }
 

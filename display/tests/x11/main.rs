@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apps;
+mod randr;
 mod scale;
 mod tls;
 mod xvfb;
@@ -226,7 +227,9 @@ fn start_server_with(xvfb: &Xvfb, fbdir: bool, tune: impl FnOnce(&mut Config)) -
             };
             tx.send(Ok(server.local_addr().unwrap())).unwrap();
             // Ends with an X error when the test's Xvfb goes away.
-            let _ = server.run().await;
+            if let Err(e) = server.run().await {
+                eprintln!("display server ended: {e}");
+            }
         });
     });
     rx.recv_timeout(MAX).unwrap().unwrap()
