@@ -77,7 +77,11 @@
 //! on one thread per direction). Above it the sending device's 1000-packet
 //! ring overflows (`ip -s link`: TX dropped), as a NIC's would; a rate
 //! limit far below it (100 Mbit/s) is not affected. The 100 Mbit/s row is
-//! TCP CUBIC filling a one-BDP drop-tail queue; the tests print the same
+//! TCP CUBIC filling a one-BDP drop-tail queue. CPU at 100 Mbit/s (release,
+//! `/proc/PID/stat` over the 10 s run): 0.28 s user, 3.05 s system — the
+//! system time is mostly the receiving stack, which runs in the thread that
+//! writes the packet to the TUN device; idle, the emulator uses none (it
+//! sleeps in `ppoll`). The tests print the same
 //! figures for the debug build they run (`cargo test -p mobidesk-lab --test
 //! netns linkemu -- --nocapture`).
 
