@@ -108,6 +108,7 @@ pub struct Viewer {
     state_complete: bool,
     cursor: Option<(u16, u16, u16, u16)>,
     cursor_position: (u16, u16),
+    clipboard: Option<String>,
     stats: super::Stats,
     transmit: Vec<u8>,
     /// When the timed input events not yet followed by an update were sent.
@@ -126,6 +127,7 @@ impl Viewer {
             state_complete: false,
             cursor: None,
             cursor_position: (0, 0),
+            clipboard: None,
             stats: super::Stats::default(),
             transmit: Vec::new(),
             pending_inputs: Vec::new(),
@@ -213,6 +215,11 @@ impl Viewer {
     /// The cursor: width, height and hotspot (none before a `CursorShape`).
     pub fn cursor(&self) -> Option<(u16, u16, u16, u16)> {
         self.cursor
+    }
+
+    /// The session's clipboard text as last received (`CLIPBOARD` in force).
+    pub fn clipboard(&self) -> Option<&str> {
+        self.clipboard.as_deref()
     }
 
     /// What was received.
@@ -321,7 +328,10 @@ impl Viewer {
             .unwrap_or_default();
         match message {
             Message::Ping(PingRepr { token }) => self.queue(&Message::Pong(PingRepr { token })),
-            Message::Pong(_) | Message::Clipboard(_) => {}
+            Message::Pong(_) => {}
+            Message::Clipboard(c) if caps.contains(Capabilities::CLIPBOARD) => {
+                self.clipboard = Some(c.text.into_owned());
+            }
             Message::FramebufferSize(size) => {
                 self.framebuffer = Some(Framebuffer::for_size(&size)?);
                 self.state_complete = false;

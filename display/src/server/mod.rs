@@ -175,11 +175,23 @@ impl Pixels {
 }
 
 /// One injected input event, in screen coordinates and X terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Inject {
-    Key { keysym: u32, down: bool },
-    Motion { x: u16, y: u16 },
-    Button { button: u8, down: bool },
+    Key {
+        keysym: u32,
+        down: bool,
+    },
+    Motion {
+        x: u16,
+        y: u16,
+    },
+    Button {
+        button: u8,
+        down: bool,
+    },
+    /// The owner's clipboard: the server takes the X `CLIPBOARD` selection
+    /// and serves this text.
+    Clipboard(Arc<str>),
 }
 
 /// The cursor as the viewers should see it.
@@ -200,6 +212,8 @@ pub(crate) struct Hub {
     clients: Mutex<Vec<(u64, Arc<ClientShared>)>>,
     owner: Mutex<Option<u64>>,
     cursor: Mutex<Cursor>,
+    /// The session's clipboard text as last seen (X side or a viewer).
+    clipboard: Mutex<Option<Arc<str>>>,
     next_id: AtomicU64,
     pub(crate) input: std::sync::mpsc::Sender<Inject>,
 }
@@ -222,6 +236,8 @@ pub(crate) struct ClientShared {
     pub(crate) cursor_dirty: AtomicBool,
     /// The screen's size changed: a new `FramebufferSize` and full state.
     pub(crate) resized: AtomicBool,
+    /// The clipboard changed since this viewer was last sent it.
+    pub(crate) clipboard_dirty: AtomicBool,
     pub(crate) notify: tokio::sync::Notify,
 }
 
@@ -248,6 +264,7 @@ impl Hub {
                 x: 0,
                 y: 0,
             }),
+            clipboard: Mutex::new(None),
             next_id: AtomicU64::new(1),
             input,
         }
@@ -265,6 +282,7 @@ impl Hub {
             }),
             cursor_dirty: AtomicBool::new(false),
             resized: AtomicBool::new(false),
+            clipboard_dirty: AtomicBool::new(lock(&self.clipboard).is_some()),
             notify: tokio::sync::Notify::new(),
         });
         lock(&self.clients).push((id, shared.clone()));
@@ -344,6 +362,22 @@ impl Hub {
             client.cursor_dirty.store(true, Ordering::Release);
             client.notify.notify_one();
         }
+    }
+
+    /// The clipboard changed (in X, or `from` a viewer, which is not sent
+    /// its own text back).
+    pub(crate) fn set_clipboard(&self, text: Arc<str>, from: Option<u64>) {
+        *lock(&self.clipboard) = Some(text);
+        for (id, client) in lock(&self.clients).iter() {
+            if Some(*id) != from {
+                client.clipboard_dirty.store(true, Ordering::Release);
+                client.notify.notify_one();
+            }
+        }
+    }
+
+    pub(crate) fn clipboard(&self) -> Option<Arc<str>> {
+        lock(&self.clipboard).clone()
     }
 
     pub(crate) fn cursor(&self) -> Cursor {

@@ -17,9 +17,9 @@ use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
 use crate::encode::scale::{fit, src_point, Downscaler};
 use crate::encode::{Encoder, PixelView, TILE};
 use crate::protocol::{
-    Buttons, Capabilities, ClientHelloRepr, CloseCode, CloseRepr, CursorPositionRepr, Frame,
-    FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender, ServerHelloRepr,
-    SUPPORTED_VERSIONS,
+    Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
+    CursorPositionRepr, Frame, FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender,
+    ServerHelloRepr, SUPPORTED_VERSIONS,
 };
 use crate::schedule::Scheduler;
 
@@ -34,8 +34,9 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a viewer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The capabilities this server offers (no VIDEO, no CLIPBOARD yet).
-const SERVER_CAPABILITIES: Capabilities = Capabilities::CURSOR;
+/// The capabilities this server offers (no VIDEO yet).
+const SERVER_CAPABILITIES: Capabilities =
+    Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0);
 /// Bytes of messages written to the socket at once: the most a newly queued
 /// small update waits behind, besides what the kernel already holds.
 const WRITE_CHUNK: usize = 16 * 1024;
@@ -395,7 +396,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         peer,
         incoming,
         ctrl_tx,
-        viewport,
+        (capabilities, viewport),
     ));
     let result = async {
         out.push(&server_hello).await?;
@@ -449,7 +450,7 @@ async fn read_loop(
     peer: SocketAddr,
     mut incoming: Incoming,
     ctrl: mpsc::Sender<Ctrl>,
-    mut viewport: (u16, u16),
+    (capabilities, mut viewport): (Capabilities, (u16, u16)),
 ) {
     let mut input = InputState::default();
     let end = loop {
@@ -487,6 +488,16 @@ async fn read_loop(
                 input.pointer(x, y, p.buttons)
             }
             Message::Wheel(w) => input.wheel(w.dx, w.dy),
+            Message::Clipboard(c) if capabilities.contains(Capabilities::CLIPBOARD) => {
+                // PROTOCOL.md §4.3: a view-only viewer's clipboard is ignored.
+                if hub.is_owner(id) {
+                    let text: Arc<str> = Arc::from(c.text.as_ref());
+                    hub.set_clipboard(text.clone(), Some(id));
+                    vec![Inject::Clipboard(text)]
+                } else {
+                    Vec::new()
+                }
+            }
             Message::ViewportRequest(v) => {
                 viewport = (v.max_width, v.max_height);
                 if ctrl
@@ -674,6 +685,16 @@ async fn write_loop(
             view = View::new(hub, view.viewport);
             send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
             continue;
+        }
+        if capabilities.contains(Capabilities::CLIPBOARD)
+            && shared.clipboard_dirty.swap(false, Ordering::AcqRel)
+        {
+            if let Some(text) = hub.clipboard() {
+                let clip = ClipboardRepr {
+                    text: std::borrow::Cow::Borrowed(&text),
+                };
+                out.push(&Message::Clipboard(clip)).await?;
+            }
         }
         if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
             out.push(&Message::CursorShape(hub.cursor().shape)).await?;

@@ -16,6 +16,7 @@ use x11rb::protocol::xproto::{self, ConnectionExt as _, ImageFormat, ImageOrder,
 use x11rb::protocol::xtest::ConnectionExt as _;
 use x11rb::protocol::Event;
 use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
 
 use super::fbdir::FbdirScreen;
 use super::{lock, Cursor, Hub, Inject, Pixels, ServerError, Shadow};
@@ -33,6 +34,8 @@ pub(crate) struct XSession {
     /// Outer geometry (border included) of the root's children, to turn
     /// their moves into COPY hints.
     windows: Mutex<HashMap<Window, xproto::Rectangle>>,
+    /// The clipboard's X side.
+    clip: Clip,
     /// Moves seen but not yet sent with damage (a ConfigureNotify can come
     /// before the damage of the moved pixels); at most 16.
     moves: Mutex<Vec<Move>>,
@@ -135,6 +138,7 @@ impl XSession {
         .map_err(ServerError::x11)?
         .check()
         .map_err(ServerError::x11)?;
+        let clip = Clip::new(&conn, root)?;
         let mut windows = HashMap::new();
         let tree = conn
             .query_tree(root)
@@ -152,6 +156,7 @@ impl XSession {
             size: Mutex::new((width, height)),
             damage,
             parts,
+            clip,
             windows: Mutex::new(windows),
             moves: Mutex::new(Vec::new()),
         })
@@ -336,6 +341,24 @@ impl XSession {
         if seen.cursor {
             hub.set_cursor(self.cursor()?);
         }
+        if std::mem::take(&mut seen.clipboard_owner) {
+            // Another client owns CLIPBOARD now: ask it for the text.
+            self.conn
+                .convert_selection(
+                    self.clip.window,
+                    self.clip.atoms.clipboard,
+                    self.clip.atoms.utf8_string,
+                    self.clip.atoms.property,
+                    x11rb::CURRENT_TIME,
+                )
+                .map_err(ServerError::x11)?;
+            self.conn.flush().map_err(ServerError::x11)?;
+        }
+        if std::mem::take(&mut seen.clipboard_ready) {
+            if let Some(text) = self.clip.read(&self.conn)? {
+                hub.set_clipboard(text, None);
+            }
+        }
         Ok(())
     }
 
@@ -371,6 +394,21 @@ impl XSession {
             Event::DamageNotify(_) => seen.damaged = true,
             Event::XfixesCursorNotify(_) => seen.cursor = true,
             Event::RandrScreenChangeNotify(_) => seen.resized = true,
+            Event::XfixesSelectionNotify(e) if e.selection == self.clip.atoms.clipboard => {
+                if e.owner != self.clip.window {
+                    // Ours no longer: the viewer's text is not served.
+                    *lock(&self.clip.owned) = None;
+                    seen.clipboard_owner = e.owner != x11rb::NONE;
+                }
+            }
+            Event::SelectionNotify(e) if e.requestor == self.clip.window => {
+                seen.clipboard_ready = e.property != x11rb::NONE;
+            }
+            Event::SelectionRequest(e) => {
+                if let Err(err) = self.clip.answer(&self.conn, &e) {
+                    warn!(error = %err, "answering a selection request");
+                }
+            }
             Event::CreateNotify(e) if e.parent == self.root => {
                 let g = outer(e.x, e.y, e.width, e.height, e.border_width);
                 lock(&self.windows).insert(e.window, g);
@@ -403,7 +441,170 @@ impl XSession {
 
     /// A handle for the input thread.
     pub(crate) fn injector(&self) -> Result<Injector, ServerError> {
-        Injector::new(self.conn.clone(), self.root)
+        Injector::new(self.conn.clone(), self.root, self.clip.clone())
+    }
+}
+
+/// The atoms of the clipboard exchange.
+#[derive(Debug, Clone, Copy)]
+struct ClipAtoms {
+    clipboard: xproto::Atom,
+    utf8_string: xproto::Atom,
+    targets: xproto::Atom,
+    text: xproto::Atom,
+    incr: xproto::Atom,
+    /// Where the selection's owner puts the text for us.
+    property: xproto::Atom,
+}
+
+/// The clipboard's X side (PROTOCOL.md §4.3): an unmapped window of ours
+/// that owns `CLIPBOARD` with a viewer's text, and that asks another owner
+/// for its text (UTF8_STRING) when XFIXES reports a new owner. Text over
+/// `MAX_CLIPBOARD_LEN` bytes, or not UTF-8, or sent by INCR, is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct Clip {
+    window: Window,
+    atoms: ClipAtoms,
+    /// The viewer's text we serve while we own `CLIPBOARD`.
+    owned: Arc<Mutex<Option<Arc<str>>>>,
+}
+
+impl Clip {
+    fn new(conn: &RustConnection, root: Window) -> Result<Self, ServerError> {
+        let atom = |name: &[u8]| -> Result<xproto::Atom, ServerError> {
+            Ok(conn
+                .intern_atom(false, name)
+                .map_err(ServerError::x11)?
+                .reply()
+                .map_err(ServerError::x11)?
+                .atom)
+        };
+        let atoms = ClipAtoms {
+            clipboard: atom(b"CLIPBOARD")?,
+            utf8_string: atom(b"UTF8_STRING")?,
+            targets: atom(b"TARGETS")?,
+            text: atom(b"TEXT")?,
+            incr: atom(b"INCR")?,
+            property: atom(b"MOBIDESK_CLIPBOARD")?,
+        };
+        let window = conn.generate_id().map_err(ServerError::x11)?;
+        conn.create_window(
+            0,
+            window,
+            root,
+            -1,
+            -1,
+            1,
+            1,
+            0,
+            xproto::WindowClass::INPUT_ONLY,
+            x11rb::COPY_FROM_PARENT,
+            &xproto::CreateWindowAux::new(),
+        )
+        .map_err(ServerError::x11)?
+        .check()
+        .map_err(ServerError::x11)?;
+        conn.xfixes_select_selection_input(
+            window,
+            atoms.clipboard,
+            xfixes::SelectionEventMask::SET_SELECTION_OWNER
+                | xfixes::SelectionEventMask::SELECTION_WINDOW_DESTROY
+                | xfixes::SelectionEventMask::SELECTION_CLIENT_CLOSE,
+        )
+        .map_err(ServerError::x11)?
+        .check()
+        .map_err(ServerError::x11)?;
+        Ok(Clip {
+            window,
+            atoms,
+            owned: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The text another owner converted for us (and deletes it), or `None`
+    /// when it is too large, not UTF-8 or sent incrementally.
+    fn read(&self, conn: &RustConnection) -> Result<Option<Arc<str>>, ServerError> {
+        let max = crate::protocol::MAX_CLIPBOARD_LEN;
+        let reply = conn
+            .get_property(
+                true,
+                self.window,
+                self.atoms.property,
+                xproto::AtomEnum::ANY,
+                0,
+                u32::try_from(max / 4 + 1).unwrap_or(u32::MAX),
+            )
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        if reply.type_ == self.atoms.incr || reply.bytes_after > 0 || reply.value.len() > max {
+            debug!("clipboard text too large: dropped");
+            return Ok(None);
+        }
+        if reply.format != 8 {
+            return Ok(None);
+        }
+        Ok(String::from_utf8(reply.value).ok().map(Arc::from))
+    }
+
+    /// Answers a `SelectionRequest` for `CLIPBOARD` while we own it: the
+    /// text as UTF8_STRING, STRING or TEXT, or the TARGETS list; anything
+    /// else is refused (property None), as ICCCM §2.2 says.
+    fn answer(
+        &self,
+        conn: &RustConnection,
+        e: &xproto::SelectionRequestEvent,
+    ) -> Result<(), ServerError> {
+        let a = self.atoms;
+        let owned = lock(&self.owned).clone();
+        let property = if e.property == x11rb::NONE {
+            e.target
+        } else {
+            e.property
+        };
+        let mut answered = x11rb::NONE;
+        if let (true, Some(text)) = (e.selection == a.clipboard && e.owner == self.window, owned) {
+            let string = xproto::Atom::from(xproto::AtomEnum::STRING);
+            if e.target == a.targets {
+                let list = [a.targets, a.utf8_string, string, a.text];
+                conn.change_property32(
+                    xproto::PropMode::REPLACE,
+                    e.requestor,
+                    property,
+                    xproto::AtomEnum::ATOM,
+                    &list,
+                )
+                .map_err(ServerError::x11)?;
+                answered = property;
+            } else if e.target == a.utf8_string || e.target == string || e.target == a.text {
+                let type_ = if e.target == string {
+                    string
+                } else {
+                    a.utf8_string
+                };
+                conn.change_property8(
+                    xproto::PropMode::REPLACE,
+                    e.requestor,
+                    property,
+                    type_,
+                    text.as_bytes(),
+                )
+                .map_err(ServerError::x11)?;
+                answered = property;
+            }
+        }
+        let notify = xproto::SelectionNotifyEvent {
+            response_type: xproto::SELECTION_NOTIFY_EVENT,
+            sequence: 0,
+            time: e.time,
+            requestor: e.requestor,
+            selection: e.selection,
+            target: e.target,
+            property: answered,
+        };
+        conn.send_event(false, e.requestor, xproto::EventMask::NO_EVENT, notify)
+            .map_err(ServerError::x11)?;
+        conn.flush().map_err(ServerError::x11)
     }
 }
 
@@ -413,6 +614,8 @@ struct Seen {
     damaged: bool,
     cursor: bool,
     resized: bool,
+    clipboard_owner: bool,
+    clipboard_ready: bool,
     moves: Vec<Move>,
 }
 
@@ -522,13 +725,14 @@ pub(crate) fn cursor_from_image(
 pub(crate) struct Injector {
     conn: Arc<RustConnection>,
     root: Window,
+    clip: Clip,
     min_keycode: u8,
     per_keycode: u8,
     keysyms: Vec<u32>,
 }
 
 impl Injector {
-    fn new(conn: Arc<RustConnection>, root: Window) -> Result<Self, ServerError> {
+    fn new(conn: Arc<RustConnection>, root: Window, clip: Clip) -> Result<Self, ServerError> {
         let (min, max) = (conn.setup().min_keycode, conn.setup().max_keycode);
         let reply = conn
             .get_keyboard_mapping(min, max.saturating_sub(min).saturating_add(1))
@@ -538,6 +742,7 @@ impl Injector {
         Ok(Injector {
             conn,
             root,
+            clip,
             min_keycode: min,
             per_keycode: reply.keysyms_per_keycode.max(1),
             keysyms: reply.keysyms,
@@ -574,6 +779,17 @@ impl Injector {
 
     fn inject(&mut self, event: Inject) -> Result<(), ServerError> {
         let (kind, detail, x, y) = match event {
+            Inject::Clipboard(text) => {
+                *lock(&self.clip.owned) = Some(text);
+                self.conn
+                    .set_selection_owner(
+                        self.clip.window,
+                        self.clip.atoms.clipboard,
+                        x11rb::CURRENT_TIME,
+                    )
+                    .map_err(ServerError::x11)?;
+                return self.conn.flush().map_err(ServerError::x11);
+            }
             Inject::Key { keysym, down } => {
                 let Some(keycode) = self.keycode(keysym) else {
                     debug!(keysym, "no keycode for keysym");

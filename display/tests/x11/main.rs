@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod apps;
+mod clipboard;
 mod randr;
 mod scale;
 mod tls;
