@@ -27,6 +27,7 @@ mod image;
 mod region;
 pub mod scale;
 mod tiles;
+pub mod video;
 
 pub use self::copy::{Move, MIN_COPY_ROWS};
 pub use self::image::Image;
@@ -170,6 +171,10 @@ impl<'a> PixelView<'a> {
     }
 }
 
+/// A pixel of the client's image whose value is not known exactly (after a
+/// VIDEO frame): its X byte is set, and screen pixels always have it clear.
+pub const UNKNOWN: u32 = 0xff00_0000;
+
 /// What one client has, and the encoder that brings it up to date.
 ///
 /// INVARIANT: `model` is exactly what the client's framebuffer is after it
@@ -252,6 +257,25 @@ impl Encoder {
             Some(snap) => tiles::paint(&mut self.model, &snap, rect.x, rect.y),
             None => Vec::new(),
         }
+    }
+
+    /// A VIDEO frame of `rect` of `screen` (see [`video::video_frame`]).
+    /// The client's pixels there are then only close to the screen's, so
+    /// the image marks them unknown ([`UNKNOWN`], never equal to a screen
+    /// pixel): the next paint of any of them is sent in full, exactly.
+    pub fn video(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        stream_id: u32,
+        frame: u32,
+    ) -> Option<Command<'static>> {
+        if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
+            return None;
+        }
+        let command = video::video_frame(screen, rect, stream_id, frame)?;
+        self.model.blit(rect, &vec![UNKNOWN; rect.area()]);
+        Some(command)
     }
 
     /// [`Self::copies`] then [`Self::paint`]: after applying the result, the

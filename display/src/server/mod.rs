@@ -32,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use crate::encode::video::{VideoDetector, VideoParams};
 use crate::encode::{Move, PixelView, Region};
 use crate::protocol::{CursorShapeRepr, Rect};
 
@@ -214,6 +215,8 @@ pub(crate) struct Hub {
     cursor: Mutex<Cursor>,
     /// The session's clipboard text as last seen (X side or a viewer).
     clipboard: Mutex<Option<Arc<str>>>,
+    /// Which areas of the screen change like video.
+    video: Mutex<VideoDetector>,
     next_id: AtomicU64,
     pub(crate) input: std::sync::mpsc::Sender<Inject>,
 }
@@ -265,6 +268,7 @@ impl Hub {
                 y: 0,
             }),
             clipboard: Mutex::new(None),
+            video: Mutex::new(VideoDetector::new(VideoParams::default())),
             next_id: AtomicU64::new(1),
             input,
         }
@@ -317,6 +321,7 @@ impl Hub {
     /// damage and gets a new `FramebufferSize` and the full state.
     pub(crate) fn resize(&self, width: u16, height: u16) {
         *lock(&self.size) = (width, height);
+        lock(&self.video).clear();
         for (_, client) in lock(&self.clients).iter() {
             {
                 let mut dirty = lock(&client.dirty);
@@ -339,6 +344,7 @@ impl Hub {
     /// Adds damage (and the window moves behind it) to every viewer's
     /// pending damage and wakes them.
     pub(crate) fn damage(&self, rects: &[Rect], moves: &[Move]) {
+        lock(&self.video).handle_damage(rects, std::time::Instant::now());
         for (_, client) in lock(&self.clients).iter() {
             {
                 let mut dirty = lock(&client.dirty);
@@ -374,6 +380,11 @@ impl Hub {
                 client.notify.notify_one();
             }
         }
+    }
+
+    /// The video streams now: id and screen area.
+    pub(crate) fn video_streams(&self) -> Vec<(u32, Rect)> {
+        lock(&self.video).poll_streams(std::time::Instant::now())
     }
 
     pub(crate) fn clipboard(&self) -> Option<Arc<str>> {

@@ -15,11 +15,12 @@ use tracing::{debug, info, warn};
 use super::x11::XSession;
 use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
 use crate::encode::scale::{fit, src_point, Downscaler};
+use crate::encode::video::subtract;
 use crate::encode::{Encoder, PixelView, TILE};
 use crate::protocol::{
     Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
     CursorPositionRepr, Frame, FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender,
-    ServerHelloRepr, SUPPORTED_VERSIONS,
+    ServerHelloRepr, VideoEndRepr, SUPPORTED_VERSIONS,
 };
 use crate::schedule::Scheduler;
 
@@ -34,9 +35,11 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a viewer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The capabilities this server offers (no VIDEO yet).
+/// The capabilities this server offers.
 const SERVER_CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0);
+    Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0 | Capabilities::VIDEO.0);
+/// How often a viewer with video streams checks whether they calmed down.
+const VIDEO_TICK: Duration = Duration::from_millis(100);
 /// Bytes of messages written to the socket at once: the most a newly queued
 /// small update waits behind, besides what the kernel already holds.
 const WRITE_CHUNK: usize = 16 * 1024;
@@ -600,10 +603,18 @@ struct View {
     screen: (u16, u16),
     encoder: Encoder,
     scaler: Option<Downscaler>,
+    /// Whether `VIDEO` is in force.
+    video: bool,
+    /// The video streams this viewer is being sent: id, screen area, next
+    /// frame number.
+    streams: Vec<(u32, Rect, u32)>,
+    /// Streams that ended, to be told (`VideoEnd`) once the queue is empty,
+    /// so that the end follows the stream's last frame.
+    ended: Vec<u32>,
 }
 
 impl View {
-    fn new(hub: &Hub, viewport: (u16, u16)) -> Self {
+    fn new(hub: &Hub, viewport: (u16, u16), video: bool) -> Self {
         let screen = hub.size();
         let size = fit(screen, viewport);
         View {
@@ -611,6 +622,51 @@ impl View {
             screen,
             encoder: Encoder::new(size.0, size.1),
             scaler: (size != screen).then(|| Downscaler::new(screen, size)),
+            video,
+            streams: Vec::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// The screen's video streams now (none without `VIDEO`). Streams that
+    /// ended are queued for `VideoEnd`, and their area goes back into the
+    /// damage: the encoder marked it unknown, so it is repainted exactly.
+    fn sync_streams(&mut self, hub: &Hub, shared: &ClientShared) -> Vec<(u32, Rect)> {
+        if !self.video {
+            return Vec::new();
+        }
+        let active = hub.video_streams();
+        let mut gone = Vec::new();
+        self.streams.retain(|&(id, area, _)| {
+            let on = active.iter().any(|&(a, _)| a == id);
+            if !on {
+                gone.push((id, area));
+            }
+            on
+        });
+        for (id, area) in gone {
+            debug!(id, ?area, "video stream ends");
+            self.ended.push(id);
+            lock(&shared.dirty).region.add(area);
+        }
+        for &(id, area) in &active {
+            if !self.streams.iter().any(|&(s, _, _)| s == id) {
+                debug!(id, ?area, "video stream starts");
+                self.streams.push((id, area, 0));
+            }
+        }
+        active
+    }
+
+    /// The next frame number of stream `id`.
+    fn next_frame(&mut self, id: u32) -> u32 {
+        match self.streams.iter_mut().find(|(s, _, _)| *s == id) {
+            Some((_, _, frame)) => {
+                let f = *frame;
+                *frame = frame.wrapping_add(1);
+                f
+            }
+            None => 0,
         }
     }
 
@@ -664,7 +720,8 @@ async fn write_loop(
     queue_bytes: usize,
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
-    let mut view = View::new(hub, viewport);
+    let video = capabilities.contains(Capabilities::VIDEO);
+    let mut view = View::new(hub, viewport, video);
     let mut queue = Scheduler::new(queue_bytes);
     send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
     loop {
@@ -682,7 +739,7 @@ async fn write_loop(
             continue;
         }
         if shared.resized.swap(false, Ordering::AcqRel) {
-            view = View::new(hub, view.viewport);
+            view = View::new(hub, view.viewport, video);
             send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
             continue;
         }
@@ -713,7 +770,12 @@ async fn write_loop(
             out.flush().await?;
             continue;
         }
+        for stream_id in std::mem::take(&mut view.ended) {
+            out.push(&Message::VideoEnd(VideoEndRepr { stream_id }))
+                .await?;
+        }
         out.flush().await?;
+        let streaming = !view.streams.is_empty();
         tokio::select! {
             biased;
             msg = ctrl.recv() => {
@@ -724,6 +786,7 @@ async fn write_loop(
                 }
             }
             () = shared.notify.notified() => {}
+            () = tokio::time::sleep(VIDEO_TICK), if streaming => {}
         }
     }
 }
@@ -743,7 +806,7 @@ async fn handle_ctrl(
             out.flush().await?;
         }
         Ctrl::Viewport(w, h) => {
-            **view = View::new(hub, (w, h));
+            **view = View::new(hub, (w, h), view.video);
             send_full_state(hub, shared, view, queue, out, cursor).await?;
         }
         Ctrl::Close(code, reason) => {
@@ -765,9 +828,9 @@ async fn handle_ctrl(
 /// window moves that came with it (each verified once, before any of the
 /// damage is painted: painting first would spoil the COPY; not for a scaled
 /// viewer, whose moves are rarely whole pixels), then the smallest damaged
-/// rectangle first: COPY for scrolls in the whole rectangle, then one
-/// update per band of [`TILE`] rows; when the queue fills up, the rows not
-/// encoded go back into the region.
+/// rectangle first: damage in a video stream's area is one VIDEO frame of
+/// that area (at most one per stream and call), the rest goes to
+/// [`paint_rect`].
 fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Scheduler) {
     let moves = std::mem::take(&mut lock(&shared.dirty).moves);
     if !moves.is_empty() && view.scaler.is_none() {
@@ -778,6 +841,9 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             queue.push_update(copies);
         }
     }
+    let streams = view.sync_streams(hub, shared);
+    // Streams that got a frame in this call (one frame per stream and call).
+    let mut framed: Vec<u32> = Vec::new();
     while queue.has_room() {
         let rect = {
             let mut dirty = lock(&shared.dirty);
@@ -786,29 +852,69 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             };
             rect
         };
-        let rest = hub.with_view(|screen| {
-            view.with_pixels(screen, rect, |encoder, pixels, rect| {
-                let bottom = rect.y + rect.h;
-                let mut commands = encoder.copies(pixels, rect, &[]);
-                let mut y = rect.y;
-                while y < bottom {
-                    if !queue.has_room() {
-                        return Some(Rect::new(rect.x, y, rect.w, bottom - y));
-                    }
-                    let band = Rect::new(rect.x, y, rect.w, TILE.min(bottom - y));
-                    commands.extend(encoder.paint(pixels, band));
-                    if !commands.is_empty() {
-                        queue.push_update(std::mem::take(&mut commands));
-                    }
-                    y += band.h;
+        // Damage in a video area is one VIDEO frame of the whole area; the
+        // rest of the rectangle is encoded as usual.
+        let mut parts = vec![rect];
+        for &(id, area) in &streams {
+            let whole = parts.clone();
+            parts = parts.into_iter().flat_map(|p| subtract(p, area)).collect();
+            if parts != whole && !framed.contains(&id) {
+                framed.push(id);
+                let frame = view.next_frame(id);
+                let command = hub
+                    .with_view(|screen| {
+                        view.with_pixels(screen, area, |encoder, pixels, r| {
+                            encoder.video(pixels, r, id, frame)
+                        })
+                    })
+                    .flatten()
+                    .flatten();
+                if let Some(command) = command {
+                    queue.push_update(vec![command]);
                 }
-                None
-            })
-        });
-        if let Some(Some(Some(rest))) = rest {
-            if let Some(rest) = view.to_screen_rect(rest) {
-                lock(&shared.dirty).region.add(rest);
             }
+        }
+        for part in parts {
+            paint_rect(hub, shared, view, queue, part);
+        }
+    }
+}
+
+/// Encodes one damaged rectangle: COPY for scrolls in it, then one update
+/// per band of [`TILE`] rows; when the queue fills up, the rows not encoded
+/// go back into the region.
+fn paint_rect(
+    hub: &Hub,
+    shared: &ClientShared,
+    view: &mut View,
+    queue: &mut Scheduler,
+    rect: Rect,
+) {
+    let rest = hub.with_view(|screen| {
+        view.with_pixels(screen, rect, |encoder, pixels, rect| {
+            if !queue.has_room() {
+                return Some(rect);
+            }
+            let bottom = rect.y + rect.h;
+            let mut commands = encoder.copies(pixels, rect, &[]);
+            let mut y = rect.y;
+            while y < bottom {
+                if !queue.has_room() {
+                    return Some(Rect::new(rect.x, y, rect.w, bottom - y));
+                }
+                let band = Rect::new(rect.x, y, rect.w, TILE.min(bottom - y));
+                commands.extend(encoder.paint(pixels, band));
+                if !commands.is_empty() {
+                    queue.push_update(std::mem::take(&mut commands));
+                }
+                y += band.h;
+            }
+            None
+        })
+    });
+    if let Some(Some(Some(rest))) = rest {
+        if let Some(rest) = view.to_screen_rect(rest) {
+            lock(&shared.dirty).region.add(rest);
         }
     }
 }

@@ -15,6 +15,7 @@ mod clipboard;
 mod randr;
 mod scale;
 mod tls;
+mod video;
 mod xvfb;
 
 use std::net::SocketAddr;

@@ -1,0 +1,155 @@
+//! VIDEO end to end (issue 4, items 2 and acceptance): an area redrawn at
+//! 25 frames/s (a test program's PutImage: ffmpeg, mplayer and mpv are not
+//! installed here) becomes a VIDEO stream; during the video the viewer's
+//! area is "close" to the X screen (PSNR over R, G, B ≥ 30 dB, PROTOCOL.md
+//! §6.1), and once the area calms down the stream ends and the screen is
+//! pixel-exact again.
+
+use std::time::{Duration, Instant};
+
+use mobidesk_client::{Connection, Security, ViewerConfig};
+use mobidesk_display::codec::yuv::{psnr, CLOSE_PSNR_DB};
+use mobidesk_display::encode::{Encoder, PixelView};
+use mobidesk_display::protocol::{Capabilities, Message, Rect};
+use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
+
+use super::xvfb::Xvfb;
+use super::{assert_catches_up, start_server, Painter, MAX};
+
+const AREA: (i16, i16, u16, u16) = (100, 80, 320, 240);
+
+/// Frame `t` of a smooth moving test picture (like ffmpeg's testsrc, but
+/// photo-like: no sharp coloured edges).
+fn draw_frame(p: &Painter, t: u32) {
+    let (x0, y0, w, h) = AREA;
+    let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
+    let t = f64::from(t);
+    for y in 0..h {
+        for x in 0..w {
+            let (fx, fy) = (f64::from(x), f64::from(y));
+            let r = 128.0 + 90.0 * ((fx + 3.0 * t) / 9.0 + fy / 23.0).sin();
+            let g = 128.0 + 90.0 * (fx / 17.0 - (fy + 2.0 * t) / 7.0).cos();
+            let b = 128.0 + 90.0 * ((fx + fy + 5.0 * t) / 13.0).sin();
+            let c = |v: f64| v.clamp(0.0, 255.0) as u8;
+            data.extend_from_slice(&[c(b), c(g), c(r), 0]);
+        }
+    }
+    p.conn
+        .put_image(
+            ImageFormat::Z_PIXMAP,
+            p.root,
+            p.gc,
+            w,
+            h,
+            x0,
+            y0,
+            0,
+            24,
+            &data,
+        )
+        .unwrap();
+    p.sync();
+}
+
+fn area_of(pixels: &[u32], width: u16) -> Vec<u32> {
+    let (x0, y0, w, h) = AREA;
+    let mut out = Vec::new();
+    for y in 0..usize::from(h) {
+        let start = (usize::from(y0 as u16) + y) * usize::from(width) + x0 as usize;
+        out.extend_from_slice(&pixels[start..start + usize::from(w)]);
+    }
+    out
+}
+
+#[test]
+fn video_area_is_close_while_playing_and_exact_after() {
+    let xvfb = Xvfb::start();
+    let painter = Painter::new(&xvfb.display());
+    painter.pattern();
+    let addr = start_server(&xvfb, true);
+    let connect = |capabilities| {
+        let config = ViewerConfig {
+            capabilities,
+            ..ViewerConfig::default()
+        };
+        Connection::connect(addr, &config, &Security::InsecurePlaintext).unwrap()
+    };
+    let mut viewer = connect(Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0));
+    assert_catches_up(&mut viewer, &painter);
+    // A viewer without VIDEO (it reads only at the end: its queue stays
+    // bounded, it gets no VIDEO).
+    let mut raw_viewer = connect(Capabilities::CURSOR);
+    assert_catches_up(&mut raw_viewer, &painter);
+
+    // 3 s at 25 frames/s; from frame 40 on, every 5th frame is compared.
+    let frames = 75u32;
+    let start = Instant::now();
+    let mut psnrs = Vec::new();
+    let mut first_video_at = None;
+    for i in 0..frames {
+        let due = start + Duration::from_millis(40) * i;
+        while let Some(left) = due.checked_duration_since(Instant::now()) {
+            viewer.poll(left).unwrap();
+        }
+        draw_frame(&painter, i);
+        if first_video_at.is_none() && viewer.viewer().stats().of("Video").messages > 0 {
+            first_video_at = Some(i);
+        }
+        if i >= 40 && i % 5 == 0 {
+            // Until the stream is quiet: the viewer has this frame.
+            viewer
+                .run_until_idle(Duration::from_millis(100), MAX)
+                .unwrap();
+            let fb = viewer.framebuffer().unwrap();
+            let got = area_of(fb.pixels(), fb.width());
+            let want = area_of(&painter.screen(), 640);
+            let db = psnr(&got, &want);
+            psnrs.push(db);
+        }
+    }
+    let playing = start.elapsed();
+    // The stream was fed; nothing is drawn from now on.
+    let video_stats = viewer.viewer().stats().clone();
+    let video_frames = video_stats.of("Video").messages;
+    let video_bytes = video_stats.of("Video").bytes;
+    // What one frame costs as the other commands (RAW, LZ4): encoded from
+    // the screen as it is now against a black image.
+    let (w, h) = painter.size();
+    let bytes: Vec<u8> = painter
+        .screen()
+        .iter()
+        .flat_map(|p| p.to_le_bytes())
+        .collect();
+    let screen = PixelView::new(&bytes, usize::from(w) * 4, w, h).unwrap();
+    let (x0, y0, aw, ah) = AREA;
+    let raw_frame: usize = Encoder::new(w, h)
+        .paint(&screen, Rect::new(x0 as u16, y0 as u16, aw, ah))
+        .into_iter()
+        .map(|c| Message::Command(c).buffer_len())
+        .sum();
+    let streamed = first_video_at.map_or(0, |f| frames - f);
+    eprintln!(
+        "video: {frames} frames drawn in {playing:.2?}, first VIDEO after frame {first_video_at:?}; \
+         {video_frames} VIDEO messages for the {streamed} frames drawn since \
+         ({:.1} per s of streaming), {} bytes per VIDEO frame, {raw_frame} bytes per frame as RAW; \
+         PSNR {psnrs:.1?} dB",
+        video_frames as f64 / (playing.as_secs_f64() * f64::from(streamed) / f64::from(frames)),
+        video_bytes / video_frames.max(1),
+    );
+    assert!(video_frames >= 10, "{video_frames} VIDEO frames");
+    for db in &psnrs {
+        assert!(*db >= CLOSE_PSNR_DB, "PSNR {db:.1} dB < {CLOSE_PSNR_DB}");
+    }
+    assert!(!psnrs.is_empty());
+
+    // Calm: the stream ends and the area is repainted exactly.
+    assert_catches_up(&mut viewer, &painter);
+    let end = Instant::now() + MAX;
+    while viewer.viewer().stats().of("VideoEnd").messages == 0 {
+        assert!(Instant::now() < end, "no VideoEnd");
+        viewer.poll(Duration::from_millis(50)).unwrap();
+    }
+    assert_catches_up(&mut viewer, &painter);
+    assert_eq!(viewer.viewer().stats().of("VideoEnd").messages, 1);
+    assert_eq!(raw_viewer.viewer().stats().of("Video").messages, 0);
+}
