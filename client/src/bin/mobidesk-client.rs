@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use mobidesk_client::{write_png, Connection, Security, TlsClient, ViewerConfig};
+use mobidesk_display::protocol::Capabilities;
 
 /// Connects to a display server and keeps its framebuffer in memory.
 #[derive(Debug, Parser)]
@@ -51,6 +52,13 @@ struct Args {
     /// by the server (PROTOCOL.md §9).
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     viewport: Option<(u16, u16)>,
+    /// Offer VIDEO: video-like areas come as YUV frames (PROTOCOL.md §6).
+    #[arg(long)]
+    video: bool,
+    /// Offer CLIPBOARD: the session's clipboard text is received (and kept
+    /// in the statistics' message counts).
+    #[arg(long)]
+    clipboard: bool,
     /// Write the framebuffer here as PNG when done.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -108,6 +116,14 @@ fn main() -> anyhow::Result<()> {
         _ => bail!("give --ca (TLS 1.3), or --insecure-plaintext"),
     };
     let mut config = ViewerConfig::default();
+    for (on, capability) in [
+        (args.video, Capabilities::VIDEO),
+        (args.clipboard, Capabilities::CLIPBOARD),
+    ] {
+        if on {
+            config.capabilities = Capabilities(config.capabilities.0 | capability.0);
+        }
+    }
     if let Some((w, h)) = args.viewport {
         config.max_width = w;
         config.max_height = h;

@@ -19,10 +19,10 @@ use super::{assert_catches_up, start_server, Painter, MAX};
 const AREA: (i16, i16, u16, u16) = (100, 80, 320, 240);
 
 /// Frame `t` of a smooth moving test picture (like ffmpeg's testsrc, but
-/// photo-like: no sharp coloured edges).
-fn draw_frame(p: &Painter, t: u32) {
-    let (x0, y0, w, h) = AREA;
-    let mut data = Vec::with_capacity(usize::from(w) * usize::from(h) * 4);
+/// photo-like: no sharp coloured edges), `0x00RRGGBB` pixels.
+fn frame_pixels(t: u32) -> Vec<u32> {
+    let (_, _, w, h) = AREA;
+    let mut out = Vec::with_capacity(usize::from(w) * usize::from(h));
     let t = f64::from(t);
     for y in 0..h {
         for x in 0..w {
@@ -30,10 +30,16 @@ fn draw_frame(p: &Painter, t: u32) {
             let r = 128.0 + 90.0 * ((fx + 3.0 * t) / 9.0 + fy / 23.0).sin();
             let g = 128.0 + 90.0 * (fx / 17.0 - (fy + 2.0 * t) / 7.0).cos();
             let b = 128.0 + 90.0 * ((fx + fy + 5.0 * t) / 13.0).sin();
-            let c = |v: f64| v.clamp(0.0, 255.0) as u8;
-            data.extend_from_slice(&[c(b), c(g), c(r), 0]);
+            let c = |v: f64| v.clamp(0.0, 255.0) as u32;
+            out.push((c(r) << 16) | (c(g) << 8) | c(b));
         }
     }
+    out
+}
+
+fn draw_frame(p: &Painter, pixels: &[u32]) {
+    let (x0, y0, w, h) = AREA;
+    let data: Vec<u8> = pixels.iter().flat_map(|p| p.to_le_bytes()).collect();
     p.conn
         .put_image(
             ImageFormat::Z_PIXMAP,
@@ -85,26 +91,42 @@ fn video_area_is_close_while_playing_and_exact_after() {
     let frames = 75u32;
     let start = Instant::now();
     let mut psnrs = Vec::new();
+    let mut waits = Vec::new();
     let mut first_video_at = None;
     for i in 0..frames {
         let due = start + Duration::from_millis(40) * i;
         while let Some(left) = due.checked_duration_since(Instant::now()) {
             viewer.poll(left).unwrap();
         }
-        draw_frame(&painter, i);
+        let want = frame_pixels(i);
+        draw_frame(&painter, &want);
         if first_video_at.is_none() && viewer.viewer().stats().of("Video").messages > 0 {
             first_video_at = Some(i);
         }
         if i >= 40 && i % 5 == 0 {
-            // Until the stream is quiet: the viewer has this frame.
-            viewer
-                .run_until_idle(Duration::from_millis(100), MAX)
-                .unwrap();
-            let fb = viewer.framebuffer().unwrap();
-            let got = area_of(fb.pixels(), fb.width());
-            let want = area_of(&painter.screen(), 640);
-            let db = psnr(&got, &want);
-            psnrs.push(db);
+            // The viewer gets this frame as VIDEO. How soon depends on the
+            // machine's load (the server encodes from the current screen and
+            // may read it while X draws the next frame), so the player holds
+            // the frame: it redraws it every 40 ms, which keeps the stream
+            // going, until the viewer shows it (at most 5 s).
+            let videos = viewer.viewer().stats().of("Video").messages;
+            let waited = Instant::now();
+            let mut best = 0.0f64;
+            while waited.elapsed() < Duration::from_secs(5) && best < CLOSE_PSNR_DB {
+                let next = Instant::now() + Duration::from_millis(40);
+                while let Some(left) = next.checked_duration_since(Instant::now()) {
+                    viewer.poll(left).unwrap();
+                    let fb = viewer.framebuffer().unwrap();
+                    best = best.max(psnr(&area_of(fb.pixels(), fb.width()), &want));
+                }
+                if best < CLOSE_PSNR_DB {
+                    draw_frame(&painter, &want);
+                }
+            }
+            waits.push(waited.elapsed().as_millis());
+            assert!(viewer.viewer().stats().of("Video").messages > videos);
+            assert_eq!(viewer.viewer().stats().of("VideoEnd").messages, 0);
+            psnrs.push(best);
         }
     }
     let playing = start.elapsed();
@@ -132,7 +154,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
         "video: {frames} frames drawn in {playing:.2?}, first VIDEO after frame {first_video_at:?}; \
          {video_frames} VIDEO messages for the {streamed} frames drawn since \
          ({:.1} per s of streaming), {} bytes per VIDEO frame, {raw_frame} bytes per frame as RAW; \
-         PSNR {psnrs:.1?} dB",
+         PSNR {psnrs:.1?} dB (each shown after {waits:?} ms)",
         video_frames as f64 / (playing.as_secs_f64() * f64::from(streamed) / f64::from(frames)),
         video_bytes / video_frames.max(1),
     );
