@@ -11,6 +11,9 @@
 //! - [`latency`]: sockperf TCP ping-pong with 64-byte messages, p50/p99;
 //! - [`connect_rate`]: new TCP connections per second, session → outside host.
 //!
+//! [`display`] compares the display protocol with the VNC baselines
+//! (TigerVNC, x11vnc) on the same X workload and lab link (issue 4).
+//!
 //! [`sessiond`] is of another kind: it compares a session with the bare
 //! server (the paper's Table 2, a build, idle desktop sessions) and needs no
 //! lab.
@@ -26,6 +29,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub mod connect_rate;
+pub mod display;
 pub mod latency;
 pub mod path;
 mod process;

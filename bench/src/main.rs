@@ -66,6 +66,22 @@ enum Command {
     ConnectRate,
     /// Every packet-path benchmark above, one after the other.
     All,
+    /// The display protocol against TigerVNC (Xvnc) and x11vnc: bytes and
+    /// time to pixel-exact for text pages, graphics pages, scrolling and
+    /// video, same X workload, same lab link (0 ms and 66 ms/100 Mbit/s);
+    /// `--path` does not apply.
+    Display {
+        /// The link(s) between viewer and server.
+        #[arg(long, value_enum, default_value = "both")]
+        link: mobidesk_bench::display::Link,
+        /// Run only this system (repeatable). Default: all three.
+        #[arg(long = "system", value_enum)]
+        systems: Vec<mobidesk_bench::display::System>,
+        /// The mobidesk-display binary (default: $MOBIDESK_DISPLAY, else
+        /// next to this program).
+        #[arg(long, value_name = "PATH")]
+        display_server: Option<PathBuf>,
+    },
     /// A session against the bare server, same run: the paper's Table 2
     /// micro-benchmarks, a parallel build, and the memory and CPU of idle
     /// desktop sessions (no lab; `--path` does not apply).
@@ -137,6 +153,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Latency => vec![Benchmark::Latency],
         Command::ConnectRate => vec![Benchmark::ConnectRate],
         Command::All => Benchmark::ALL.to_vec(),
+        Command::Display {
+            link,
+            ref systems,
+            ref display_server,
+        } => {
+            let mut o = mobidesk_bench::display::DisplayOptions::all(cli.smoke);
+            o.links = vec![link];
+            if !systems.is_empty() {
+                o.systems = systems.clone();
+                o.systems.sort();
+                o.systems.dedup();
+            }
+            if let Some(p) = display_server {
+                o.display_server = p.clone();
+            }
+            let report = mobidesk_bench::display::run(&o)?;
+            print!("{}", report.table());
+            if let Some(file) = &cli.json {
+                std::fs::write(file, report.to_json() + "\n")
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
+            return Ok(());
+        }
         Command::Sessiond {
             ref parts,
             rounds,
