@@ -13,6 +13,7 @@ use mobidesk_display::encode::{Encoder, PixelView};
 use mobidesk_display::protocol::{Capabilities, Message, Rect};
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
 
+use super::scale::assert_scaled;
 use super::xvfb::Xvfb;
 use super::{assert_catches_up, start_server, Painter, MAX};
 
@@ -73,18 +74,24 @@ fn video_area_is_close_while_playing_and_exact_after() {
     let painter = Painter::new(&xvfb.display());
     painter.pattern();
     let addr = start_server(&xvfb, true);
-    let connect = |capabilities| {
+    let connect = |capabilities, viewport: (u16, u16)| {
         let config = ViewerConfig {
             capabilities,
+            max_width: viewport.0,
+            max_height: viewport.1,
             ..ViewerConfig::default()
         };
         Connection::connect(addr, &config, &Security::InsecurePlaintext).unwrap()
     };
-    let mut viewer = connect(Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0));
+    let video = Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0);
+    let mut viewer = connect(video, (8192, 8192));
     assert_catches_up(&mut viewer, &painter);
+    // A half-size viewer: its VIDEO frames are of the downscaled area.
+    let mut half = connect(video, (320, 240));
+    assert_scaled(&mut half, &painter, (320, 240));
     // A viewer without VIDEO (it reads only at the end: its queue stays
     // bounded, it gets no VIDEO).
-    let mut raw_viewer = connect(Capabilities::CURSOR);
+    let mut raw_viewer = connect(Capabilities::CURSOR, (8192, 8192));
     assert_catches_up(&mut raw_viewer, &painter);
 
     // 3 s at 25 frames/s; from frame 40 on, every 5th frame is compared.
@@ -97,6 +104,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
         let due = start + Duration::from_millis(40) * i;
         while let Some(left) = due.checked_duration_since(Instant::now()) {
             viewer.poll(left).unwrap();
+            half.poll(Duration::from_millis(1)).unwrap();
         }
         let want = frame_pixels(i);
         draw_frame(&painter, &want);
@@ -173,5 +181,14 @@ fn video_area_is_close_while_playing_and_exact_after() {
     }
     assert_catches_up(&mut viewer, &painter);
     assert_eq!(viewer.viewer().stats().of("VideoEnd").messages, 1);
+    assert_scaled(&mut half, &painter, (320, 240));
+    let half_stats = half.viewer().stats();
+    eprintln!(
+        "half-size viewer: {} VIDEO messages, {} bytes each, {} VideoEnd",
+        half_stats.of("Video").messages,
+        half_stats.of("Video").bytes / half_stats.of("Video").messages.max(1),
+        half_stats.of("VideoEnd").messages
+    );
+    assert!(half_stats.of("Video").messages > 0);
     assert_eq!(raw_viewer.viewer().stats().of("Video").messages, 0);
 }
