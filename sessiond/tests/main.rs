@@ -13,6 +13,7 @@ mod daemon_net;
 mod desktop;
 mod escapes;
 mod fds;
+mod lab;
 mod legit;
 mod limits;
 mod namespaces;
