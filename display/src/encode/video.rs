@@ -161,7 +161,13 @@ impl VideoDetector {
                 }
                 None => {
                     if self.candidates.len() >= MAX_CANDIDATES {
-                        self.candidates.remove(0);
+                        // The oldest that is not a stream goes first.
+                        let old = self
+                            .candidates
+                            .iter()
+                            .position(|c| c.stream.is_none())
+                            .unwrap_or(0);
+                        self.candidates.remove(old);
                     }
                     self.candidates.push(Candidate {
                         rect: r,
