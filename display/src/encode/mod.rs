@@ -353,6 +353,66 @@ mod test {
         bytes
     }
 
+    #[test]
+    fn after_video_the_area_is_repainted_exactly() {
+        let (w, h) = (160u16, 120u16);
+        let smooth = |t: u32| {
+            move |x: u16, y: u16| {
+                // A triangle wave: smooth, like a photo.
+                let v = |k: u32| {
+                    let a = (u32::from(x) * k + u32::from(y) * 2 + t * 7) % 512;
+                    a.min(511 - a)
+                };
+                (v(1) << 16) | (v(2) << 8) | v(3)
+            }
+        };
+        let mut encoder = Encoder::new(w, h);
+        let data = screen(w, h, smooth(0));
+        let mut client = client_of(&encoder);
+        apply(
+            &mut client,
+            &encoder.paint(&view(&data, w, h), Rect::new(0, 0, w, h)),
+            &view(&data, w, h),
+            &encoder,
+        );
+        // Two VIDEO frames of an area: the client is close, not exact, and
+        // the encoder's image marks the area unknown.
+        let area = Rect::new(16, 8, 96, 64);
+        for t in 1..3 {
+            let data = screen(w, h, smooth(t));
+            let frame = encoder.video(&view(&data, w, h), area, 1, t).unwrap();
+            client.apply(&frame).unwrap();
+            let inside = client.region(area).unwrap();
+            let want = Image::snapshot(&view(&data, w, h), area).unwrap();
+            let db = crate::codec::yuv::psnr(&inside, want.pixels());
+            assert!(db >= crate::codec::yuv::CLOSE_PSNR_DB, "{db} dB");
+            assert!(encoder
+                .model()
+                .seg(area.x, area.y, area.w)
+                .iter()
+                .all(|&p| p == UNKNOWN));
+        }
+        // The stream ends: painting the area (or a rectangle around it)
+        // sends every pixel of it again, and the client is exact.
+        let data = screen(w, h, smooth(2));
+        let commands = encoder.paint(&view(&data, w, h), Rect::new(0, 0, w, h));
+        assert!(!commands.is_empty());
+        apply(&mut client, &commands, &view(&data, w, h), &encoder);
+        // No COPY ever reads unknown pixels.
+        let mut encoder = Encoder::new(w, h);
+        let text_screen = screen(w, h, text(0));
+        encoder.paint(&view(&text_screen, w, h), Rect::new(0, 0, w, h));
+        encoder
+            .video(&view(&text_screen, w, h), Rect::new(0, 0, w, 60), 2, 0)
+            .unwrap();
+        let scrolled = screen(w, h, text(2));
+        let copies = encoder.copies(&view(&scrolled, w, h), Rect::new(0, 0, w, h), &[]);
+        assert!(copies.iter().all(|c| match c {
+            Command::Copy(c) => c.src_y >= 60,
+            _ => true,
+        }));
+    }
+
     fn count(commands: &[Command<'_>], t: fn(&Command<'_>) -> bool) -> usize {
         commands.iter().filter(|c| t(c)).count()
     }
