@@ -193,6 +193,9 @@ pub struct DisplayOptions {
     pub systems: Vec<System>,
     /// The `mobidesk-display` binary.
     pub display_server: PathBuf,
+    /// Extra arguments for `mobidesk-display` (a diagnostic: e.g.
+    /// `--send-buffer=0`); none by default, so what ships is measured.
+    pub display_server_args: Vec<String>,
 }
 
 impl DisplayOptions {
@@ -216,6 +219,7 @@ impl DisplayOptions {
             links: vec![Link::Lan, Link::Wan],
             systems: System::ALL.to_vec(),
             display_server,
+            display_server_args: Vec::new(),
         }
     }
 }
@@ -725,6 +729,7 @@ fn start(system: System, ns: &Netns, addr: Ipv4Addr, o: &DisplayOptions) -> Resu
                 .arg("--insecure-plaintext")
                 .arg("--fbdir")
                 .arg(&fbdir)
+                .args(&o.display_server_args)
                 .env("RUST_LOG", "warn");
             let server = Daemon::start_listening(ns, &mut cmd, port, "mobidesk-display")
                 .with_context(|| {
@@ -1014,6 +1019,10 @@ pub struct DisplayReport {
     pub machine: Machine,
     pub systems: Vec<System>,
     pub links: Vec<String>,
+    /// The lab it ran on (removed again by the end of the run).
+    pub lab: String,
+    /// Extra arguments mobidesk-display ran with (none: as it ships).
+    pub display_server_args: Vec<String>,
     pub results: Vec<DisplayRow>,
     pub notes: Vec<String>,
 }
@@ -1172,6 +1181,13 @@ impl DisplayReport {
         for s in &self.systems {
             let _ = writeln!(out, "  {:<9} {:<9} {}", s.role(), s, s.describe());
         }
+        if !self.display_server_args.is_empty() {
+            let _ = writeln!(
+                out,
+                "  DIAGNOSTIC: mobidesk-display ran with {}",
+                self.display_server_args.join(" ")
+            );
+        }
         out.push('\n');
         let mut rows = vec![{
             let mut h = vec!["metric".to_string(), "unit".to_string()];
@@ -1284,6 +1300,8 @@ pub fn run(o: &DisplayOptions) -> Result<DisplayReport> {
         machine: base.machine,
         systems: o.systems.clone(),
         links: Vec::new(),
+        lab: String::new(),
+        display_server_args: o.display_server_args.clone(),
         results: Vec::new(),
         notes: Vec::new(),
     };
@@ -1293,6 +1311,8 @@ pub fn run(o: &DisplayOptions) -> Result<DisplayReport> {
         PathSetup::Ready(t) => t,
         PathSetup::NotImplemented { reason } => bail!("the lab: {reason}"),
     };
+    report.lab = testbed.lab_name().to_string();
+    tracing::info!(lab = %report.lab, "lab up");
     let links: Vec<Link> = {
         let mut l: Vec<Link> = o.links.iter().flat_map(|l| l.expand()).collect();
         l.sort();

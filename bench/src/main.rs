@@ -81,6 +81,10 @@ enum Command {
         /// next to this program).
         #[arg(long, value_name = "PATH")]
         display_server: Option<PathBuf>,
+        /// An extra argument for mobidesk-display (repeatable; a
+        /// diagnostic, e.g. `--display-server-arg=--send-buffer=0`).
+        #[arg(long = "display-server-arg", value_name = "ARG", allow_hyphen_values = true)]
+        display_server_args: Vec<String>,
     },
     /// A session against the bare server, same run: the paper's Table 2
     /// micro-benchmarks, a parallel build, and the memory and CPU of idle
@@ -157,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
             link,
             ref systems,
             ref display_server,
+            ref display_server_args,
         } => {
             let mut o = mobidesk_bench::display::DisplayOptions::all(cli.smoke);
             o.links = vec![link];
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(p) = display_server {
                 o.display_server = p.clone();
             }
+            o.display_server_args = display_server_args.clone();
             let report = mobidesk_bench::display::run(&o)?;
             print!("{}", report.table());
             if let Some(file) = &cli.json {

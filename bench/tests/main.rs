@@ -269,3 +269,104 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
         !std::path::Path::new(&format!("/var/tmp/mobidesk-bench-{}", std::process::id())).exists()
     );
 }
+
+/// The `mobidesk-display` binary (with its `server` feature), built or found
+/// up to date by cargo in this test's target directory and profile.
+fn display_server_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "mobidesk-display",
+            "--features",
+            "server",
+            "--bin",
+            "mobidesk-display",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.ends_with("release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status().expect("running cargo build");
+    assert!(status.success(), "cargo build -p mobidesk-display failed");
+    let binary = profile_dir.join("mobidesk-display");
+    assert!(binary.is_file(), "{} not built", binary.display());
+    binary
+}
+
+#[test]
+fn the_display_benchmark_runs_in_smoke_mode_with_sane_results() {
+    use mobidesk_bench::display::{self, DisplayOptions, System, Workload};
+    require_root();
+    let o = DisplayOptions {
+        display_server: display_server_binary(),
+        ..DisplayOptions::all(true)
+    };
+    let started = Instant::now();
+    let report = display::run(&o).unwrap();
+    let table = report.table();
+    println!("{table}\n(display smoke run took {:?})", started.elapsed());
+    assert!(report.smoke);
+    assert_eq!(report.links, ["lan", "wan"]);
+    // Every workload's figures on every system and link, sane, with both
+    // ratios on the mobidesk rows (no timing is asserted).
+    for link in ["lan", "wan"] {
+        for w in Workload::ALL {
+            let mut metrics = vec!["bytes", "to_exact"];
+            if w == Workload::Video {
+                metrics.push("on_time");
+            }
+            for m in metrics {
+                let name = format!("{link}.{}.{m}", w.name());
+                for s in System::ALL {
+                    let row = report
+                        .get(&name, s)
+                        .unwrap_or_else(|| panic!("no row {name} for {s}"));
+                    assert!(row.value.is_finite() && row.value >= 0.0, "{name} {s}");
+                    if m != "on_time" {
+                        assert!(row.value > 0.0, "{name} {s} = {}", row.value);
+                    }
+                    assert!(!row.detail.is_empty());
+                }
+                let mobidesk = report.get(&name, System::Mobidesk).unwrap();
+                if m != "on_time" {
+                    assert!(mobidesk.ratio_vs_tigervnc.unwrap() > 0.0, "{name}");
+                    assert!(mobidesk.ratio_vs_x11vnc.unwrap() > 0.0, "{name}");
+                }
+                // Every target became pixel-exact (none timed out).
+                if m == "to_exact" {
+                    for s in System::ALL {
+                        let row = report.get(&name, s).unwrap();
+                        assert!(!row.detail.contains("NEVER"), "{name} {s}: {}", row.detail);
+                    }
+                }
+            }
+        }
+    }
+    // A graphics page is megabytes on every system, a text page far less.
+    for s in System::ALL {
+        let v = |n: &str| report.get(n, s).unwrap().value;
+        assert!(
+            v("lan.graphics_pages.bytes") > 10.0 * v("lan.text_pages.bytes"),
+            "{s}"
+        );
+    }
+    assert!(table.contains("mobidesk/tigervnc"), "{table}");
+    assert!(report.notes.iter().any(|n| n.starts_with("goal")));
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["systems"][0], "mobidesk");
+    // The lab is down.
+    assert!(
+        namespaces_of(&report.lab).unwrap().is_empty(),
+        "lab {} left behind",
+        report.lab
+    );
+    assert!(!live_labs().contains(&report.lab));
+}
