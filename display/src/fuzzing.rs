@@ -307,9 +307,11 @@ impl Model {
 /// hint, right or wrong) by an [`Encoder`](crate::encode::Encoder), queued
 /// in a [`Scheduler`](crate::schedule::Scheduler) with random limits, and
 /// sent in SRSF order a random number of commands at a time to a client
-/// [`Framebuffer`]. The encoder never panics, its image always equals what
-/// the client will have once the queue is drained, and after the last edit
-/// the client equals the screen.
+/// [`Framebuffer`]. Some edits go as a VIDEO frame of their rectangle (the
+/// encoder marks it unknown); the last update repaints the whole screen, as
+/// the server does when a video stream ends. The encoder never panics, its
+/// image always equals what the client will have once the queue is drained,
+/// and after the last edit the client equals the screen.
 pub fn encode_oracle(data: &[u8]) {
     use crate::encode::{Encoder, Move, PixelView};
     use crate::schedule::Scheduler;
@@ -326,6 +328,7 @@ pub fn encode_oracle(data: &[u8]) {
     let mut client = Framebuffer::new(width, height).unwrap();
     let bytes_of = |px: &[u32]| -> Vec<u8> { px.iter().flat_map(|p| p.to_le_bytes()).collect() };
     let mut first = true;
+    let mut videos = 0u32;
     for _ in 0..24 {
         if u.is_empty() && !first {
             break;
@@ -380,12 +383,18 @@ pub fn encode_oracle(data: &[u8]) {
         let view = PixelView::new(&data, w * 4, width, height).unwrap();
         // The damage sometimes comes in bands, as the server takes it.
         let moves: Vec<Move> = hint.into_iter().collect();
-        let mut commands = encoder.copies(&view, rect, &moves);
-        let mut y = rect.y;
-        while y < rect.y + rect.h {
-            let band = Rect::new(rect.x, y, rect.w, (rect.y + rect.h - y).min(40));
-            commands.extend(encoder.paint(&view, band));
-            y += band.h;
+        let mut commands = Vec::new();
+        if !first && u.byte() % 8 == 0 {
+            commands.extend(encoder.video(&view, rect, 1, videos));
+            videos += 1;
+        } else {
+            commands = encoder.copies(&view, rect, &moves);
+            let mut y = rect.y;
+            while y < rect.y + rect.h {
+                let band = Rect::new(rect.x, y, rect.w, (rect.y + rect.h - y).min(40));
+                commands.extend(encoder.paint(&view, band));
+                y += band.h;
+            }
         }
         for c in &commands {
             let message = Message::Command(c.clone());
@@ -398,6 +407,11 @@ pub fn encode_oracle(data: &[u8]) {
             }
         }
     }
+    // The end of any video: the whole screen once more (only pixels the
+    // client may not have exactly are sent).
+    let data = bytes_of(&screen);
+    let view = PixelView::new(&data, w * 4, width, height).unwrap();
+    queue.push_update(encoder.paint(&view, Rect::new(0, 0, width, height)));
     while let Some(c) = queue.poll_command() {
         client.apply(&c).unwrap();
     }
