@@ -196,6 +196,9 @@ pub struct DisplayOptions {
     /// Extra arguments for `mobidesk-display` (a diagnostic: e.g.
     /// `--send-buffer=0`); none by default, so what ships is measured.
     pub display_server_args: Vec<String>,
+    /// Whether the MobiDesk viewer offers VIDEO (default; off: a
+    /// diagnostic, lossless only).
+    pub video: bool,
 }
 
 impl DisplayOptions {
@@ -220,6 +223,7 @@ impl DisplayOptions {
             systems: System::ALL.to_vec(),
             display_server,
             display_server_args: Vec::new(),
+            video: true,
         }
     }
 }
@@ -474,7 +478,13 @@ struct ViewerThread {
 }
 
 impl ViewerThread {
-    fn start(system: System, ns: &Netns, addr: SocketAddr, watch: Arc<Watch>) -> Result<Self> {
+    fn start(
+        system: System,
+        ns: &Netns,
+        addr: SocketAddr,
+        watch: Arc<Watch>,
+        video: bool,
+    ) -> Result<Self> {
         let socket = ns
             .run(|| connect(addr))?
             .with_context(|| format!("connecting the viewer to {addr}"))?;
@@ -486,7 +496,7 @@ impl ViewerThread {
             .name(format!("viewer-{system}"))
             .spawn(move || {
                 let r = match system {
-                    System::Mobidesk => mobidesk_viewer(sock, &b, &watch, &s),
+                    System::Mobidesk => mobidesk_viewer(sock, &b, &watch, &s, video),
                     System::Tigervnc | System::X11vnc => vnc_viewer(sock, &b, &watch, &s),
                 };
                 // After a stop, the socket was shut down under the viewer:
@@ -574,12 +584,17 @@ fn mobidesk_viewer(
     bytes: &AtomicU64,
     watch: &Watch,
     stop: &AtomicBool,
+    video: bool,
 ) -> Result<String> {
     use mobidesk_client::{Event, Viewer, ViewerConfig};
     use mobidesk_display::protocol::{Capabilities, MessageType};
     // What a real viewer offers: it draws the cursor and takes VIDEO.
     let config = ViewerConfig {
-        capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+        capabilities: if video {
+            Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0)
+        } else {
+            Capabilities::CURSOR
+        },
         ..ViewerConfig::default()
     };
     let mut viewer = Viewer::new(&config);
@@ -1082,6 +1097,8 @@ pub struct DisplayReport {
     pub lab: String,
     /// Extra arguments mobidesk-display ran with (none: as it ships).
     pub display_server_args: Vec<String>,
+    /// Whether the MobiDesk viewer offered VIDEO.
+    pub video: bool,
     pub results: Vec<DisplayRow>,
     pub notes: Vec<String>,
 }
@@ -1243,6 +1260,9 @@ impl DisplayReport {
         for s in &self.systems {
             let _ = writeln!(out, "  {:<9} {:<9} {}", s.role(), s, s.describe());
         }
+        if !self.video {
+            let _ = writeln!(out, "  DIAGNOSTIC: the mobidesk viewer did not offer VIDEO");
+        }
         if !self.display_server_args.is_empty() {
             let _ = writeln!(
                 out,
@@ -1364,6 +1384,7 @@ pub fn run(o: &DisplayOptions) -> Result<DisplayReport> {
         links: Vec::new(),
         lab: String::new(),
         display_server_args: o.display_server_args.clone(),
+        video: o.video,
         results: Vec::new(),
         notes: Vec::new(),
     };
@@ -1437,6 +1458,7 @@ fn run_system(
         &viewer_ns,
         SocketAddr::from((addr, system.port())),
         Arc::clone(&watch),
+        o.video,
     )?;
     let mut out = Vec::new();
     for w in Workload::ALL {

@@ -85,6 +85,9 @@ enum Command {
         /// diagnostic, e.g. `--display-server-arg=--send-buffer=0`).
         #[arg(long = "display-server-arg", value_name = "ARG", allow_hyphen_values = true)]
         display_server_args: Vec<String>,
+        /// The MobiDesk viewer does not offer VIDEO (a diagnostic).
+        #[arg(long)]
+        no_video: bool,
     },
     /// A session against the bare server, same run: the paper's Table 2
     /// micro-benchmarks, a parallel build, and the memory and CPU of idle
@@ -162,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
             ref systems,
             ref display_server,
             ref display_server_args,
+            no_video,
         } => {
             let mut o = mobidesk_bench::display::DisplayOptions::all(cli.smoke);
             o.links = vec![link];
@@ -174,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
                 o.display_server = p.clone();
             }
             o.display_server_args = display_server_args.clone();
+            o.video = !no_video;
             let report = mobidesk_bench::display::run(&o)?;
             print!("{}", report.table());
             if let Some(file) = &cli.json {
