@@ -83,7 +83,11 @@ enum Command {
         display_server: Option<PathBuf>,
         /// An extra argument for mobidesk-display (repeatable; a
         /// diagnostic, e.g. `--display-server-arg=--send-buffer=0`).
-        #[arg(long = "display-server-arg", value_name = "ARG", allow_hyphen_values = true)]
+        #[arg(
+            long = "display-server-arg",
+            value_name = "ARG",
+            allow_hyphen_values = true
+        )]
         display_server_args: Vec<String>,
         /// The MobiDesk viewer does not offer VIDEO (a diagnostic).
         #[arg(long)]
