@@ -820,7 +820,9 @@ export DISPLAY=:1
 openbox >/dev/null 2>&1 &
 xterm >/dev/null 2>&1 &
 ds='@DS@'
-if [ -n "$ds" ]; then "$ds" --display :1 --listen 0.0.0.0:5901 --fbdir /run/mobidesk/fb >/dev/null 2>&1 & fi
+if [ -n "$ds" ]; then
+  "$ds" --display :1 --listen 0.0.0.0:5901 --fbdir /run/mobidesk/fb --insecure-plaintext >/dev/null 2>&1 &
+fi
 echo ready
 wait
 "#;
