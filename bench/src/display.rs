@@ -703,13 +703,29 @@ fn vnc_viewer(
 // ---------------------------------------------------------------------------
 // Servers.
 
-/// A process killed and reaped on drop.
-struct Proc(Child, String);
+/// An X server, stopped and reaped on drop: SIGTERM first, so that it
+/// removes its lock file and socket, SIGKILL after 2 s; then whatever of
+/// those two files it left (only when the lock names it).
+struct Proc(Child, String, u32);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            // No event for a child's exit without a signal handler; bounded.
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
+        let lock = format!("/tmp/.X{}-lock", self.2);
+        let ours = std::fs::read_to_string(&lock)
+            .is_ok_and(|l| l.trim().parse::<u32>().ok() == Some(self.0.id()));
+        if ours {
+            let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{}", self.2));
+            let _ = std::fs::remove_file(lock);
+        }
     }
 }
 
@@ -754,7 +770,7 @@ fn start_x(ns: &Netns, cmd: &mut Command, n: u32, what: &str) -> Result<Proc> {
     let child = ns
         .spawn(cmd)
         .with_context(|| format!("starting {what} (is it installed? scripts/setup installs it)"))?;
-    let mut p = Proc(child, what.into());
+    let mut p = Proc(child, what.into(), n);
     let socket = PathBuf::from(format!("/tmp/.X11-unix/X{n}"));
     let deadline = Instant::now() + START_TIMEOUT;
     while !socket.exists() {
@@ -1477,4 +1493,140 @@ fn run_system(
     drop(drawer);
     drop(running);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_target_is_exact_from_the_later_of_its_showing_and_the_update() {
+        let w = Watch::default();
+        let t0 = Instant::now();
+        let page = Arc::new(vec![0x00ff_ffff; 100]);
+        // The viewer's pixels carry garbage in the top byte: ignored.
+        let fb = vec![0xff00_0000 | 0x00ff_ffff; 100];
+        let i = w.add(Arc::clone(&page), t0 + Duration::from_millis(5), false);
+        // The viewer already had it (last update before the showing).
+        w.check(&fb, t0, false);
+        assert_eq!(w.times(i).unwrap().1, Some(t0 + Duration::from_millis(5)));
+        // A later target, reached by a later update.
+        let j = w.add(Arc::new(vec![1; 100]), t0 + Duration::from_millis(6), false);
+        let mut other = vec![1; 100];
+        other[99] = 2;
+        w.check(&other, t0 + Duration::from_millis(7), false);
+        assert_eq!(w.times(j).unwrap().1, None);
+        let diff = describe_diff(&other, &[1; 100]);
+        assert!(
+            diff.starts_with("1 pixels differ, the first at (99, 0)"),
+            "{diff}"
+        );
+        assert!(!w.last_diff().is_empty());
+        let mut seen = 0;
+        w.check_new(
+            &vec![1; 100],
+            t0 + Duration::from_millis(8),
+            &mut seen,
+            false,
+        );
+        assert_eq!(w.times(j).unwrap().1, Some(t0 + Duration::from_millis(8)));
+        assert_eq!(
+            w.wait_exact(j, Duration::ZERO),
+            Some(t0 + Duration::from_millis(8))
+        );
+        assert_eq!(seen, 2);
+    }
+
+    #[test]
+    fn a_video_frame_is_close_by_psnr_only_after_video_updates() {
+        let w = Watch::default();
+        let t0 = Instant::now();
+        let frame: Vec<u32> = (0..1000u32)
+            .map(|i| i.wrapping_mul(2_654_435_761) & 0x00ff_ffff)
+            .collect();
+        let i = w.add(Arc::new(frame.clone()), t0, true);
+        // Off by one level everywhere: about 48 dB.
+        let near: Vec<u32> = frame.iter().map(|p| p ^ 1).collect();
+        w.check(&near, t0, false);
+        assert_eq!(w.frame_times(i).unwrap().2, None, "no PSNR without VIDEO");
+        w.check(&near, t0 + Duration::from_millis(3), true);
+        let (_, exact, close) = w.frame_times(i).unwrap();
+        assert_eq!((exact, close), (None, Some(t0 + Duration::from_millis(3))));
+        // A different frame is not close.
+        let j = w.add(Arc::new(vec![0; 1000]), t0, true);
+        w.check(&near, t0, true);
+        assert_eq!(w.frame_times(j).unwrap().2, None);
+    }
+
+    #[test]
+    fn ratios_are_mobidesk_over_each_baseline_and_the_goal_is_judged() {
+        let base: Report<System> = Report::of(Settings::new(false));
+        let mut r = DisplayReport {
+            date: base.date,
+            smoke: false,
+            machine: base.machine,
+            systems: System::ALL.to_vec(),
+            links: vec!["lan".into()],
+            lab: "x".into(),
+            display_server_args: Vec::new(),
+            video: true,
+            results: Vec::new(),
+            notes: Vec::new(),
+        };
+        let figures = |bytes: u64, exact_ms: f64, on_time: f64| Figures {
+            bytes,
+            exact_ms,
+            targets: 1,
+            on_time: Some(on_time),
+            delivered: Some(on_time),
+            ..Figures::default()
+        };
+        r.add(
+            Link::Lan,
+            Workload::Video,
+            System::Mobidesk,
+            &figures(2_000_000, 10.0, 90.0),
+            "",
+        );
+        r.add(
+            Link::Lan,
+            Workload::Video,
+            System::Tigervnc,
+            &figures(1_000_000, 40.0, 30.0),
+            "",
+        );
+        r.add(
+            Link::Lan,
+            Workload::Video,
+            System::X11vnc,
+            &figures(4_000_000, 20.0, 0.0),
+            "",
+        );
+        r.compute_ratios();
+        r.goal_notes();
+        let m = r.get("lan.video.bytes", System::Mobidesk).unwrap();
+        assert_eq!(m.value, 2.0);
+        assert_eq!(m.ratio_vs_tigervnc, Some(2.0));
+        assert_eq!(m.ratio_vs_x11vnc, Some(0.5));
+        let t = r.get("lan.video.to_exact", System::Mobidesk).unwrap();
+        assert_eq!(
+            (t.ratio_vs_tigervnc, t.ratio_vs_x11vnc),
+            (Some(0.25), Some(0.5))
+        );
+        // A baseline of 0 gives no ratio.
+        let o = r.get("lan.video.on_time", System::Mobidesk).unwrap();
+        assert_eq!((o.ratio_vs_tigervnc, o.ratio_vs_x11vnc), (Some(3.0), None));
+        assert!(r
+            .get("lan.video.bytes", System::Tigervnc)
+            .unwrap()
+            .ratio_vs_tigervnc
+            .is_none());
+        // Met: bytes vs x11vnc, both times, on time vs tigervnc; not: bytes vs tigervnc.
+        assert!(r.notes[0].contains("met on 4 of 5"), "{:?}", r.notes);
+        assert!(r.notes[1].contains("lan.video.bytes vs tigervnc 2.00x"));
+        let table = r.table();
+        assert!(table.contains("mobidesk/x11vnc"), "{table}");
+        assert!(table.contains("lan.video.on_time"), "{table}");
+    }
 }
