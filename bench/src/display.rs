@@ -686,17 +686,24 @@ fn vnc_viewer(
             continue;
         }
         control.set_read_timeout(Some(MESSAGE_TIMEOUT))?;
-        match rfb.next_update() {
+        let updated = match rfb.next_message() {
             Err(_) if stop.load(Ordering::SeqCst) => break,
             r => r?,
+        };
+        if !updated {
+            continue;
         }
         applied = Instant::now();
         seen = watch.added.load(Ordering::SeqCst);
         watch.check(&rfb.pixels, applied, false);
     }
     Ok(format!(
-        "rectangles Raw {}, CopyRect {}, ZRLE {}",
-        rfb.rects[0], rfb.rects[1], rfb.rects[2]
+        "rectangles Raw {}, CopyRect {}, ZRLE {}; continuous updates {}, {} fences answered",
+        rfb.rects[0],
+        rfb.rects[1],
+        rfb.rects[2],
+        if rfb.continuous { "on" } else { "off" },
+        rfb.fences
     ))
 }
 

@@ -24,15 +24,28 @@ const ENC_CURSOR: i32 = -239;
 const ENC_DESKTOP_SIZE: i32 = -223;
 /// zlib level 2, TigerVNC's viewer default (`CompressLevel=2`).
 const ENC_COMPRESS_LEVEL_2: i32 = -256 + 2;
+/// The ContinuousUpdates and Fence extensions (TigerVNC; x11vnc has
+/// neither): the server pushes updates without waiting for requests.
+const ENC_CONTINUOUS_UPDATES: i32 = -313;
+const ENC_FENCE: i32 = -312;
+/// Message type of EndOfContinuousUpdates (server) and
+/// EnableContinuousUpdates (client).
+const MSG_CONTINUOUS_UPDATES: u8 = 150;
+const MSG_FENCE: u8 = 248;
+const FENCE_REQUEST: u32 = 1 << 31;
+/// BlockBefore, BlockAfter, SyncNext: the flags a reply may carry.
+const FENCE_FLAGS: u32 = 0b111;
 
 /// What the viewer asks for, most preferred first.
-pub(crate) const ENCODINGS: [i32; 6] = [
+pub(crate) const ENCODINGS: [i32; 8] = [
     ENC_ZRLE,
     ENC_COPYRECT,
     ENC_RAW,
     ENC_CURSOR,
     ENC_DESKTOP_SIZE,
     ENC_COMPRESS_LEVEL_2,
+    ENC_CONTINUOUS_UPDATES,
+    ENC_FENCE,
 ];
 
 /// The largest framebuffer side accepted (a guard against garbage).
@@ -65,6 +78,11 @@ pub(crate) struct Rfb<R, W> {
     zbuf: Vec<u8>,
     /// Rectangles decoded per encoding (Raw, CopyRect, ZRLE), for the report.
     pub(crate) rects: [u64; 3],
+    /// Whether the server pushes updates (ContinuousUpdates enabled): then
+    /// no request follows an update.
+    pub(crate) continuous: bool,
+    /// Fences answered.
+    pub(crate) fences: u64,
 }
 
 impl<R: Read, W: Write> Rfb<R, W> {
@@ -86,6 +104,8 @@ impl<R: Read, W: Write> Rfb<R, W> {
             zlib: Decompress::new(true),
             zbuf: Vec::new(),
             rects: [0; 3],
+            continuous: false,
+            fences: 0,
         };
         let mut version = [0u8; 12];
         rfb.input
@@ -177,32 +197,69 @@ impl<R: Read, W: Write> Rfb<R, W> {
         }
     }
 
-    /// Reads server messages until one FramebufferUpdate has been applied
-    /// (other messages are read and dropped); then requests the next one.
-    pub(crate) fn next_update(&mut self) -> Result<()> {
-        loop {
-            match self.u8()? {
-                0 => {
-                    self.update()?;
+    /// Reads one server message and acts on it; true when it was a
+    /// FramebufferUpdate (applied; the next one requested unless the server
+    /// pushes them). Fences are answered; the server's first
+    /// EndOfContinuousUpdates (it supports them) is answered by enabling
+    /// them for the whole screen, as TigerVNC's viewer does.
+    pub(crate) fn next_message(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => {
+                self.update()?;
+                if !self.continuous {
                     self.request(true)?;
-                    return Ok(());
                 }
-                1 => {
-                    let _pad = self.u8()?;
-                    let _first = self.u16()?;
-                    let n = usize::from(self.u16()?);
-                    self.bytes(n * 6)?;
-                }
-                2 => {}
-                3 => {
-                    self.bytes(3)?;
-                    let len = self.u32()? as usize;
-                    ensure!(len <= 16 << 20, "cut text of {len} bytes");
-                    self.bytes(len)?;
-                }
-                t => bail!("unknown server message type {t}"),
+                return Ok(true);
             }
+            1 => {
+                let _pad = self.u8()?;
+                let _first = self.u16()?;
+                let n = usize::from(self.u16()?);
+                self.bytes(n * 6)?;
+            }
+            2 => {}
+            3 => {
+                self.bytes(3)?;
+                let len = self.u32()? as usize;
+                ensure!(len <= 16 << 20, "cut text of {len} bytes");
+                self.bytes(len)?;
+            }
+            MSG_CONTINUOUS_UPDATES => {
+                if !self.continuous {
+                    self.continuous = true;
+                    let mut msg = vec![MSG_CONTINUOUS_UPDATES, 1, 0, 0, 0, 0];
+                    msg.extend_from_slice(&(self.width as u16).to_be_bytes());
+                    msg.extend_from_slice(&(self.height as u16).to_be_bytes());
+                    self.output.write_all(&msg)?;
+                    self.output.flush()?;
+                }
+            }
+            MSG_FENCE => {
+                self.bytes(3)?;
+                let flags = self.u32()?;
+                let len = self.u8()?;
+                ensure!(len <= 64, "fence payload of {len} bytes");
+                let payload = self.bytes(usize::from(len))?;
+                if flags & FENCE_REQUEST != 0 {
+                    let mut msg = vec![MSG_FENCE, 0, 0, 0];
+                    msg.extend_from_slice(&(flags & FENCE_FLAGS).to_be_bytes());
+                    msg.push(len);
+                    msg.extend_from_slice(&payload);
+                    self.output.write_all(&msg)?;
+                    self.output.flush()?;
+                    self.fences += 1;
+                }
+            }
+            t => bail!("unknown server message type {t}"),
         }
+        Ok(false)
+    }
+
+    /// Reads server messages until one FramebufferUpdate has been applied.
+    #[cfg(test)]
+    pub(crate) fn next_update(&mut self) -> Result<()> {
+        while !self.next_message()? {}
+        Ok(())
     }
 
     fn update(&mut self) -> Result<()> {
