@@ -330,13 +330,15 @@ fn the_display_benchmark_runs_in_smoke_mode_with_sane_results() {
                         .get(&name, s)
                         .unwrap_or_else(|| panic!("no row {name} for {s}"));
                     assert!(row.value.is_finite() && row.value >= 0.0, "{name} {s}");
-                    if m != "on_time" {
+                    // A change may be exact at the viewer as soon as the X
+                    // server has drawn it (0 ms); bytes are never 0.
+                    if m == "bytes" {
                         assert!(row.value > 0.0, "{name} {s} = {}", row.value);
                     }
                     assert!(!row.detail.is_empty());
                 }
                 let mobidesk = report.get(&name, System::Mobidesk).unwrap();
-                if m != "on_time" {
+                if m == "bytes" {
                     assert!(mobidesk.ratio_vs_tigervnc.unwrap() > 0.0, "{name}");
                     assert!(mobidesk.ratio_vs_x11vnc.unwrap() > 0.0, "{name}");
                 }
