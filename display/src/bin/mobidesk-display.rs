@@ -44,8 +44,9 @@ struct Args {
     /// Encoded bytes queued per viewer (the SRSF queue's bound).
     #[arg(long, default_value_t = 256 * 1024)]
     queue_bytes: usize,
-    /// Kernel send buffer per viewer socket in bytes (0: kernel autotuning).
-    /// Bytes in the kernel can no longer be overtaken by smaller updates.
+    /// Bytes each viewer's socket may hold unsent in the kernel
+    /// (TCP_NOTSENT_LOWAT; 0: no limit). Bytes in the kernel can no longer be
+    /// overtaken by smaller updates; the send buffer itself autotunes.
     #[arg(long, default_value_t = 128 * 1024)]
     send_buffer: u32,
 }

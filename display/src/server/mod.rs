@@ -103,10 +103,12 @@ pub struct Config {
     /// Encoded bytes queued per viewer (its SRSF scheduler's limit); new
     /// damage is encoded only while the queue holds less.
     pub queue_bytes: usize,
-    /// The kernel send buffer of each viewer's socket (`SO_SNDBUF`, set on
-    /// the listener and inherited; Linux doubles it). Bytes in the kernel
-    /// can no longer be overtaken, so it is kept small; `None` leaves the
-    /// kernel's autotuning.
+    /// The bytes each viewer's socket may hold *unsent* in the kernel
+    /// (`TCP_NOTSENT_LOWAT`): bytes in the kernel can no longer be
+    /// overtaken by smaller updates, so few wait there; the send buffer
+    /// itself autotunes, so bytes in flight can fill a long fat link (a
+    /// fixed 128 KiB `SO_SNDBUF` held a 66 ms link to ~31 Mbit/s). `None`:
+    /// no limit.
     pub send_buffer: Option<u32>,
     /// The most damage rectangles kept per viewer before they collapse into
     /// their bounding box.

@@ -50,6 +50,8 @@ pub struct DisplayServer {
     listener: TcpListener,
     x_failed: oneshot::Receiver<ServerError>,
     queue_bytes: usize,
+    /// TCP_NOTSENT_LOWAT of each viewer's socket (see `Config::send_buffer`).
+    unsent_limit: Option<u32>,
     tls: Option<TlsAcceptor>,
 }
 
@@ -111,6 +113,7 @@ impl DisplayServer {
             listener,
             x_failed,
             queue_bytes: config.queue_bytes.max(64 * 1024),
+            unsent_limit: config.send_buffer,
             tls,
         })
     }
@@ -141,6 +144,15 @@ impl DisplayServer {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    if let Some(limit) = self.unsent_limit {
+                        // Few bytes wait unsent in the kernel (they could
+                        // no longer be overtaken), while the send buffer
+                        // autotunes so in-flight bytes fill a long link.
+                        let sock = socket2::SockRef::from(&stream);
+                        if let Err(e) = sock.set_tcp_notsent_lowat(limit) {
+                            warn!(%peer, error = %e, "TCP_NOTSENT_LOWAT");
+                        }
+                    }
                     let hub = self.hub.clone();
                     let queue = self.queue_bytes;
                     let tls = self.tls.clone();
@@ -155,7 +167,7 @@ impl DisplayServer {
     }
 }
 
-/// The listening socket; accepted sockets inherit its send buffer size.
+/// The listening socket.
 fn listen(config: &Config) -> std::io::Result<TcpListener> {
     let socket = if config.listen.is_ipv4() {
         TcpSocket::new_v4()?
@@ -163,9 +175,6 @@ fn listen(config: &Config) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    if let Some(size) = config.send_buffer {
-        socket.set_send_buffer_size(size)?;
-    }
     socket.bind(config.listen)?;
     socket.listen(128)
 }
