@@ -316,10 +316,20 @@ impl Launcher {
             .ok_or_else(|| setup_err(&id, &line))?;
         session.init_pid = Some(pid);
         tracing::debug!(init_pid = pid, "session namespaces created");
-        network(pid).map_err(|detail| SessionError::Network {
-            id: id.clone(),
-            detail,
-        })?;
+        if let Err(detail) = network(pid) {
+            // A PID 1 that failed its own set-up is gone by now, and the
+            // network step fails for that with an unrelated error (`ip`:
+            // "No such process"): report what the session said instead.
+            // (A zombie the helper has not reaped yet counts as gone.)
+            let pid1_gone = wait_for_exit(pid, Duration::ZERO).unwrap_or(true);
+            if pid1_gone {
+                return Err(match control.line(self.start_timeout) {
+                    Ok(line) => setup_err(&id, &line),
+                    Err(e) => e,
+                });
+            }
+            return Err(SessionError::Network { id, detail });
+        }
         control.write(b"go\n")?;
         let line = control.line(self.start_timeout)?;
         if line != "ready" {

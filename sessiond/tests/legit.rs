@@ -102,3 +102,37 @@ fn the_sessions_command_starts_with_no_signal_blocked() {
     let out = f.run(&["sh", "-c", "grep SigBlk /proc/self/status"]);
     assert_eq!(out.stdout, "SigBlk:\t0000000000000000\n", "{out:?}");
 }
+
+/// A session whose PID 1 fails its set-up (here: session root cannot reach
+/// its layer under a private directory) before the network step: the error
+/// says what PID 1 said, not what the network step then ran into (`ip`'s
+/// "No such process" for the vanished PID 1, which sent an operator looking
+/// in the wrong place).
+#[test]
+fn a_pid_1_that_fails_before_the_network_step_is_reported_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+    let f = Fixture::new();
+    let private = f.dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let launcher = mobidesk_sessiond::Launcher::new(
+        env!("CARGO_BIN_EXE_mobidesk-sessiond"),
+        private.join("run"),
+    );
+    let spec = f.spec(f.profile(), &["true"]);
+    let result = launcher.start_with_network(&spec, Default::default(), |pid| {
+        // As `ip ... netns PID` finds it: gone.
+        assert!(
+            mobidesk_sessiond::environment::wait_for_exit(pid, Duration::from_secs(20)).unwrap(),
+            "PID 1 did not exit"
+        );
+        Err(format!("ip: netns {pid}: No such process"))
+    });
+    let Err(err) = result else {
+        panic!("the session started");
+    };
+    let err = err.to_string();
+    assert!(err.contains("EACCES"), "{err}");
+    assert!(!err.contains("No such process"), "{err}");
+}
