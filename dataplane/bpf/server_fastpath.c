@@ -161,13 +161,32 @@ static __always_inline int replace_addr(struct __sk_buff *skb, __u32 off, __u32 
 	return 0;
 }
 
+// The IPv4 header after the Ethernet header, if its first `len` bytes
+// (options included) are in the packet's linear data; NULL if not. Called
+// again after every helper that may move the packet (its pointers go stale).
+static __always_inline struct iphdr *ip_header(struct __sk_buff *skb, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_LEN;
+	if ((void *)ip + len > data_end)
+		return NULL;
+	return ip;
+}
+
+// The settings, for an IPv4 packet; NULL for anything else (left alone).
+static __always_inline struct config *settings_for(struct __sk_buff *skb)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return NULL;
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
 SEC("classifier")
 int mobidesk_out(struct __sk_buff *skb)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	__u32 zero = 0;
-	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct config *cfg = settings_for(skb);
 	if (!cfg)
 		return TC_ACT_OK;
 	// Handled by the engine already.
@@ -210,12 +229,10 @@ int mobidesk_out(struct __sk_buff *skb)
 		count(ADJUST_FAILED, 1);
 		goto engine;
 	}
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_LEN;
-	__u8 *opt = (void *)(ip + 1);
-	if ((void *)(opt + LABEL_SPACE) > data_end)
+	ip = ip_header(skb, sizeof(*ip) + LABEL_SPACE);
+	if (!ip)
 		return TC_ACT_SHOT; // cannot happen: the room was just made
+	__u8 *opt = (void *)(ip + 1);
 	opt[0] = OPT_NOP;
 	opt[1] = OPT_NOP;
 	opt[2] = OPT_LABEL;
@@ -228,10 +245,8 @@ int mobidesk_out(struct __sk_buff *skb)
 		count(ADJUST_FAILED, 1);
 		return TC_ACT_SHOT;
 	}
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_LEN;
-	if ((void *)ip + sizeof(*ip) + LABEL_SPACE > data_end)
+	ip = ip_header(skb, sizeof(*ip) + LABEL_SPACE);
+	if (!ip)
 		return TC_ACT_SHOT;
 	ip->check = 0;
 	ip->check = ip_checksum(ip, 5 + LABEL_SPACE / 4);
@@ -247,10 +262,7 @@ engine:
 SEC("classifier")
 int mobidesk_in(struct __sk_buff *skb)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
-	__u32 zero = 0;
-	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct config *cfg = settings_for(skb);
 	if (!cfg)
 		return TC_ACT_OK;
 
@@ -284,10 +296,8 @@ int mobidesk_in(struct __sk_buff *skb)
 		count(ADJUST_FAILED, 1);
 		return TC_ACT_OK;
 	}
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_LEN;
-	if ((void *)(ip + 1) > data_end)
+	ip = ip_header(skb, sizeof(*ip));
+	if (!ip)
 		return TC_ACT_SHOT; // cannot happen: 20 bytes were there before
 	ip->ihl = 5;
 	ip->tot_len = bpf_htons(bpf_ntohs(ip->tot_len) - LABEL_SPACE);
@@ -295,10 +305,8 @@ int mobidesk_in(struct __sk_buff *skb)
 		count(ADJUST_FAILED, 1);
 		return TC_ACT_SHOT;
 	}
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	ip = data + ETH_LEN;
-	if ((void *)(ip + 1) > data_end)
+	ip = ip_header(skb, sizeof(*ip));
+	if (!ip)
 		return TC_ACT_SHOT;
 	ip->check = 0;
 	ip->check = ip_checksum(ip, 5);

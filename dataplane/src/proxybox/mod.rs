@@ -26,7 +26,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
-use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
+use crate::rewrite::{rewrite, Endpoint};
 use crate::vnic::{Egress, FourTuple, Outbox, Vnic, VnicConfig};
 use crate::wire::label::strip_label;
 use crate::wire::reassembly::{Reassembler, ReassemblyConfig};
@@ -438,7 +438,7 @@ impl ProxyEngine {
             _ => return self.counters.drop("bad_label"),
         };
         let packet = &mut packet[start..];
-        if rewrite_source(packet, *tuple.session.ip(), partial).is_err() {
+        if rewrite(packet, Endpoint::Source, *tuple.session.ip(), partial).is_err() {
             return self.counters.drop("rewrite_failed");
         }
         self.counters.rewrites += 1;
@@ -523,7 +523,7 @@ impl ProxyEngine {
         };
         let packet = &mut packet[start..];
         if moved_from.is_some() {
-            if rewrite_source(packet, *tuple.session.ip(), partial).is_err() {
+            if rewrite(packet, Endpoint::Source, *tuple.session.ip(), partial).is_err() {
                 return self.counters.drop("rewrite_failed");
             }
             self.counters.rewrites += 1;
@@ -567,7 +567,7 @@ impl ProxyEngine {
         }
         let packet = &mut packet[start..];
         if let Some(v) = virtual_addr {
-            if rewrite_source(packet, v, partial).is_err() {
+            if rewrite(packet, Endpoint::Source, v, partial).is_err() {
                 return self.counters.drop("rewrite_failed");
             }
             self.counters.rewrites += 1;
@@ -1008,20 +1008,6 @@ impl ProxyEngine {
         self.migrated.insert(to_physical, virtual_addr);
         tracing::info!(%virtual_addr, %from_physical, %to_physical, connections = moved, "session moved");
         moved
-    }
-}
-
-/// Rewrites the source address of a packet whose transport checksum is
-/// complete or (`partial`) a pseudo-header sum.
-fn rewrite_source(
-    packet: &mut [u8],
-    addr: Ipv4Addr,
-    partial: bool,
-) -> Result<Ipv4Addr, crate::wire::WireError> {
-    if partial {
-        rewrite_address_partial(packet, Endpoint::Source, addr)
-    } else {
-        rewrite_address(packet, Endpoint::Source, addr)
     }
 }
 

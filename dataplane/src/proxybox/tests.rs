@@ -586,6 +586,25 @@ fn a_super_packet_with_a_partial_checksum_is_taken_whole_and_acked_once() {
 
 const SERVICE_SOURCE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 
+/// The session's first data segment on a connection the proxy box opened
+/// to its service (port 5901) from `SERVICE_SOURCE`:`port`, sent from
+/// `from` (its virtual or physical address).
+fn service_data(from: Ipv4Addr, port: u16, vnic_seq: u32, payload: &[u8]) -> Vec<u8> {
+    tcp(
+        from,
+        5901,
+        SERVICE_SOURCE,
+        port,
+        Seg {
+            ack: true,
+            seq: 7001,
+            ack_no: vnic_seq,
+            ..Seg::default()
+        },
+        payload,
+    )
+}
+
 /// The proxy box opens a connection to a session's service; returns the
 /// engine, the VNIC, its SYN (as sent) and the session's SYN-ACK (labelled
 /// with the server's offer), from `from` (the session's virtual or physical
@@ -647,19 +666,7 @@ fn the_proxy_box_opens_a_connection_to_a_session_and_it_follows_a_move() {
 
     // Data from the session, unlabelled, found by its tuple.
     let tuple = engine.entry(id).unwrap().vnic.tuple();
-    let mut data = tcp(
-        SESSION,
-        5901,
-        SERVICE_SOURCE,
-        tuple.remote.port(),
-        Seg {
-            ack: true,
-            seq: 7001,
-            ack_no: vnic_seq,
-            ..Seg::default()
-        },
-        b"hello",
-    );
+    let mut data = service_data(SESSION, tuple.remote.port(), vnic_seq, b"hello");
     engine.handle_packet(t(2), &mut data);
     assert_eq!(received(&mut engine, id), b"hello");
 
@@ -686,19 +693,7 @@ fn a_connection_opened_to_a_migrated_session_is_answered_from_its_physical_addre
     // at the old address.
     assert!(!engine.by_tuple.contains_key(&tuple));
     let mut data = labelled(
-        tcp(
-            PHYSICAL,
-            5901,
-            SERVICE_SOURCE,
-            tuple.remote.port(),
-            Seg {
-                ack: true,
-                seq: 7001,
-                ack_no: vnic_seq,
-                ..Seg::default()
-            },
-            b"moved",
-        ),
+        service_data(PHYSICAL, tuple.remote.port(), vnic_seq, b"moved"),
         proxy_label,
     );
     engine.handle_packet(t(2), &mut data);

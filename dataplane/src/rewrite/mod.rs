@@ -58,7 +58,9 @@ pub fn rewrite_address_partial(
     rewrite(packet, endpoint, addr, true)
 }
 
-fn rewrite(
+/// [`rewrite_address`], or [`rewrite_address_partial`] when `partial`
+/// (for callers that learn it per packet, from its virtio-net header).
+pub fn rewrite(
     packet: &mut [u8],
     endpoint: Endpoint,
     addr: Ipv4Addr,

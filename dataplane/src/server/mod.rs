@@ -19,25 +19,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::rewrite::{rewrite_address, rewrite_address_partial, Endpoint};
+use crate::rewrite::{rewrite, rewrite_address, Endpoint};
 use crate::vnic::{FourTuple, Outbox};
 use crate::wire::label::{insert_label, strip_label, LABEL_OPTION_SPACE};
 use crate::wire::{
-    parse_ipv4, parse_ipv4_partial, protocol, Ipv4Packet, Label, TcpFlags, Transport, WireError,
+    parse_ipv4, parse_ipv4_partial, protocol, Ipv4Packet, Label, TcpFlags, Transport,
 };
-
-fn rewrite(
-    packet: &mut [u8],
-    endpoint: Endpoint,
-    addr: Ipv4Addr,
-    partial: bool,
-) -> Result<Ipv4Addr, WireError> {
-    if partial {
-        rewrite_address_partial(packet, endpoint, addr)
-    } else {
-        rewrite_address(packet, endpoint, addr)
-    }
-}
 
 /// Which TUN device a packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
