@@ -613,14 +613,19 @@ mod test {
                 h: 155
             }))
         );
-        let raw: usize = commands
+        let raw = raw_area(&commands);
+        assert!(raw <= 160 * 5, "{raw} pixels of RAW");
+    }
+
+    /// The pixels that `commands` paint as RAW.
+    fn raw_area(commands: &[Command<'_>]) -> usize {
+        commands
             .iter()
             .map(|c| match c {
                 Command::Raw(r) => r.rect.area(),
                 _ => 0,
             })
-            .sum();
-        assert!(raw <= 160 * 5, "{raw} pixels of RAW");
+            .sum()
     }
 
     #[test]
@@ -665,13 +670,7 @@ mod test {
         );
         // Left to paint: the uncovered background (SFILL), and RAW only for
         // the tile where the old and new places meet.
-        let raw: usize = commands
-            .iter()
-            .map(|c| match c {
-                Command::Raw(r) => r.rect.area(),
-                _ => 0,
-            })
-            .sum();
+        let raw = raw_area(&commands);
         assert!(raw <= 64 * 64, "{commands:?}");
         assert!(bytes < 8000, "{bytes} bytes");
         // A wrong hint is refused by the pixels; the result is still exact.

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use super::image::Image;
 use super::PixelView;
 use crate::codec::yuv::bgrx_to_i420;
 use crate::protocol::{Command, Encoding, Payload, Rect, VideoData, VideoRepr};
@@ -236,16 +237,8 @@ pub fn video_frame(
     stream_id: u32,
     frame: u32,
 ) -> Option<Command<'static>> {
-    let part = screen.sub(rect)?;
-    let mut pixels = Vec::with_capacity(rect.area());
-    for y in 0..rect.h {
-        pixels.extend(
-            part.row(y)
-                .chunks_exact(4)
-                .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0])),
-        );
-    }
-    let i420 = bgrx_to_i420(&pixels, usize::from(rect.w), usize::from(rect.h));
+    let image = Image::snapshot(screen, rect)?;
+    let i420 = bgrx_to_i420(image.pixels(), usize::from(rect.w), usize::from(rect.h));
     let planes = [&i420.y, &i420.u, &i420.v].map(|p| Payload::lz4(p));
     let packed: usize = planes.iter().map(|p| p.data.len()).sum();
     let plain = i420.y.len() + i420.u.len() + i420.v.len();
