@@ -57,7 +57,7 @@ use crate::api::{
 };
 use crate::cgroup::{CgroupManager, SessionCgroup};
 use crate::desktop::{desktop_spec, wait_listening, DisplayTls, DEFAULT_DISPLAY_SERVER};
-use crate::environment::{Launcher, Session, SessionSpec, SessionStdio};
+use crate::environment::{session_env, Launcher, Session, SessionSpec, SessionStdio};
 use crate::ipam::{Ipam, IpamError, IpamState};
 use crate::metrics::{SessionSample, Snapshot};
 use crate::network::{
@@ -1549,24 +1549,6 @@ fn inside(base: &Path, p: &Path, what: &str, dir: bool) -> Result<PathBuf, ApiEr
         ));
     }
     Ok(full)
-}
-
-/// The environment of a session's command (as [`Launcher`] gives it).
-fn session_env(id: &str, p: &Profile) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PATH".to_string(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        ),
-        ("HOME".into(), p.home_path.display().to_string()),
-        ("USER".into(), "root".into()),
-        ("LOGNAME".into(), "root".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("HOSTNAME".into(), p.hostname.clone()),
-        ("MOBIDESK_SESSION".into(), id.to_string()),
-    ];
-    env.extend(p.env.iter().cloned());
-    env
 }
 
 fn info_of(e: &mut Entry) -> SessionInfo {

@@ -215,19 +215,7 @@ impl Launcher {
         }
 
         let p = &spec.profile;
-        let mut env = vec![
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
-            ("HOME".into(), p.home_path.display().to_string()),
-            ("USER".into(), "root".into()),
-            ("LOGNAME".into(), "root".into()),
-            ("LANG".into(), "C.UTF-8".into()),
-            ("HOSTNAME".into(), p.hostname.clone()),
-            ("MOBIDESK_SESSION".into(), id.clone()),
-        ];
-        env.extend(p.env.iter().cloned());
+        let env = session_env(&id, p);
         let launch = LaunchSpec {
             id: id.clone(),
             hostname: p.hostname.clone(),
@@ -338,6 +326,25 @@ impl Launcher {
         tracing::info!(init_pid = pid, "session started");
         Ok(session)
     }
+}
+
+/// The environment of a session's command: the fixed variables, then the
+/// profile's own (the daemon's `exec` gives the same as [`Launcher`]).
+pub(crate) fn session_env(id: &str, p: &Profile) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".into(), p.home_path.display().to_string()),
+        ("USER".into(), "root".into()),
+        ("LOGNAME".into(), "root".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("HOSTNAME".into(), p.hostname.clone()),
+        ("MOBIDESK_SESSION".into(), id.to_string()),
+    ];
+    env.extend(p.env.iter().cloned());
+    env
 }
 
 fn setup_err(id: &str, line: &str) -> SessionError {
