@@ -192,6 +192,36 @@ impl TestDaemon {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// Runs the daemon once, which must refuse to start: exit code 1 and
+    /// `why` on stderr.
+    pub(crate) fn refused(&self, why: &str) {
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{out:?}"
+        );
+    }
+
+    /// Leaves `state` as the daemon's state file, and an (empty) layer of
+    /// each of its sessions, as a daemon that ended would.
+    pub(crate) fn leave_state(&self, state: &State) {
+        let dir = self.dir.path().join("state");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("sessions.json"),
+            serde_json::to_string(state).unwrap(),
+        )
+        .unwrap();
+        for s in &state.sessions {
+            std::fs::create_dir_all(self.layer_dir(&s.id).join("root")).unwrap();
+        }
+    }
+
     pub(crate) fn layer_dir(&self, id: &str) -> PathBuf {
         self.dir.path().join("run").join(id)
     }
@@ -799,16 +829,7 @@ fn a_bad_configuration_is_refused_before_anything_starts() {
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&d.config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
-        "{out:?}"
-    );
+    d.refused("chmod 600");
     assert!(!d.socket.exists());
     // A state file that does not parse: refused, named, left as it is.
     std::fs::set_permissions(
@@ -819,16 +840,7 @@ fn a_bad_configuration_is_refused_before_anything_starts() {
     let state = d.dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("sessions.json"), "{\"version\":1,\"sess").unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&d.config)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("sessions.json is not valid"),
-        "{out:?}"
-    );
+    d.refused("sessions.json is not valid");
     assert_eq!(
         std::fs::read_to_string(state.join("sessions.json")).unwrap(),
         "{\"version\":1,\"sess"
@@ -896,14 +908,7 @@ fn a_reused_pid_is_not_taken_for_a_session() {
         }],
         ipam: None,
     };
-    let dir = d.dir.path().join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("sessions.json"),
-        serde_json::to_string(&state).unwrap(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.layer_dir(&id).join("root")).unwrap();
+    d.leave_state(&state);
     d.start();
     assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
     assert!(is_alive(pid, start), "the other process was left alone");

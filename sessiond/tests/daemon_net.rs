@@ -337,18 +337,7 @@ fn a_create_that_fails_leaves_nothing_and_a_requested_address_is_reserved() {
     // A link of the session's name exists in the server: attach fails.
     let id = unique("dq-");
     let link = mobidesk_sessiond::network::link_name(&id);
-    sh(Command::new("ip").args([
-        "-n",
-        &lan.server,
-        "link",
-        "add",
-        &link,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "squatter",
-    ]));
+    lan.add_veth(&link, "squatter");
     let r = d.call(json!({"op": "create", "id": id, "profile": "probe.toml"}));
     let e = r.error.unwrap();
     assert_eq!(e.kind, ErrorKind::Failed);
@@ -573,26 +562,8 @@ fn a_start_cut_short_by_a_crash_is_cleaned_up_with_its_link_and_lease() {
         }],
         ipam: Some(ipam),
     };
-    let dir = d.dir.path().join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("sessions.json"),
-        serde_json::to_string(&state).unwrap(),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.layer_dir(&id).join("root")).unwrap();
-    sh(Command::new("ip").args([
-        "-n",
-        &lan.server,
-        "link",
-        "add",
-        &link,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "half",
-    ]));
+    d.leave_state(&state);
+    lan.add_veth(&link, "half");
     d.start();
     assert!(d.ok(json!({"op": "list"})).sessions.unwrap().is_empty());
     assert!(!links(&lan).contains(&link), "{:?}", links(&lan));

@@ -10,6 +10,7 @@
 //! cargo that runs the tests, into the same target directory, so they are
 //! never stale.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -18,7 +19,7 @@ use std::time::Instant;
 use mobidesk_sessiond::desktop::{
     desktop_spec, framebuffer_file, wait_listening, DesktopProfile, DisplayTls,
 };
-use mobidesk_sessiond::environment::SessionStdio;
+use mobidesk_sessiond::environment::{SessionSpec, SessionStdio};
 use mobidesk_sessiond::ipam::Ipam;
 use mobidesk_sessiond::network::{etc_hosts, ServerNetwork};
 
@@ -153,7 +154,7 @@ fn drawn(px: &[u32]) -> bool {
 pub(crate) fn viewer_sees_the_desktop(
     lan: &Lan,
     client: &Path,
-    (address, port): (std::net::Ipv4Addr, u16),
+    (address, port): (Ipv4Addr, u16),
     fb: &Path,
     out: &Path,
     tls: Option<(&Path, &str)>,
@@ -213,8 +214,7 @@ pub(crate) fn viewer_sees_the_desktop(
 #[test]
 fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet() {
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let mut ipam = net.config().ipam();
     // With the user namespace and without.
     for fx in Fixture::both() {
@@ -222,8 +222,15 @@ fn a_desktop_session_is_seen_pixel_exact_by_the_headless_viewer_from_the_subnet(
     }
 }
 
-fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: &mut Ipam) {
-    let (display_server, client) = binaries().clone();
+/// The spec of a desktop session (id `prefix`…) whose `display_server`
+/// listens on the address `ipam` gives it; its id, address, port and spec.
+/// The session resolves its own host name from its own /etc/hosts.
+fn subnet_desktop(
+    fx: &Fixture,
+    display_server: PathBuf,
+    prefix: &str,
+    ipam: &mut Ipam,
+) -> (String, Ipv4Addr, u16, SessionSpec) {
     let desktop = DesktopProfile {
         display_server: Some(display_server),
         ..DesktopProfile::default()
@@ -231,9 +238,8 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
     let port = desktop.port;
     let mut profile = fx.profile();
     profile.desktop = Some(desktop);
-    let id = unique("d-");
+    let id = unique(prefix);
     let address = ipam.allocate(&id).unwrap();
-    // The session resolves its own host name from its own /etc/hosts.
     let hosts = fx.dir.path().join(format!("{id}.hosts"));
     std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
     let spec = desktop_spec(
@@ -245,6 +251,12 @@ fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: 
         &DisplayTls::InsecurePlaintext,
     )
     .unwrap();
+    (id, address, port, spec)
+}
+
+fn desktop_seen_pixel_exact(fx: &Fixture, lan: &Lan, net: &ServerNetwork, ipam: &mut Ipam) {
+    let (display_server, client) = binaries().clone();
+    let (id, address, port, spec) = subnet_desktop(fx, display_server, "d-", ipam);
     let started = Instant::now();
     let mut s = start_attached(fx, net, &spec, address);
     assert_eq!(s.held.line(), "mobidesk-desktop: started");
@@ -375,32 +387,12 @@ fn a_desktop_session_is_checkpointed_and_restored_with_its_network() {
     );
     let (display_server, client) = binaries().clone();
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let mut ipam = net.config().ipam();
     let fx = Fixture::with_userns(false);
     let launcher = fx.launcher.clone().keep_layer(true);
 
-    let desktop = DesktopProfile {
-        display_server: Some(display_server),
-        ..DesktopProfile::default()
-    };
-    let port = desktop.port;
-    let mut profile = fx.profile();
-    profile.desktop = Some(desktop);
-    let id = unique("c-");
-    let address = ipam.allocate(&id).unwrap();
-    let hosts = fx.dir.path().join(format!("{id}.hosts"));
-    std::fs::write(&hosts, etc_hosts(&profile.hostname, Some(address))).unwrap();
-    let spec = desktop_spec(
-        &id,
-        &profile,
-        None,
-        Some(address),
-        Some(hosts),
-        &DisplayTls::InsecurePlaintext,
-    )
-    .unwrap();
+    let (id, address, port, spec) = subnet_desktop(&fx, display_server, "c-", &mut ipam);
     // The session's own /dev/null as stdio: CRIU refuses descriptors from
     // outside its mount tree.
     let mut attachment = None;

@@ -31,6 +31,30 @@ pub(crate) struct Lan {
 }
 
 impl Lan {
+    /// The server's network on this LAN, prepared.
+    pub(crate) fn network(&self) -> ServerNetwork {
+        let net = ServerNetwork::new(self.config()).unwrap();
+        net.prepare().unwrap();
+        net
+    }
+
+    /// Adds a veth pair `link`/`peer` in the server's namespace (a name a
+    /// session's attachment would want, taken beforehand).
+    pub(crate) fn add_veth(&self, link: &str, peer: &str) {
+        sh(Command::new("ip").args([
+            "-n",
+            &self.server,
+            "link",
+            "add",
+            link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+        ]));
+    }
+
     pub(crate) fn new() -> Lan {
         let lan = Lan {
             server: unique("mdsn-s"),
@@ -266,8 +290,7 @@ sys.stdin.read()
 fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
     let fx = Fixture::new();
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let mut ipam: Ipam = net.config().ipam();
 
     // The peer serves a different payload to each session, on one port.
@@ -414,24 +437,12 @@ fn two_sessions_get_their_own_addresses_and_reach_the_peer_both_ways() {
 fn a_failed_attach_leaves_nothing_behind() {
     let fx = Fixture::new();
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let spec = fx.spec(fx.profile(), &["true"]);
     // The server already has a link of that name: attaching must fail with
     // the command named, and the session must not start.
     let link = mobidesk_sessiond::network::link_name(&spec.id);
-    sh(Command::new("ip").args([
-        "-n",
-        &lan.server,
-        "link",
-        "add",
-        &link,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "squatter",
-    ]));
+    lan.add_veth(&link, "squatter");
     let err = fx
         .launcher
         .start_with_network(&spec, SessionStdio::default(), |pid| {
@@ -583,8 +594,7 @@ impl NeighWatch {
 fn a_new_session_is_announced_by_gratuitous_arp() {
     let fx = Fixture::new();
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let mut ipam = net.config().ipam();
     let watch = NeighWatch::start(&lan);
     // A session that sends nothing: only the announcement can teach the
@@ -601,8 +611,7 @@ fn a_new_session_is_announced_by_gratuitous_arp() {
 fn a_session_from_another_subnet_is_routed_and_announced_by_its_physical_address() {
     let fx = Fixture::new();
     let lan = Lan::new();
-    let net = ServerNetwork::new(lan.config()).unwrap();
-    net.prepare().unwrap();
+    let net = lan.network();
     let mut ipam = net.config().ipam();
     let watch = NeighWatch::start(&lan);
     // Its own address is on another subnet (where it started); here it
