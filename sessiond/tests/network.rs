@@ -16,7 +16,7 @@ use mobidesk_sessiond::environment::{Session, SessionSpec, SessionStdio};
 use mobidesk_sessiond::ipam::Ipam;
 use mobidesk_sessiond::network::{netns_path, Attachment, NetworkConfig, ServerNetwork};
 
-use crate::support::{sh, unique, Fixture, DEADLINE};
+use crate::support::{lines_of, sh, unique, Fixture, DEADLINE};
 
 /// The peer's (gateway's) address on the test subnet.
 pub(crate) const PEER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
@@ -150,19 +150,11 @@ pub(crate) struct Running {
 
 impl Running {
     pub(crate) fn new(mut session: Session) -> Running {
-        use std::io::BufRead;
         let stdin = session.take_stdin();
-        let (tx, lines) = mpsc::channel();
-        if let Some(out) = session.take_stdout() {
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let lines = match session.take_stdout() {
+            Some(out) => lines_of(out),
+            None => mpsc::channel().1,
+        };
         Running {
             session,
             stdin,

@@ -170,6 +170,20 @@ pub(crate) struct Output {
     pub stderr: String,
 }
 
+/// The lines of `out`, read on a thread (until its end or the receiver's).
+pub(crate) fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A running session with its stdout read line by line on a thread.
 pub(crate) struct Held {
     pub session: Session,
@@ -184,15 +198,7 @@ impl Held {
         let stdin = session.take_stdin();
         let stdout = session.take_stdout().unwrap();
         let mut stderr = session.take_stderr().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(stdout);
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
