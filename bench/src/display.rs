@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{Path, PathSetup, Role, Testbed};
 use crate::process::Daemon;
-use crate::report::{Machine, Report, Subject};
+use crate::report::{write_table, Machine, Report, Subject};
 use crate::Settings;
 
 use self::workload::{Drawer, Rng};
@@ -1338,24 +1338,7 @@ impl DisplayReport {
             }
             rows.push(row);
         }
-        let widths: Vec<usize> = (0..rows[0].len())
-            .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-            .collect();
-        for row in &rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .enumerate()
-                .map(|(i, (c, w))| {
-                    if i < 2 {
-                        format!("{c:<w$}")
-                    } else {
-                        format!("{c:>w$}")
-                    }
-                })
-                .collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
-        }
+        write_table(&mut out, &rows);
         out.push('\n');
         for r in &self.results {
             let _ = writeln!(
