@@ -471,17 +471,7 @@ impl Capture {
                 .spawn()
                 .unwrap(),
         );
-        let err = child.0.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.0.stderr.take().unwrap());
         loop {
             let line = lines
                 .recv_timeout(DEADLINE)
@@ -548,17 +538,7 @@ impl NeighWatch {
                 .spawn()
                 .unwrap(),
         );
-        let (tx, events) = mpsc::channel();
-        let out = monitor.0.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let events = lines_of(monitor.0.stdout.take().unwrap());
         NeighWatch {
             _monitor: monitor,
             events,
