@@ -89,29 +89,16 @@ pub(super) fn detect_scroll(model: &Image, screen: &PixelView<'_>, rect: Rect) -
         .iter()
         .max_by_key(|(dy, n)| (**n, std::cmp::Reverse(dy.abs()), **dy))?;
     // The longest run of rows equal to the client's rows `dy` away.
-    let mut best: Option<(usize, usize, usize)> = None; // (start, len, changed)
-    let mut run: Option<(usize, usize, usize)> = None;
+    let mut runs = BestRun::default();
     for (i, &(y, changed, _)) in rows.iter().enumerate() {
         let src = i32::from(y) + dy;
         let equal = u16::try_from(src)
             .ok()
             .filter(|&s| usize::from(s) < height)
             .is_some_and(|s| Image::row_equals(screen, x, y, model.seg(x, s, w)));
-        if equal {
-            let r = run.get_or_insert((i, 0, 0));
-            r.1 += 1;
-            r.2 += usize::from(changed);
-            if best.is_none_or(|b| r.2 > b.2) {
-                best = Some(*r);
-            }
-        } else {
-            run = None;
-        }
+        runs.push(i, equal.then_some(changed));
     }
-    let (start, len, changed) = best?;
-    if changed < MIN_COPY_ROWS {
-        return None;
-    }
+    let (start, len) = runs.finish()?;
     let dst_y = rows.get(start)?.0;
     Some(CopyRepr {
         src_x: x,
@@ -144,28 +131,15 @@ pub(super) fn verify_move(model: &Image, screen: &PixelView<'_>, mv: &Move) -> O
     let w = u16::try_from(x1 - x0).ok()?;
     let x = u16::try_from(x0).ok()?;
     let sx = u16::try_from(x0 - mv.dx).ok()?;
-    let mut best: Option<(i32, i32, usize)> = None;
-    let mut run: Option<(i32, i32, usize)> = None;
+    let mut runs = BestRun::default();
     for y in y0..y1 {
         let yy = u16::try_from(y).ok()?;
         let sy = u16::try_from(y - mv.dy).ok()?;
         let equal = Image::row_equals(screen, x, yy, model.seg(sx, sy, w));
-        if equal {
-            let changed = !Image::row_equals(screen, x, yy, model.seg(x, yy, w));
-            let r = run.get_or_insert((y, 0, 0));
-            r.1 += 1;
-            r.2 += usize::from(changed);
-            if best.is_none_or(|b| r.2 > b.2) {
-                best = Some(*r);
-            }
-        } else {
-            run = None;
-        }
+        let changed = || !Image::row_equals(screen, x, yy, model.seg(x, yy, w));
+        runs.push(y, equal.then(changed));
     }
-    let (start, len, changed) = best?;
-    if changed < MIN_COPY_ROWS {
-        return None;
-    }
+    let (start, len) = runs.finish()?;
     Some(CopyRepr {
         src_x: sx,
         src_y: u16::try_from(start - mv.dy).ok()?,
@@ -174,6 +148,46 @@ pub(super) fn verify_move(model: &Image, screen: &PixelView<'_>, mv: &Move) -> O
         w,
         h: u16::try_from(len).ok()?,
     })
+}
+
+/// The run of consecutive matching rows with the most changed rows, as
+/// (first row's key, rows, changed rows); the earliest wins a tie.
+struct BestRun<K> {
+    best: Option<(K, usize, usize)>,
+    run: Option<(K, usize, usize)>,
+}
+
+impl<K> Default for BestRun<K> {
+    fn default() -> Self {
+        BestRun {
+            best: None,
+            run: None,
+        }
+    }
+}
+
+impl<K: Copy> BestRun<K> {
+    /// The next row: `Some(changed)` when it matches, `None` when it ends
+    /// the run.
+    fn push(&mut self, key: K, matched: Option<bool>) {
+        let Some(changed) = matched else {
+            self.run = None;
+            return;
+        };
+        let r = self.run.get_or_insert((key, 0, 0));
+        r.1 += 1;
+        r.2 += usize::from(changed);
+        if self.best.is_none_or(|b| r.2 > b.2) {
+            self.best = Some(*r);
+        }
+    }
+
+    /// The best run's first key and length, if it has at least
+    /// `MIN_COPY_ROWS` changed rows.
+    fn finish(self) -> Option<(K, usize)> {
+        let (start, len, changed) = self.best?;
+        (changed >= MIN_COPY_ROWS).then_some((start, len))
+    }
 }
 
 /// The hash of a row, or `None` when it is of one colour (such rows match
