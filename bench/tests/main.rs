@@ -156,20 +156,23 @@ fn a_failing_benchmark_leaves_no_lab_behind() {
 /// this test's target directory and profile: `cargo test -p mobidesk-bench`
 /// does not build other packages' binaries.
 fn sessiond_binary() -> std::path::PathBuf {
+    built_binary("mobidesk-sessiond", &[], "mobidesk-sessiond")
+}
+
+/// Binary `bin` of `package` (with `features`), built or found up to date by
+/// cargo in this test's target directory and profile.
+fn built_binary(package: &str, features: &[&str], bin: &str) -> std::path::PathBuf {
     // This test runs as <target>/<profile>/deps/bench-<hash>.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let target_dir = profile_dir.parent().unwrap();
     let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet", "-p", package]);
+    if !features.is_empty() {
+        cargo.arg("--features").arg(features.join(","));
+    }
     cargo
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "mobidesk-sessiond",
-            "--bin",
-            "mobidesk-sessiond",
-        ])
+        .args(["--bin", bin])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
@@ -177,8 +180,8 @@ fn sessiond_binary() -> std::path::PathBuf {
         cargo.arg("--release");
     }
     let status = cargo.status().expect("running cargo build");
-    assert!(status.success(), "cargo build -p mobidesk-sessiond failed");
-    let binary = profile_dir.join("mobidesk-sessiond");
+    assert!(status.success(), "cargo build -p {package} failed");
+    let binary = profile_dir.join(bin);
     assert!(binary.is_file(), "{} not built", binary.display());
     binary
 }
@@ -273,32 +276,7 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
 /// The `mobidesk-display` binary (with its `server` feature), built or found
 /// up to date by cargo in this test's target directory and profile.
 fn display_server_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cargo = std::process::Command::new(env!("CARGO"));
-    cargo
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "mobidesk-display",
-            "--features",
-            "server",
-            "--bin",
-            "mobidesk-display",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.ends_with("release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status().expect("running cargo build");
-    assert!(status.success(), "cargo build -p mobidesk-display failed");
-    let binary = profile_dir.join("mobidesk-display");
-    assert!(binary.is_file(), "{} not built", binary.display());
-    binary
+    built_binary("mobidesk-display", &["server"], "mobidesk-display")
 }
 
 #[test]
