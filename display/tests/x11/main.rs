@@ -172,6 +172,12 @@ impl Painter {
             .collect()
     }
 
+    /// The root window's pixels as BGRX bytes (X bytes cleared), for a
+    /// `PixelView`.
+    fn screen_bytes(&self) -> Vec<u8> {
+        self.screen().iter().flat_map(|p| p.to_le_bytes()).collect()
+    }
+
     /// Whether the root window has the property `name`.
     fn has_root_property(&self, name: &str) -> bool {
         let atom = self

@@ -23,11 +23,7 @@ fn viewer(addr: std::net::SocketAddr, w: u16, h: u16) -> Connection {
 /// The X screen downscaled to `size` (the reference).
 pub(crate) fn expected(painter: &Painter, size: (u16, u16)) -> Vec<u32> {
     let (w, h) = painter.size();
-    let bytes: Vec<u8> = painter
-        .screen()
-        .iter()
-        .flat_map(|p| p.to_le_bytes())
-        .collect();
+    let bytes = painter.screen_bytes();
     let view = PixelView::new(&bytes, usize::from(w) * 4, w, h).unwrap();
     downscale(&view, size)
 }

@@ -58,6 +58,15 @@ fn draw_frame(p: &Painter, pixels: &[u32]) {
     p.sync();
 }
 
+/// Polls `viewer` until it has had a VIDEO_END (at most [`MAX`]).
+fn await_video_end(viewer: &mut Connection) {
+    let end = Instant::now() + MAX;
+    while viewer.viewer().stats().of("VideoEnd").messages == 0 {
+        assert!(Instant::now() < end, "no VideoEnd");
+        viewer.poll(Duration::from_millis(50)).unwrap();
+    }
+}
+
 fn area_of(pixels: &[u32], width: u16) -> Vec<u32> {
     let (x0, y0, w, h) = AREA;
     let mut out = Vec::new();
@@ -145,11 +154,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
     // What one frame costs as the other commands (RAW, LZ4): encoded from
     // the screen as it is now against a black image.
     let (w, h) = painter.size();
-    let bytes: Vec<u8> = painter
-        .screen()
-        .iter()
-        .flat_map(|p| p.to_le_bytes())
-        .collect();
+    let bytes = painter.screen_bytes();
     let screen = PixelView::new(&bytes, usize::from(w) * 4, w, h).unwrap();
     let (x0, y0, aw, ah) = AREA;
     let raw_frame: usize = Encoder::new(w, h)
@@ -174,11 +179,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
 
     // Calm: the stream ends and the area is repainted exactly.
     assert_catches_up(&mut viewer, &painter);
-    let end = Instant::now() + MAX;
-    while viewer.viewer().stats().of("VideoEnd").messages == 0 {
-        assert!(Instant::now() < end, "no VideoEnd");
-        viewer.poll(Duration::from_millis(50)).unwrap();
-    }
+    await_video_end(&mut viewer);
     assert_catches_up(&mut viewer, &painter);
     assert_eq!(viewer.viewer().stats().of("VideoEnd").messages, 1);
     assert_scaled(&mut half, &painter, (320, 240));
@@ -298,10 +299,6 @@ fn video_played_by_ffplay() {
     assert!(best >= CLOSE_PSNR_DB, "best sampled PSNR {best:.1} dB");
     // The window is gone: the stream ends, the screen is exact.
     assert_catches_up(&mut viewer, &painter);
-    let end = Instant::now() + MAX;
-    while viewer.viewer().stats().of("VideoEnd").messages == 0 {
-        assert!(Instant::now() < end, "no VideoEnd");
-        viewer.poll(Duration::from_millis(50)).unwrap();
-    }
+    await_video_end(&mut viewer);
     assert_catches_up(&mut viewer, &painter);
 }
