@@ -444,6 +444,18 @@ pub(crate) fn write_table(out: &mut String, rows: &[Vec<String>]) {
     }
 }
 
+/// The median of `v` (the mean of the middle two for an even count; NaN
+/// for none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
 /// Enough digits to compare, not more than the noise.
 fn format_value(v: f64) -> String {
     if v >= 1000.0 {

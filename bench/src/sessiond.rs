@@ -36,7 +36,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::path::Role;
-use crate::report::{Measurement, Metric, Report, Subject};
+use crate::report::{median, Measurement, Metric, Report, Subject};
 use crate::Settings;
 
 /// Where the benchmark's own binaries appear inside a session.
@@ -639,16 +639,6 @@ pub(crate) fn parse_syscall_bench(out: &str) -> Result<Vec<OpResult>> {
 
 fn min(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 // ---------------------------------------------------------------------------

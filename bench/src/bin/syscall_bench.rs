@@ -24,6 +24,8 @@ use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use mobidesk_bench::report::median;
+
 /// One micro-benchmark: its name (stable, the JSON and the report key on
 /// it) and how many times one round runs it at `--scale 1` (about 0.1–0.3 s
 /// per round on a 2-vCPU VM).
@@ -156,16 +158,6 @@ fn run(args: Vec<String>) -> Result<String, String> {
         std::process::id(),
         out.join(",")
     ))
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
 }
 
 fn errno() -> String {
