@@ -208,16 +208,7 @@ impl Framebuffer {
 
     /// Row `row` of `rect` (checked by [`Self::check`]), as a mutable slice.
     fn row_mut(&mut self, rect: Rect, row: usize) -> Result<&mut [u32], ApplyError> {
-        let start = (usize::from(rect.y) + row) * usize::from(self.width) + usize::from(rect.x);
-        let (width, height) = (self.width, self.height);
-        self.pixels
-            .get_mut(start..start + usize::from(rect.w))
-            .ok_or(ApplyError::OutOfBounds {
-                what: "rect",
-                rect,
-                width,
-                height,
-            })
+        row_of(&mut self.pixels, self.width, self.height, rect, row)
     }
 
     fn raw(&mut self, raw: &RawRepr<'_>) -> Result<(), ApplyError> {
@@ -230,16 +221,7 @@ impl Framebuffer {
         // Split borrows: `data` may live in `self.scratch`.
         let (width, height, pixels) = (self.width, self.height, &mut self.pixels);
         for (row, src) in data.chunks_exact(stride).enumerate() {
-            let start =
-                (usize::from(raw.rect.y) + row) * usize::from(width) + usize::from(raw.rect.x);
-            let dst = pixels
-                .get_mut(start..start + usize::from(raw.rect.w))
-                .ok_or(ApplyError::OutOfBounds {
-                    what: "rect",
-                    rect: raw.rect,
-                    width,
-                    height,
-                })?;
+            let dst = row_of(pixels, width, height, raw.rect, row)?;
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
                 *d = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
             }
@@ -301,15 +283,7 @@ impl Framebuffer {
         let rect = bitmap.rect;
         let (width, height, pixels) = (self.width, self.height, &mut self.pixels);
         for (row, mask) in bits.chunks_exact(stride).enumerate() {
-            let start = (usize::from(rect.y) + row) * usize::from(width) + usize::from(rect.x);
-            let dst = pixels.get_mut(start..start + usize::from(rect.w)).ok_or(
-                ApplyError::OutOfBounds {
-                    what: "rect",
-                    rect,
-                    width,
-                    height,
-                },
-            )?;
+            let dst = row_of(pixels, width, height, rect, row)?;
             for (col, px) in dst.iter_mut().enumerate() {
                 let byte = mask.get(col / 8).copied().unwrap_or(0);
                 if byte & (0x80 >> (col % 8)) != 0 {
@@ -345,15 +319,7 @@ impl Framebuffer {
                 // INVARIANT: origin < tile size (validated), so no underflow.
                 let ty = (y + th - oy) % th;
                 let tile_row = tile.get(ty * tw..(ty + 1) * tw).unwrap_or_default();
-                let start = y * usize::from(width) + usize::from(rect.x);
-                let dst = pixels.get_mut(start..start + usize::from(rect.w)).ok_or(
-                    ApplyError::OutOfBounds {
-                        what: "rect",
-                        rect,
-                        width,
-                        height,
-                    },
-                )?;
+                let dst = row_of(pixels, width, height, rect, row)?;
                 let mut tx = (usize::from(rect.x) + tw - ox) % tw;
                 for px in dst {
                     *px = tile_row.get(tx).copied().unwrap_or(0);
@@ -400,6 +366,26 @@ impl Framebuffer {
         );
         Ok(())
     }
+}
+
+/// Row `row` of `rect` in the `width`x`height` framebuffer `pixels`, as a
+/// mutable slice (`OutOfBounds` when it is not inside).
+fn row_of(
+    pixels: &mut [u32],
+    width: u16,
+    height: u16,
+    rect: Rect,
+    row: usize,
+) -> Result<&mut [u32], ApplyError> {
+    let start = (usize::from(rect.y) + row) * usize::from(width) + usize::from(rect.x);
+    pixels
+        .get_mut(start..start + usize::from(rect.w))
+        .ok_or(ApplyError::OutOfBounds {
+            what: "rect",
+            rect,
+            width,
+            height,
+        })
 }
 
 #[cfg(test)]
