@@ -125,10 +125,9 @@ fn of(rows: &[(String, u64, u64)], name: &str) -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-/// An xterm at the top left running a plain shell, the server and an owner
-/// viewer that has caught up with it.
-fn xterm_session(xvfb: &Xvfb, extra: &[&str]) -> (App, Painter, Connection) {
-    let display = xvfb.display();
+/// An xterm (80x24, white, options `extra`) at the top left running a plain
+/// shell, once its window is mapped.
+fn spawn_xterm(display: &str, extra: &[&str]) -> App {
     let mut args = vec![
         "-geometry",
         "80x24+0+0",
@@ -140,8 +139,16 @@ fn xterm_session(xvfb: &Xvfb, extra: &[&str]) -> (App, Painter, Connection) {
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["-e", "sh"]);
-    let xterm = App::spawn(&display, "xterm", &args);
-    window_of(&display, "XTerm");
+    let xterm = App::spawn(display, "xterm", &args);
+    window_of(display, "XTerm");
+    xterm
+}
+
+/// An xterm at the top left running a plain shell, the server and an owner
+/// viewer that has caught up with it.
+fn xterm_session(xvfb: &Xvfb, extra: &[&str]) -> (App, Painter, Connection) {
+    let display = xvfb.display();
+    let xterm = spawn_xterm(&display, extra);
     let painter = Painter::new(&display);
     let addr = start_server(xvfb, true);
     let mut viewer = connect(addr);
@@ -338,22 +345,7 @@ fn moving_and_resizing_windows_under_openbox() {
 fn typed_character_overtakes_a_large_image() {
     let xvfb = Xvfb::start();
     let display = xvfb.display();
-    let xterm = App::spawn(
-        &display,
-        "xterm",
-        &[
-            "-geometry",
-            "80x24+0+0",
-            "+sb",
-            "-bg",
-            "white",
-            "-fg",
-            "black",
-            "-e",
-            "sh",
-        ],
-    );
-    window_of(&display, "XTerm");
+    let xterm = spawn_xterm(&display, &[]);
     let painter = Painter::new(&display);
     // A small queue and socket buffer, so most of the image waits in the
     // server (queue, then damage region) rather than in the kernel.
