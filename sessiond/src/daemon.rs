@@ -17,7 +17,7 @@
 //!   into a user namespace requires): it joins the session's cgroups, enters
 //!   PID 1's namespaces through a pidfd (user, mount, pid, ipc, uts, net,
 //!   cgroup), becomes session root, forks, and the child drops the same
-//!   capabilities and installs the same seccomp filters as the session's
+//!   capabilities and installs the same seccomp filter as the session's
 //!   PID 1 ([`crate::policy`]) before it execs the command. The helper is
 //!   not dumpable (session processes cannot ptrace it or open its
 //!   `/proc/PID/exe`), and its descriptors are close-on-exec.
@@ -1909,7 +1909,7 @@ fn exec_in_session(spec: &ExecSpec, control: &mut UnixStream) -> Result<Done, St
         std::fs::write(f, &me).map_err(|err| format!("joining {}: {err}", f.display()))?;
     }
     // Compiled before entering the session: nothing is read from it.
-    let filters = crate::policy::compile_filters().map_err(|err| err.to_string())?;
+    let filter = crate::policy::compile_filter().map_err(|err| err.to_string())?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -1929,7 +1929,7 @@ fn exec_in_session(spec: &ExecSpec, control: &mut UnixStream) -> Result<Done, St
         setresuid(u, u, u).map_err(e("setresuid"))?;
     }
     let child = match crate::sys::fork_single_threaded().map_err(|err| format!("fork: {err}"))? {
-        None => child_main(spec, &filters),
+        None => child_main(spec, &filter),
         Some(pid) => pid,
     };
     let _ = control.write_all(format!("pid {child}\n").as_bytes());
@@ -1967,7 +1967,7 @@ fn exec_in_session(spec: &ExecSpec, control: &mut UnixStream) -> Result<Done, St
 
 /// The command's process, inside the session's namespaces: the same walls
 /// as the session's PID 1, then exec. Never returns.
-fn child_main(spec: &ExecSpec, filters: &[seccompiler::BpfProgram]) -> ! {
+fn child_main(spec: &ExecSpec, filter: &crate::seccomp::Program) -> ! {
     use std::os::unix::process::CommandExt;
     let die = |code: i32, msg: String| -> ! {
         eprintln!("mobidesk-exec: {msg}");
@@ -1996,7 +1996,7 @@ fn child_main(spec: &ExecSpec, filters: &[seccompiler::BpfProgram]) -> ! {
     if let Err(err) = crate::policy::drop_capabilities() {
         die(126, err.to_string());
     }
-    if let Err(err) = crate::policy::install_seccomp(filters) {
+    if let Err(err) = crate::policy::install_seccomp(filter) {
         die(126, err.to_string());
     }
     if let Err(err) = crate::sys::cloexec_from(3) {

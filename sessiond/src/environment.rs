@@ -825,9 +825,9 @@ fn pid1(spec: &LaunchSpec, control: &mut UnixStream) -> Result<(), String> {
     nix::unistd::chdir("/").map_err(err("chdir /"))?;
     // PID 1 leads its own session and process group (CRIU needs it).
     nix::unistd::setsid().map_err(err("setsid"))?;
-    let filters = crate::policy::compile_filters().map_err(|e| e.to_string())?;
+    let filter = crate::policy::compile_filter().map_err(|e| e.to_string())?;
     crate::policy::drop_capabilities().map_err(|e| e.to_string())?;
-    crate::policy::install_seccomp(&filters).map_err(|e| e.to_string())?;
+    crate::policy::install_seccomp(&filter).map_err(|e| e.to_string())?;
     // Nothing of sessiond (nor the control socket) survives the exec.
     crate::sys::cloexec_from(3).map_err(err("close_range"))?;
     control.write_all(b"ready\n").map_err(err("control"))?;

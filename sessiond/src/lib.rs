@@ -8,6 +8,8 @@
 //! - [`init`]: the session's PID 1 (a reaper running the session's command);
 //! - [`policy`]: the walls around privileged operations (seccomp and
 //!   capabilities) as one table, in the paper's three classes;
+//! - [`seccomp`]: the policy's system call rules compiled to one BPF
+//!   program (sans I/O, with an interpreter for its tests);
 //! - [`cgroup`]: per-session CPU, memory and pids limits on cgroup v1 or v2;
 //! - [`ipam`]: the sessions' addresses from the server's pool (sans I/O);
 //! - [`network`]: a session's veth, address and routes, proxy ARP and
@@ -31,6 +33,7 @@ pub mod metrics;
 pub mod network;
 pub mod policy;
 pub mod profile;
+pub mod seccomp;
 pub mod state;
 mod sys;
 

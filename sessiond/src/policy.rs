@@ -17,13 +17,8 @@
 //! session), host files (not in the session's mount tree), host IPC objects,
 //! the host name and addresses.
 
-use std::collections::BTreeMap;
-
+use crate::seccomp::{self, arg_word, Program, Rule, Test, RET_ERRNO};
 use caps::{CapSet, Capability};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
 
 /// The paper's three classes of privileged operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,71 +323,46 @@ pub fn dropped_capabilities() -> Vec<Capability> {
     v
 }
 
-/// Compiles the seccomp side of [`POLICY`] to BPF: one program per errno
-/// (a seccomp filter has one "match" action), default allow.
-pub fn compile_filters() -> Result<Vec<BpfProgram>, PolicyError> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-    // errno -> syscall number -> rules (None = unconditional).
-    let mut by_errno: BTreeMap<i32, BTreeMap<i64, Option<Vec<SeccompRule>>>> = BTreeMap::new();
+/// Compiles the seccomp side of [`POLICY`] to one BPF program
+/// ([`crate::seccomp`]): every row's errno, default allow.
+pub fn compile_filter() -> Result<Program, PolicyError> {
+    let mut rules = Vec::new();
     for e in POLICY {
         let Wall::Syscall { name, args, errno } = e.wall else {
             continue;
         };
         let nr = syscall_nr(name).ok_or(PolicyError::UnknownSyscall(name))?;
-        let slot = by_errno
-            .entry(errno)
-            .or_default()
-            .entry(nr)
-            .or_insert(Some(vec![]));
-        if args.is_empty() {
-            *slot = None;
-            continue;
+        let mut tests = Vec::new();
+        for a in args {
+            // A 32-bit test looks at the low word only; a 64-bit one at
+            // both words (a word the mask leaves out needs no test).
+            let words: &[bool] = if a.wide { &[false, true] } else { &[false] };
+            for &high in words {
+                let shift = if high { 32 } else { 0 };
+                let mask = ((a.mask >> shift) & 0xffff_ffff) as u32;
+                let value = ((a.value >> shift) & 0xffff_ffff) as u32;
+                if mask == 0 && value == 0 {
+                    continue;
+                }
+                let offset = arg_word(a.index, high).ok_or(PolicyError::Seccomp(format!(
+                    "{name}: no argument {}",
+                    a.index
+                )))?;
+                tests.push(Test {
+                    offset,
+                    mask,
+                    value,
+                });
+            }
         }
-        let conditions = args
-            .iter()
-            .map(|a| {
-                let (len, mask, value) = if a.wide {
-                    (SeccompCmpArgLen::Qword, a.mask, a.value)
-                } else {
-                    (
-                        SeccompCmpArgLen::Dword,
-                        a.mask & 0xffff_ffff,
-                        a.value & 0xffff_ffff,
-                    )
-                };
-                let op = if mask == 0xffff_ffff && !a.wide {
-                    SeccompCmpOp::Eq
-                } else {
-                    SeccompCmpOp::MaskedEq(mask)
-                };
-                SeccompCondition::new(a.index, len, op, value)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-        let rule = SeccompRule::new(conditions).map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-        if let Some(rules) = slot {
-            rules.push(rule);
-        }
-    }
-    let mut programs = Vec::new();
-    for (errno, syscalls) in by_errno {
-        let rules = syscalls
-            .into_iter()
-            .map(|(nr, r)| (nr, r.unwrap_or_default()))
-            .collect();
         let errno = u32::try_from(errno).map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-        let filter = SeccompFilter::new(
-            rules,
-            SeccompAction::Allow,
-            SeccompAction::Errno(errno),
-            arch,
-        )
-        .map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-        programs
-            .push(BpfProgram::try_from(filter).map_err(|e| PolicyError::Seccomp(e.to_string()))?);
+        rules.push(Rule {
+            nr: u32::try_from(nr).map_err(|e| PolicyError::Seccomp(e.to_string()))?,
+            tests,
+            ret: RET_ERRNO | (errno & 0xffff),
+        });
     }
-    Ok(programs)
+    seccomp::compile(AUDIT_ARCH, &rules).map_err(|e| PolicyError::Seccomp(e.to_string()))
 }
 
 /// Drops every capability but [`KEPT`] from the bounding set and clears the
@@ -409,14 +379,11 @@ pub fn drop_capabilities() -> Result<(), PolicyError> {
     Ok(())
 }
 
-/// Installs the filters on the calling thread (inherited by every child).
+/// Installs the filter on the calling thread (inherited by every child).
 /// Done while CAP_SYS_ADMIN is still effective, so without `no_new_privs`:
 /// setuid programs inside the session keep working within the bounding set.
-pub fn install_seccomp(programs: &[BpfProgram]) -> Result<(), PolicyError> {
-    for p in programs {
-        crate::sys::seccomp_set_filter(p).map_err(|e| PolicyError::Seccomp(e.to_string()))?;
-    }
-    Ok(())
+pub fn install_seccomp(program: &Program) -> Result<(), PolicyError> {
+    crate::sys::seccomp_set_filter(program).map_err(|e| PolicyError::Seccomp(e.to_string()))
 }
 
 /// The policy as a text table (for `mobidesk-sessiond policy` and the README).
@@ -461,6 +428,12 @@ pub fn table() -> String {
     }
     out
 }
+
+/// The audit arch the filter accepts (any other is killed).
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = seccomp::AUDIT_ARCH_X86_64;
+#[cfg(not(target_arch = "x86_64"))]
+const AUDIT_ARCH: u32 = 0;
 
 /// System call numbers of the names in [`POLICY`].
 #[cfg(target_arch = "x86_64")]
@@ -512,7 +485,7 @@ fn syscall_nr(name: &str) -> Option<i64> {
     })
 }
 
-/// Only x86_64 is mapped so far (seccompiler also supports aarch64, where
+/// Only x86_64 is mapped so far (aarch64 would need its audit arch and numbers;
 /// several of these calls do not exist: map them when a server needs it).
 #[cfg(not(target_arch = "x86_64"))]
 fn syscall_nr(_name: &str) -> Option<i64> {
@@ -524,10 +497,95 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_syscall_in_the_table_is_known_and_the_filters_compile() {
-        let progs = compile_filters().unwrap();
-        assert_eq!(progs.len(), 2, "one EPERM and one ENOSYS program");
-        assert!(progs.iter().all(|p| !p.is_empty()));
+    fn every_syscall_in_the_table_is_known_and_the_filter_compiles() {
+        assert!(compile_filter().unwrap().instructions().len() > 6);
+    }
+
+    /// The compiled filter, run by the test interpreter on one call.
+    fn verdict(name: &str, args: [u64; 6]) -> u32 {
+        let nr = match name {
+            "getpid" => libc::SYS_getpid,
+            _ => syscall_nr(name).unwrap(),
+        };
+        let p = compile_filter().unwrap();
+        let nr = u32::try_from(nr).unwrap();
+        crate::seccomp::run(
+            &p,
+            &crate::seccomp::Call {
+                nr,
+                arch: AUDIT_ARCH,
+                args,
+            },
+        )
+    }
+
+    #[test]
+    fn the_filter_refuses_what_each_row_says_and_allows_the_rest() {
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let allow = crate::seccomp::RET_ALLOW;
+        // Every unconditional row, with any arguments.
+        for e in POLICY {
+            if let Wall::Syscall {
+                name,
+                args: [],
+                errno,
+            } = e.wall
+            {
+                assert_eq!(
+                    verdict(name, [u64::MAX; 6]),
+                    RET_ERRNO | errno as u32,
+                    "{name}"
+                );
+            }
+        }
+        assert_eq!(verdict("clone3", [0; 6]), RET_ERRNO | libc::ENOSYS as u32);
+        // Devices refused, FIFOs allowed.
+        let (chr, blk, fifo) = (
+            S_IFCHR | 0o600,
+            S_IFBLK | 0o600,
+            libc::S_IFIFO as u64 | 0o600,
+        );
+        assert_eq!(verdict("mknod", [0, chr, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("mknod", [0, blk, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("mknod", [0, fifo, 0, 0, 0, 0]), allow);
+        assert_eq!(verdict("mknodat", [0, 0, chr, 0, 0, 0]), eperm);
+        assert_eq!(verdict("mknodat", [0, 0, fifo, 0, 0, 0]), allow);
+        // Raw and packet sockets refused, datagram and stream allowed; the
+        // flags sharing the type argument do not hide the type.
+        let raw = libc::SOCK_RAW as u64 | libc::SOCK_CLOEXEC as u64;
+        assert_eq!(verdict("socket", [AF_INET, raw, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("socket", [AF_INET6, raw, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("socket", [AF_PACKET, 2, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("socket", [AF_INET, SOCK_PACKET, 0, 0, 0, 0]), eperm);
+        let dgram = libc::SOCK_DGRAM as u64;
+        assert_eq!(verdict("socket", [AF_INET, dgram, 1, 0, 0, 0]), allow);
+        assert_eq!(verdict("socket", [AF_INET6, 1, 0, 0, 0, 0]), allow);
+        // High bits of a 32-bit argument do not slip past a rule.
+        assert_eq!(verdict("ioctl", [0, TIOCSTI | 1 << 32, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("ioctl", [0, TIOCLINUX, 0, 0, 0, 0]), eperm);
+        assert_eq!(verdict("ioctl", [0, libc::FIONREAD, 0, 0, 0, 0]), allow);
+        assert_eq!(
+            verdict("setsockopt", [3, SOL_IP, IP_TRANSPARENT, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(
+            verdict("setsockopt", [3, SOL_IPV6, IPV6_FREEBIND, 0, 0, 0]),
+            eperm
+        );
+        assert_eq!(verdict("setsockopt", [3, SOL_IP, 1, 0, 0, 0]), allow);
+        // No new user namespace, by clone or unshare; other clones are fine.
+        let newuser = CLONE_NEWUSER | libc::SIGCHLD as u64;
+        assert_eq!(verdict("clone", [newuser, 0, 0, 0, 0, 0]), eperm);
+        assert_eq!(
+            verdict("clone", [libc::SIGCHLD as u64, 0, 0, 0, 0, 0]),
+            allow
+        );
+        assert_eq!(verdict("unshare", [CLONE_NEWUSER, 0, 0, 0, 0, 0]), eperm);
+        assert_eq!(
+            verdict("unshare", [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0]),
+            allow
+        );
+        assert_eq!(verdict("getpid", [0; 6]), allow);
     }
 
     #[test]

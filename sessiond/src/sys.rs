@@ -8,20 +8,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use seccompiler::BpfProgram;
+use crate::seccomp::Program;
 
 /// Installs one seccomp filter on the calling thread without setting
 /// `no_new_privs` (the caller has CAP_SYS_ADMIN).
-pub(crate) fn seccomp_set_filter(prog: &BpfProgram) -> io::Result<()> {
+pub(crate) fn seccomp_set_filter(prog: &Program) -> io::Result<()> {
+    let insns = prog.instructions();
     let len =
-        u16::try_from(prog.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        u16::try_from(insns.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let fprog = libc::sock_fprog {
         len,
-        // seccompiler's `sock_filter` has the kernel's layout (u16, u8, u8,
-        // u32), the same as libc's.
-        filter: prog.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+        filter: insns.as_ptr().cast_mut(),
     };
-    // JUSTIFICATION: seccompiler's own `apply_filter` always sets
+    // JUSTIFICATION: no safe wrapper installs a filter without also setting
     // no_new_privs, which would stop setuid programs inside the session.
     // SAFETY: `fprog` points to `len` valid filter instructions that live
     // until the call returns; the kernel copies them.
