@@ -64,15 +64,24 @@ pub enum Where {
     /// seccomp, no dropped capabilities, no cgroups, no new root: what the
     /// namespaces alone cost.
     NamespacesOnly,
+    /// Diagnostic: the bare server under a one-instruction
+    /// allow-everything seccomp filter (`mobidesk-syscall-bench
+    /// --under-seccomp-floor`): what *any* seccomp filter costs on this
+    /// kernel, the floor under the session's figures.
+    SeccompFloor,
 }
+
+/// How many sides there are.
+const SIDES: usize = Where::ALL.len();
 
 impl Where {
     /// Every subject, the baseline first: the order of the report's columns.
-    pub const ALL: [Where; 4] = [
+    pub const ALL: [Where; 5] = [
         Where::BareServer,
         Where::Session,
         Where::SessionNoCgroups,
         Where::NamespacesOnly,
+        Where::SeccompFloor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +90,7 @@ impl Where {
             Where::Session => "session",
             Where::SessionNoCgroups => "session-no-cgroups",
             Where::NamespacesOnly => "namespaces-only",
+            Where::SeccompFloor => "seccomp-floor",
         }
     }
 
@@ -90,6 +100,7 @@ impl Where {
             Where::Session => 1,
             Where::SessionNoCgroups => 2,
             Where::NamespacesOnly => 3,
+            Where::SeccompFloor => 4,
         }
     }
 }
@@ -104,7 +115,10 @@ impl Subject for Where {
     fn role(self) -> Role {
         match self {
             Where::BareServer => Role::Baseline,
-            Where::Session | Where::SessionNoCgroups | Where::NamespacesOnly => Role::Candidate,
+            Where::Session
+            | Where::SessionNoCgroups
+            | Where::NamespacesOnly
+            | Where::SeccompFloor => Role::Candidate,
         }
     }
 
@@ -119,6 +133,9 @@ impl Subject for Where {
             }
             Where::NamespacesOnly => {
                 "diagnostic: the namespaces only (unshare -U -r -p -f -m -i -u -n): no seccomp, capabilities, cgroups or new root"
+            }
+            Where::SeccompFloor => {
+                "diagnostic: the bare server under a one-instruction allow-everything seccomp filter: what any seccomp filter costs on this kernel"
             }
         }
     }
@@ -365,7 +382,7 @@ pub fn run(o: &SessiondOptions) -> Result<Report<Where>> {
         report.add_subject(side, None);
     }
     // Per metric, the fastest round of each side.
-    let mut fastest: Vec<(&'static Metric, [f64; 4])> = Vec::new();
+    let mut fastest: Vec<(&'static Metric, [f64; SIDES])> = Vec::new();
     if o.parts.contains(&Part::Table2) {
         stop_if_interrupted()?;
         let (measured, mins) = table2(&runner, rounds, smoke)?;
@@ -429,9 +446,10 @@ pub fn run(o: &SessiondOptions) -> Result<Report<Where>> {
         report.notes.insert(
             1,
             format!(
-                "  the same, session-no-cgroups / bare: {}; namespaces-only / bare: {}",
+                "  the same, session-no-cgroups / bare: {}; namespaces-only / bare: {}; seccomp-floor / bare: {}",
                 line(Where::SessionNoCgroups),
-                line(Where::NamespacesOnly)
+                line(Where::NamespacesOnly),
+                line(Where::SeccompFloor)
             ),
         );
     }
@@ -447,8 +465,13 @@ fn goal_notes(report: &Report<Where>) -> Vec<String> {
         .filter(|r| r.path == Where::Session)
         .filter_map(|r| Some((r, r.ratio_vs_baseline?)))
         .map(|(r, ratio)| {
+            let floor = report
+                .get(&r.name, Where::SeccompFloor)
+                .and_then(|f| f.ratio_vs_baseline)
+                .map(|f| format!(" (any seccomp filter: {:+.1}%)", (f - 1.0) * 100.0))
+                .unwrap_or_default();
             format!(
-                "{} {:+.1}% {}",
+                "{} {:+.1}% {}{floor}",
                 r.name,
                 (ratio - 1.0) * 100.0,
                 if ratio <= OVERHEAD_GOAL { "ok" } else { "OVER" }
@@ -483,7 +506,7 @@ fn goal_notes(report: &Report<Where>) -> Vec<String> {
 
 /// The order of the sides in round `round`: rotated by one each round, so
 /// that every side runs first, second, ... equally often.
-fn order(round: usize) -> [Where; 4] {
+fn order(round: usize) -> [Where; SIDES] {
     let mut sides = Where::ALL;
     sides.rotate_left(round % Where::ALL.len());
     sides
@@ -522,6 +545,11 @@ fn on_side(
             .args(command);
             r.output(cmd, limit, &what)
         }
+        Where::SeccompFloor => {
+            let mut cmd = r.pinned(&r.bin_dir.join("mobidesk-syscall-bench"));
+            cmd.arg("--under-seccomp-floor").args(command);
+            r.output(cmd, limit, &what)
+        }
         Where::Session => r.in_session(profile, home, command, limit, true),
         Where::SessionNoCgroups => r.in_session(profile, home, command, limit, false),
     }
@@ -535,7 +563,10 @@ fn table2(
     r: &Runner,
     rounds: usize,
     smoke: bool,
-) -> Result<([Vec<Measurement>; 4], Vec<(&'static Metric, [f64; 4])>)> {
+) -> Result<(
+    [Vec<Measurement>; SIDES],
+    Vec<(&'static Metric, [f64; SIDES])>,
+)> {
     let mut args: Vec<String> = vec!["--rounds".into(), if smoke { "1" } else { "3" }.into()];
     if smoke {
         args.extend(["--scale".into(), "0.01".into()]);
@@ -545,14 +576,14 @@ fn table2(
     }
     let profile = r.profile(TABLE2_PROFILE, "table2")?;
     // Per side and op: every round's ns/op.
-    let mut samples: [Vec<Vec<f64>>; 4] = std::array::from_fn(|_| vec![Vec::new(); OPS.len()]);
+    let mut samples: [Vec<Vec<f64>>; SIDES] = std::array::from_fn(|_| vec![Vec::new(); OPS.len()]);
     let limit = Duration::from_secs(if smoke { 60 } else { 300 });
     for round in 0..rounds {
         for side in order(round) {
             stop_if_interrupted()?;
             tracing::info!(round, %side, "table2 micro-benchmarks");
             let program = match side {
-                Where::BareServer | Where::NamespacesOnly => r
+                Where::BareServer | Where::NamespacesOnly | Where::SeccompFloor => r
                     .bin_dir
                     .join("mobidesk-syscall-bench")
                     .display()
@@ -652,7 +683,7 @@ const BUILD_FUNCTIONS: usize = 12;
 /// The parallel build, `rounds` per side, alternating; each side builds in
 /// a tree of its own (copies of the same sources) on the same file system;
 /// the figure is the median build time.
-fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<([Measurement; 4], [f64; 4])> {
+fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<([Measurement; SIDES], [f64; SIDES])> {
     for tool in ["make", "gcc"] {
         ensure!(
             which(tool),
@@ -681,7 +712,7 @@ fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<([Measurement; 4], [f
         ]
     };
     let limit = Duration::from_secs(if smoke { 60 } else { 300 });
-    let mut times: [Vec<f64>; 4] = Default::default();
+    let mut times: [Vec<f64>; SIDES] = Default::default();
     // One untimed build per side first: page cache, gcc's files.
     for warm in [true, false] {
         let n = if warm { 1 } else { rounds };
@@ -690,7 +721,9 @@ fn build(r: &Runner, rounds: usize, smoke: bool) -> Result<([Measurement; 4], [f
                 stop_if_interrupted()?;
                 tracing::info!(round, %side, warm, "build");
                 let (command, home) = match side {
-                    Where::BareServer => (script(&bare_dir.display().to_string()), None),
+                    Where::BareServer | Where::SeccompFloor => {
+                        (script(&bare_dir.display().to_string()), None)
+                    }
                     Where::NamespacesOnly => (script(&ns_dir.display().to_string()), None),
                     Where::Session | Where::SessionNoCgroups => {
                         (script("/home/user/build"), Some(home.as_path()))

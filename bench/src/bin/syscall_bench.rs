@@ -14,6 +14,11 @@
 //! `--scale` multiplies every operation's default iteration count (0.01 for
 //! a smoke run); `--cpu` pins the process (and the children it forks) to
 //! one CPU.
+//!
+//! `mobidesk-syscall-bench --under-seccomp-floor CMD [ARGS...]` installs a
+//! one-instruction seccomp filter that allows everything, then execs CMD:
+//! the benchmark's `seccomp-floor` side, what *any* seccomp filter costs on
+//! this kernel (the system call leaves the kernel's fast path).
 
 // The raw calls (getpid, ioctl, SysV IPC, fork, execv, waitpid) have no safe
 // wrapper that does exactly one system call; each block says why it is sound.
@@ -69,7 +74,13 @@ const OPS: &[Op] = &[
 ];
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--under-seccomp-floor") {
+        let err = under_seccomp_floor(&args[1..]);
+        eprintln!("mobidesk-syscall-bench: --under-seccomp-floor: {err}");
+        return ExitCode::FAILURE;
+    }
+    match run(args) {
         Ok(json) => {
             println!("{json}");
             ExitCode::SUCCESS
@@ -158,6 +169,46 @@ fn run(args: Vec<String>) -> Result<String, String> {
         std::process::id(),
         out.join(",")
     ))
+}
+
+/// Installs an allow-everything filter and execs `command`; returns only
+/// on failure.
+fn under_seccomp_floor(command: &[String]) -> String {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = command.split_first() else {
+        return "needs a command".into();
+    };
+    // SECCOMP_RET_ALLOW (linux/seccomp.h), as BPF_RET | BPF_K.
+    let mut allow = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0x7fff_0000,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: allow.as_mut_ptr(),
+    };
+    // SAFETY: prctl with integer arguments; seccomp with a pointer to a
+    // valid one-instruction program that outlives the call (the kernel
+    // copies it).
+    let rc = unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            -1
+        } else {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            ) as i32
+        }
+    };
+    if rc != 0 {
+        return format!("installing the filter: {}", errno());
+    }
+    let err = std::process::Command::new(program).args(args).exec();
+    format!("exec {program}: {err}")
 }
 
 fn errno() -> String {
