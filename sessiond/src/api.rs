@@ -359,6 +359,10 @@ pub struct SessionInfo {
     /// desktop session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_port: Option<u16>,
+    /// The name on its display server's certificate, when sessiond issued
+    /// it from the display CA: what a viewer checks (`--server-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
     /// Processes in the session (`pids.current`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processes: Option<u64>,

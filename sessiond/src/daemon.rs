@@ -156,9 +156,21 @@ pub struct DesktopConfig {
     /// The display server binary, for profiles whose `[desktop]` names
     /// none. The same path on every server (CRIU).
     pub display_server: PathBuf,
-    /// TLS 1.3 between viewers and the display server: its certificate
-    /// chain and private key (PEM). Each desktop session gets its own copy,
-    /// readable by the session's root (the display server runs inside).
+    /// TLS 1.3 between viewers and the display server, the recommended
+    /// way: a display CA (certificate and PKCS#8 key, PEM; the same on
+    /// every server) from which each desktop session gets its own key and
+    /// certificate at `create`, for a name of its own (`display_name` in
+    /// `inspect`; [`crate::certs`]). The CA's key never enters a session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_key: Option<PathBuf>,
+    /// The domain of the issued names: `<id>-<random>.<tls_domain>`.
+    pub tls_domain: String,
+    /// Or one certificate chain and private key (PEM) for every session:
+    /// each desktop session gets a copy, readable by the session's root
+    /// (the display server runs inside), so any session's root can
+    /// impersonate every other session's display server. Prefer the CA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,12 +184,18 @@ impl Default for DesktopConfig {
     fn default() -> Self {
         DesktopConfig {
             display_server: PathBuf::from(DEFAULT_DISPLAY_SERVER),
+            tls_ca_cert: None,
+            tls_ca_key: None,
+            tls_domain: DEFAULT_DISPLAY_DOMAIN.into(),
             tls_cert: None,
             tls_key: None,
             insecure_plaintext: false,
         }
     }
 }
+
+/// The default domain of desktop sessions' display names.
+pub const DEFAULT_DISPLAY_DOMAIN: &str = "desktops.mobidesk.internal";
 
 /// Largest certificate chain or key file copied into a session.
 const MAX_TLS_FILE: u64 = 1 << 20;
@@ -310,17 +328,34 @@ impl Config {
             }
         }
         let d = &self.desktop;
-        match (&d.tls_cert, &d.tls_key) {
-            (Some(c), Some(k)) => {
-                if !c.is_absolute() || !k.is_absolute() {
-                    return bad("desktop.tls_cert, desktop.tls_key: absolute paths".into());
+        let mut ways = 0;
+        for (pair, (a, b)) in [
+            (
+                "tls_ca_cert and tls_ca_key",
+                (&d.tls_ca_cert, &d.tls_ca_key),
+            ),
+            ("tls_cert and tls_key", (&d.tls_cert, &d.tls_key)),
+        ] {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    if !a.is_absolute() || !b.is_absolute() {
+                        return bad(format!("desktop.{pair}: absolute paths"));
+                    }
+                    ways += 1;
                 }
-                if d.insecure_plaintext {
-                    return bad("desktop: tls_cert/tls_key or insecure_plaintext, not both".into());
-                }
+                (None, None) => {}
+                _ => return bad(format!("desktop.{pair}: both or neither")),
             }
-            (None, None) => {}
-            _ => return bad("desktop.tls_cert and desktop.tls_key: both or neither".into()),
+        }
+        if ways + usize::from(d.insecure_plaintext) > 1 {
+            return bad(
+                "desktop: one of tls_ca_cert/tls_ca_key (recommended), tls_cert/tls_key or \
+                 insecure_plaintext"
+                    .into(),
+            );
+        }
+        if let Err(e) = crate::certs::check_domain(&d.tls_domain) {
+            return bad(format!("desktop.tls_domain {:?}: {e}", d.tls_domain));
         }
         if let Some(n) = &self.network {
             n.validate()
@@ -859,6 +894,16 @@ impl Daemon {
                 self.ids.fetch_add(1, Ordering::Relaxed)
             ),
         };
+        // A name of its own for an issued certificate: new for every
+        // session (crate::certs).
+        let display_name = match &tls {
+            Some(DisplayCredentials::Issued { .. }) => Some(crate::certs::display_name(
+                &id,
+                random_u32().map_err(|e| failed(format!("reading /dev/urandom: {e}")))?,
+                &self.config.desktop.tls_domain,
+            )),
+            _ => None,
+        };
         let record = {
             let mut reg = self.registry();
             if reg.sessions.contains_key(&id) {
@@ -913,7 +958,7 @@ impl Daemon {
             };
             let address = network.as_ref().map(|a| a.address);
             let command = match (&profile.desktop, &tls) {
-                (Some(d), Some(tls)) => d.command(address, tls),
+                (Some(d), Some(tls)) => d.command(address, &tls.display_tls()),
                 _ => command
                     .clone()
                     .unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
@@ -932,6 +977,7 @@ impl Daemon {
                 destroying: false,
                 network,
                 display_port: profile.desktop.as_ref().map(|d| d.port),
+                display_name: display_name.clone(),
             };
             reg.sessions.insert(
                 id.clone(),
@@ -986,7 +1032,7 @@ impl Daemon {
     fn start_session(
         &self,
         rec: &SessionRecord,
-        tls: Option<&DisplayTls>,
+        tls: Option<&DisplayCredentials>,
         attached: &mut bool,
     ) -> Result<Session, ApiError> {
         let id = rec.id.as_str();
@@ -998,13 +1044,30 @@ impl Daemon {
             std::fs::create_dir_all(&rec.session_dir)
                 .and_then(|()| std::fs::write(&hosts, etc_hosts(&rec.profile.hostname, address)))
                 .map_err(|e| failed(format!("writing {}: {e}", hosts.display())))?;
-            let tls = match tls {
-                Some(DisplayTls::Tls { cert, key }) => {
-                    let owner = rec.profile.userns.map(|u| (u.uid_base, u.gid_base));
-                    let dir = &rec.session_dir;
+            let owner = rec.profile.userns.map(|u| (u.uid_base, u.gid_base));
+            let dir = &rec.session_dir;
+            let (cert_file, key_file) = (dir.join("display-cert.pem"), dir.join("display-key.pem"));
+            let tls = match (tls, &rec.display_name) {
+                (Some(DisplayCredentials::Shared { cert, key }), _) => {
+                    let cert = read_bounded(cert)?;
+                    let key = read_bounded(key)?;
                     DisplayTls::Tls {
-                        cert: private_copy(cert, &dir.join("display-cert.pem"), 0o444, owner)?,
-                        key: private_copy(key, &dir.join("display-key.pem"), 0o400, owner)?,
+                        cert: private_file(&cert_file, &cert, 0o444, owner)?,
+                        key: private_file(&key_file, &key, 0o400, owner)?,
+                    }
+                }
+                (Some(DisplayCredentials::Issued { ca_cert, ca_key }), Some(name)) => {
+                    let ca_cert = String::from_utf8(read_bounded(ca_cert)?)
+                        .map_err(|_| failed(format!("{}: not PEM text", ca_cert.display())))?;
+                    let ca_key = String::from_utf8(read_bounded(ca_key)?)
+                        .map_err(|_| failed(format!("{}: not PEM text", ca_key.display())))?;
+                    let issued =
+                        crate::certs::issue(&ca_cert, &ca_key, name, std::time::SystemTime::now())
+                            .map_err(|e| failed(format!("the display certificate: {e}")))?;
+                    tracing::info!(session = %id, display_name = %name, "display certificate issued");
+                    DisplayTls::Tls {
+                        cert: private_file(&cert_file, issued.chain_pem.as_bytes(), 0o444, owner)?,
+                        key: private_file(&key_file, issued.key_pem.as_bytes(), 0o400, owner)?,
                     }
                 }
                 _ => DisplayTls::InsecurePlaintext,
@@ -1053,27 +1116,39 @@ impl Daemon {
 
     /// How desktop sessions' display servers serve viewers, from the
     /// configuration's `[desktop]` (checked: the files are there).
-    fn display_tls(&self) -> Result<DisplayTls, ApiError> {
+    fn display_tls(&self) -> Result<DisplayCredentials, ApiError> {
         let d = &self.config.desktop;
-        match (&d.tls_cert, &d.tls_key) {
-            (Some(cert), Some(key)) => {
-                for f in [cert, key] {
-                    if !f.is_file() {
-                        return Err(failed(format!(
-                            "the display server's TLS file {} is not there ([desktop] tls_cert/tls_key)",
-                            f.display()
-                        )));
-                    }
+        let there = |files: [&PathBuf; 2], keys: &str| -> Result<(), ApiError> {
+            for f in files {
+                if !f.is_file() {
+                    return Err(failed(format!(
+                        "the display server's TLS file {} is not there ([desktop] {keys})",
+                        f.display()
+                    )));
                 }
-                Ok(DisplayTls::Tls {
+            }
+            Ok(())
+        };
+        match (&d.tls_ca_cert, &d.tls_ca_key, &d.tls_cert, &d.tls_key) {
+            (Some(ca_cert), Some(ca_key), _, _) => {
+                there([ca_cert, ca_key], "tls_ca_cert/tls_ca_key")?;
+                Ok(DisplayCredentials::Issued {
+                    ca_cert: ca_cert.clone(),
+                    ca_key: ca_key.clone(),
+                })
+            }
+            (_, _, Some(cert), Some(key)) => {
+                there([cert, key], "tls_cert/tls_key")?;
+                Ok(DisplayCredentials::Shared {
                     cert: cert.clone(),
                     key: key.clone(),
                 })
             }
-            _ if d.insecure_plaintext => Ok(DisplayTls::InsecurePlaintext),
+            _ if d.insecure_plaintext => Ok(DisplayCredentials::Plaintext),
             _ => Err(failed(
-                "the display server needs TLS: set tls_cert and tls_key in the daemon's \
-                 [desktop] (or insecure_plaintext = true, for tests on loopback only)",
+                "the display server needs TLS: set tls_ca_cert and tls_ca_key (a display CA) \
+                 in the daemon's [desktop] (or insecure_plaintext = true, for tests on \
+                 loopback only)",
             )),
         }
     }
@@ -1492,41 +1567,74 @@ fn destroying(id: &str) -> ApiError {
 /// Copies `src` (at most [`MAX_TLS_FILE`] bytes) to a new file `dst` with
 /// `mode`, owned by `owner` (uid, gid) when given: a session's own copy of
 /// a file its root must read.
-fn private_copy(
-    src: &Path,
+fn private_file(
     dst: &Path,
+    data: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<PathBuf, ApiError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| {
-        failed(format!(
-            "copying {} to {}: {e}",
-            src.display(),
-            dst.display()
-        ))
-    };
-    let mut data = Vec::new();
-    std::fs::File::open(src)
-        .and_then(|f| f.take(MAX_TLS_FILE + 1).read_to_end(&mut data))
-        .map_err(err)?;
-    if data.len() as u64 > MAX_TLS_FILE {
-        return Err(failed(format!(
-            "{}: larger than {MAX_TLS_FILE} bytes",
-            src.display()
-        )));
-    }
+    let err = |e: std::io::Error| failed(format!("writing {}: {e}", dst.display()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(dst)
         .map_err(err)?;
-    f.write_all(&data).map_err(err)?;
+    f.write_all(data).map_err(err)?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(err)?;
     }
     Ok(dst.to_path_buf())
+}
+
+/// A certificate or key file of the configuration, at most
+/// [`MAX_TLS_FILE`] bytes.
+fn read_bounded(src: &Path) -> Result<Vec<u8>, ApiError> {
+    let mut data = Vec::new();
+    std::fs::File::open(src)
+        .and_then(|f| f.take(MAX_TLS_FILE + 1).read_to_end(&mut data))
+        .map_err(|e| failed(format!("reading {}: {e}", src.display())))?;
+    if data.len() as u64 > MAX_TLS_FILE {
+        return Err(failed(format!(
+            "{}: larger than {MAX_TLS_FILE} bytes",
+            src.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// Four random bytes (a display name's nonce).
+fn random_u32() -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(u32::from_ne_bytes(b))
+}
+
+/// How desktop sessions' display servers get their certificate (checked at
+/// `create`: the files are there).
+#[derive(Debug, Clone)]
+enum DisplayCredentials {
+    /// Issued per session from the display CA ([`crate::certs`]).
+    Issued { ca_cert: PathBuf, ca_key: PathBuf },
+    /// One certificate and key copied into every session.
+    Shared { cert: PathBuf, key: PathBuf },
+    /// Plain TCP: tests and benchmarks only.
+    Plaintext,
+}
+
+impl DisplayCredentials {
+    /// What the display server's command line needs to know.
+    fn display_tls(&self) -> DisplayTls {
+        match self {
+            DisplayCredentials::Plaintext => DisplayTls::InsecurePlaintext,
+            // The session's own copies are bound at fixed paths.
+            _ => DisplayTls::Tls {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
+        }
+    }
 }
 
 /// `base` joined with `p` (relative, or absolute inside `base`), resolved
@@ -1582,6 +1690,7 @@ fn info_of(e: &mut Entry) -> SessionInfo {
         physical_address: r.network.as_ref().map(Attachment::physical_address),
         link: r.network.as_ref().map(|a| a.link.clone()),
         display_port: r.display_port,
+        display_name: r.display_name.clone(),
         processes,
         memory_bytes,
         cpu_seconds,

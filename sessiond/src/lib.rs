@@ -16,6 +16,8 @@
 //!   gratuitous ARP on the server;
 //! - [`desktop`]: Xvfb, window manager, applications and the display server
 //!   inside a session, from the profile's `[desktop]`;
+//! - [`certs`]: each desktop session's own display certificate, issued
+//!   from the display CA;
 //! - [`daemon`]: the `--config` daemon: sessions managed through the
 //!   control API ([`api`]), state persisted ([`state`]) so that sessions
 //!   outlive a daemon restart, Prometheus metrics ([`metrics`]).
@@ -23,6 +25,7 @@
 //! All `unsafe` is in the private `sys` module.
 
 pub mod api;
+pub mod certs;
 pub mod cgroup;
 pub mod daemon;
 pub mod desktop;

@@ -85,6 +85,10 @@ pub struct SessionRecord {
     /// The TCP port of its display server, for a desktop session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_port: Option<u16>,
+    /// The name on its display certificate, when issued from the display
+    /// CA (viewers check it with `--server-name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 /// The whole file.
@@ -270,6 +274,7 @@ mod tests {
             destroying: false,
             network: None,
             display_port: None,
+            display_name: None,
         }
     }
 

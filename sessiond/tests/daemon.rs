@@ -905,6 +905,7 @@ fn a_reused_pid_is_not_taken_for_a_session() {
             destroying: false,
             network: None,
             display_port: None,
+            display_name: None,
         }],
         ipam: None,
     };

@@ -499,6 +499,101 @@ fn a_desktop_profile_through_the_api_is_seen_pixel_exact_from_the_subnet() {
 }
 
 #[test]
+fn every_desktop_session_gets_a_display_certificate_of_its_own() {
+    require_root();
+    let (display_server, client) = binaries().clone();
+    let lan = Lan::new();
+    let pki = TempDir::new();
+    let (ca, _, _) = certificates(pki.path(), DISPLAY_NAME);
+    let ca_key = pki.path().join("ca.key");
+    let extra = format!(
+        "[desktop]\ndisplay_server = \"{}\"\ntls_ca_cert = \"{}\"\ntls_ca_key = \"{}\"\ntls_domain = \"desktops.test\"\n",
+        display_server.display(),
+        ca.display(),
+        ca_key.display()
+    );
+    let mut d = daemon_on(&lan, "10.1.0.100-10.1.0.109", &extra);
+    std::fs::write(
+        d.dir.path().join("profiles").join("desktop.toml"),
+        "hostname = \"ownkey\"\n[desktop]\n",
+    )
+    .unwrap();
+    d.start();
+    let create_desktop = |d: &TestDaemon| {
+        d.ok(json!({"op": "create", "id": unique("dk-"), "profile": "desktop.toml"}))
+            .session
+            .unwrap()
+    };
+    let (a, b) = (create_desktop(&d), create_desktop(&d));
+    let (name_a, name_b) = (
+        a.display_name.clone().unwrap(),
+        b.display_name.clone().unwrap(),
+    );
+    assert_ne!(name_a, name_b);
+    for (s, n) in [(&a, &name_a), (&b, &name_b)] {
+        assert!(
+            n.starts_with(&format!("{}-", s.id)) && n.ends_with(".desktops.test"),
+            "{n}"
+        );
+    }
+    // A viewer that checks session a's name sees a's desktop.
+    let port = a.display_port.unwrap();
+    let out = TempDir::new();
+    let (_, viewer, screen, _) = viewer_sees_the_desktop(
+        &lan,
+        &client,
+        (a.address.unwrap(), port),
+        &framebuffer_file(&a.layer),
+        out.path(),
+        Some((&ca, &name_a)),
+        &|| format!("processes {:?}", session_processes(a.init_pid.unwrap())),
+    );
+    assert_eq!(viewer, screen);
+    // Session b's display server, signed by the same CA, does not pass
+    // for session a: its key is not a's.
+    let st = Lan::run_in(&lan.peer, client.to_str().unwrap())
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--server-name", &name_a, "--headless", "--timeout", "30"])
+        .args(["--connect", &format!("{}:{port}", b.address.unwrap())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "b passed for a: {err}");
+    assert!(
+        err.contains("handshake") || err.contains("certificate"),
+        "{err}"
+    );
+    // Each session has its own key, readable by its root; the CA's key is
+    // in neither.
+    let ca_key_pem = std::fs::read_to_string(&ca_key).unwrap();
+    let key = |s: &SessionInfo| {
+        std::fs::read_to_string(d.layer_dir(&s.id).join("display-key.pem")).unwrap()
+    };
+    assert_ne!(key(&a), key(&b));
+    for s in [&a, &b] {
+        let (code, inside, err) = d.exec(&s.id, &["cat", "/.mobidesk/display-key.pem"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(inside, key(s));
+        for f in std::fs::read_dir(d.layer_dir(&s.id)).unwrap() {
+            let f = f.unwrap().path();
+            if f.is_file() {
+                let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+                assert!(
+                    !text.contains(ca_key_pem.trim()),
+                    "the CA key in {}",
+                    f.display()
+                );
+            }
+        }
+    }
+    for s in [a, b] {
+        d.ok(json!({"op": "destroy", "id": s.id}));
+    }
+    assert!(leases(&d).is_empty());
+}
+
+#[test]
 fn a_server_network_that_cannot_be_prepared_stops_the_daemon_before_it_serves() {
     require_root();
     let lan = Lan::new();
@@ -559,6 +654,7 @@ fn a_start_cut_short_by_a_crash_is_cleaned_up_with_its_link_and_lease() {
                 physical: None,
             }),
             display_port: None,
+            display_name: None,
         }],
         ipam: Some(ipam),
     };
