@@ -7,7 +7,10 @@
 //!   `cgroup.subtree_control`;
 //! - **v1** (one hierarchy per controller, as on these machines):
 //!   `<cpu mount>/mobidesk/<session>`, `<memory mount>/mobidesk/<session>`,
-//!   `<pids mount>/mobidesk/<session>`.
+//!   `<pids mount>/mobidesk/<session>`, and `<cpuacct mount>/...` when
+//!   `cpuacct` has a hierarchy of its own (as here): the session's CPU
+//!   time (`cpuacct.usage`, the metrics' counter) then comes from the
+//!   kernel, not from a sum over its processes.
 //!
 //! Only the `mobidesk` parent and the groups below it are ever created,
 //! written or removed: the machine's own groups are never touched.
@@ -53,11 +56,13 @@ pub enum Backend {
     /// The unified hierarchy, mounted at `root`.
     V2 { root: PathBuf },
     /// Separate hierarchies; `memory` and `pids` are required, `cpu` is used
-    /// when present.
+    /// when present, `cpuacct` when it is mounted apart from `cpu` (with
+    /// `cpu`, its files are in the cpu group already).
     V1 {
         cpu: Option<PathBuf>,
         memory: PathBuf,
         pids: PathBuf,
+        cpuacct: Option<PathBuf>,
     },
 }
 
@@ -92,7 +97,7 @@ impl CgroupManager {
         v2_controllers: impl Fn(&Path) -> String,
     ) -> Result<Backend> {
         let mut v2 = None;
-        let (mut cpu, mut memory, mut pids) = (None, None, None);
+        let (mut cpu, mut memory, mut pids, mut cpuacct) = (None, None, None, None);
         for line in mountinfo.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
@@ -119,6 +124,7 @@ impl CgroupManager {
                             "cpu" if cpu.is_none() => cpu = Some(mount_point.clone()),
                             "memory" if memory.is_none() => memory = Some(mount_point.clone()),
                             "pids" if pids.is_none() => pids = Some(mount_point.clone()),
+                            "cpuacct" if cpuacct.is_none() => cpuacct = Some(mount_point.clone()),
                             _ => {}
                         }
                     }
@@ -130,7 +136,12 @@ impl CgroupManager {
             return Ok(Backend::V2 { root });
         }
         match (memory, pids) {
-            (Some(memory), Some(pids)) => Ok(Backend::V1 { cpu, memory, pids }),
+            (Some(memory), Some(pids)) => Ok(Backend::V1 {
+                cpuacct: cpuacct.filter(|a| cpu.as_ref() != Some(a)),
+                cpu,
+                memory,
+                pids,
+            }),
             _ => Err(CgroupError::NotFound(
                 "neither a cgroup2 mount with memory+pids nor cgroup v1 memory and pids hierarchies"
                     .into(),
@@ -186,7 +197,12 @@ impl CgroupManager {
                     }],
                 }
             }
-            Backend::V1 { cpu, memory, pids } => {
+            Backend::V1 {
+                cpu,
+                memory,
+                pids,
+                cpuacct,
+            } => {
                 let mut dirs = Vec::new();
                 let mut add = |kind, mount: &Path| -> Result<()> {
                     let parent = mount.join(PARENT);
@@ -201,6 +217,9 @@ impl CgroupManager {
                 }
                 add(Kind::Memory, memory)?;
                 add(Kind::Pids, pids)?;
+                if let Some(cpuacct) = cpuacct {
+                    add(Kind::Cpuacct, cpuacct)?;
+                }
                 SessionCgroup { version: 1, dirs }
             }
         };
@@ -220,6 +239,8 @@ enum Kind {
     Cpu,
     Memory,
     Pids,
+    /// v1 `cpuacct` mounted apart: accounting only, no limits.
+    Cpuacct,
 }
 
 #[derive(Debug)]
@@ -469,7 +490,8 @@ mod tests {
             Backend::V1 {
                 cpu: Some("/sys/fs/cgroup/cpu".into()),
                 memory: "/sys/fs/cgroup/memory".into(),
-                pids: "/sys/fs/cgroup/pids".into()
+                pids: "/sys/fs/cgroup/pids".into(),
+                cpuacct: None,
             }
         );
     }
@@ -494,7 +516,21 @@ mod tests {
                  36 25 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
                  37 25 0:32 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";
         match CgroupManager::backend_from_mountinfo(m, |_| String::new()).unwrap() {
-            Backend::V1 { cpu, .. } => assert_eq!(cpu, Some("/sys/fs/cgroup/cpu,cpuacct".into())),
+            Backend::V1 { cpu, cpuacct, .. } => {
+                assert_eq!(cpu, Some("/sys/fs/cgroup/cpu,cpuacct".into()));
+                assert_eq!(cpuacct, None, "its files are in the cpu group");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cpuacct_apart_from_cpu_is_a_group_of_its_own() {
+        let m = format!("{V1}39 25 0:34 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n");
+        match CgroupManager::backend_from_mountinfo(&m, |_| String::new()).unwrap() {
+            Backend::V1 { cpuacct, .. } => {
+                assert_eq!(cpuacct, Some("/sys/fs/cgroup/cpuacct".into()))
+            }
             other => panic!("{other:?}"),
         }
     }

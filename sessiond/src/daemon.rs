@@ -1703,12 +1703,12 @@ fn read_u64(p: &Path) -> Option<u64> {
 
 /// Processes, memory bytes and CPU seconds of a session, from its cgroups:
 /// `pids.current`; `memory.usage_in_bytes` (v1) or `memory.current` (v2);
-/// `cpuacct.usage` (v1 with a cpuacct group) or `usage_usec` of `cpu.stat`
-/// (v2). Without a cpuacct group (v1 here: the session's groups are cpu,
-/// memory and pids), CPU time is the sum over the session's processes of
-/// their own and their waited-for children's user + system time
-/// (`/proc/PID/stat`), which counts everything that ended inside the
-/// session's process tree.
+/// `cpuacct.usage` (v1: the cpuacct group, or the cpu group when both are
+/// mounted together) or `usage_usec` of `cpu.stat` (v2). Without any (a v1
+/// host without cpuacct), CPU time is the sum over the session's processes
+/// of their own and their waited-for children's user + system time
+/// (`/proc/PID/stat`), which misses what ended outside the session's
+/// process tree (an exec'd command's parent is outside).
 fn counters(cg: &SessionCgroup) -> (Option<u64>, Option<u64>, Option<f64>) {
     let processes = cg.pids_current().ok();
     let mut memory = None;

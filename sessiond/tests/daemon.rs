@@ -360,8 +360,26 @@ fn create_list_inspect_exec_destroy() {
     let i = d.ok(json!({"op": "inspect", "id": s.id})).session.unwrap();
     assert!(i.processes.unwrap() >= 2, "{i:?}");
     assert!(i.memory_bytes.unwrap() > 0, "{i:?}");
-    assert!(i.cpu_seconds.is_some(), "{i:?}");
+    let cpu_before = i.cpu_seconds.unwrap();
     assert_eq!(i.profile.hostname, "dmn-host");
+    // CPU time spent by a command that has ended is still the session's
+    // (the kernel's cgroup accounting, not a sum over live processes: an
+    // exec'd command's parent is outside the session).
+    let (code, _, err) = d.exec(
+        &s.id,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let i = d.ok(json!({"op": "inspect", "id": s.id})).session.unwrap();
+    let spent = i.cpu_seconds.unwrap() - cpu_before;
+    assert!(
+        spent >= 0.1,
+        "the loop's CPU time is not counted: {spent} s"
+    );
 
     // Inside the session: its host name, its pid namespace.
     assert_eq!(d.exec(&s.id, &["hostname"]).1, "dmn-host\n");

@@ -244,7 +244,7 @@ fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_re
     let r = d.call(json!({"op": "create", "profile": "desk.toml"}));
     let e = r.error.unwrap();
     assert!(
-        e.message.contains("tls_cert") && e.message.contains("insecure_plaintext"),
+        e.message.contains("tls_ca_cert") && e.message.contains("insecure_plaintext"),
         "{e:?}"
     );
     assert_eq!(leases(&d).len(), 2);
