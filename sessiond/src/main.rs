@@ -402,6 +402,13 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 Some(p) => Profile::load(&p)?,
                 None => Profile::default(),
             };
+            if profile.desktop.is_some() {
+                bail!(
+                    "the profile has a [desktop] table: desktop sessions (Xvfb, window manager, \
+                     display server with its TLS) are made by the daemon: `mobidesk-sessiond ctl \
+                     create --profile ...`; `run` runs one command in a session without [desktop]"
+                );
+            }
             let id = id.unwrap_or_else(|| format!("run-{}", std::process::id()));
             let exe = std::env::current_exe().context("locating the sessiond binary")?;
             let mut launcher = Launcher::new(exe, runtime_dir).keep_layer(keep_layer);

@@ -43,6 +43,29 @@ fn run_passes_the_commands_exit_status_through_and_cleans_up() {
 }
 
 #[test]
+fn run_refuses_a_desktop_profile_and_names_the_daemon() {
+    let dir = TempDir::new();
+    let p = dir.path().join("desk.toml");
+    std::fs::write(&p, "[desktop]\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--runtime-dir"])
+        .arg(dir.path())
+        .arg("--profile")
+        .arg(&p)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[desktop]") && err.contains("ctl"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "nothing made"
+    );
+}
+
+#[test]
 fn a_bad_profile_is_refused_with_a_clear_message() {
     let dir = TempDir::new();
     let p = dir.path().join("bad.toml");
