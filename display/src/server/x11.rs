@@ -359,6 +359,11 @@ impl XSession {
                 hub.set_clipboard(text, None);
             }
         }
+        if std::mem::take(&mut seen.clipboard_part) {
+            if let Some(text) = self.clip.read_part(&self.conn)? {
+                hub.set_clipboard(text, None);
+            }
+        }
         Ok(())
     }
 
@@ -396,13 +401,22 @@ impl XSession {
             Event::RandrScreenChangeNotify(_) => seen.resized = true,
             Event::XfixesSelectionNotify(e) if e.selection == self.clip.atoms.clipboard => {
                 if e.owner != self.clip.window {
-                    // Ours no longer: the viewer's text is not served.
+                    // Ours no longer: the viewer's text is not served, and
+                    // a transfer from an earlier owner is over.
                     *lock(&self.clip.owned) = None;
+                    *lock(&self.clip.incoming) = None;
                     seen.clipboard_owner = e.owner != x11rb::NONE;
                 }
             }
             Event::SelectionNotify(e) if e.requestor == self.clip.window => {
                 seen.clipboard_ready = e.property != x11rb::NONE;
+            }
+            Event::PropertyNotify(e)
+                if e.window == self.clip.window
+                    && e.atom == self.clip.atoms.property
+                    && e.state == xproto::Property::NEW_VALUE =>
+            {
+                seen.clipboard_part = true;
             }
             Event::SelectionRequest(e) => {
                 if let Err(err) = self.clip.answer(&self.conn, &e) {
@@ -459,14 +473,27 @@ struct ClipAtoms {
 
 /// The clipboard's X side (PROTOCOL.md §4.3): an unmapped window of ours
 /// that owns `CLIPBOARD` with a viewer's text, and that asks another owner
-/// for its text (UTF8_STRING) when XFIXES reports a new owner. Text over
-/// `MAX_CLIPBOARD_LEN` bytes, or not UTF-8, or sent by INCR, is dropped.
+/// for its text (UTF8_STRING) when XFIXES reports a new owner. Large text
+/// comes in parts (ICCCM §2.7.2 INCR: GTK and Qt applications send that way
+/// past a few hundred KiB). Text over `MAX_CLIPBOARD_LEN` bytes, or not
+/// UTF-8, is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct Clip {
     window: Window,
     atoms: ClipAtoms,
     /// The viewer's text we serve while we own `CLIPBOARD`.
     owned: Arc<Mutex<Option<Arc<str>>>>,
+    /// An INCR transfer from another owner, while it lasts.
+    incoming: Arc<Mutex<Option<Incoming>>>,
+}
+
+/// The parts of an INCR transfer received so far.
+#[derive(Debug, Default)]
+struct Incoming {
+    data: Vec<u8>,
+    /// Past `MAX_CLIPBOARD_LEN`: the rest is read (the owner waits for each
+    /// part to be taken) and dropped.
+    too_large: bool,
 }
 
 impl Clip {
@@ -504,6 +531,15 @@ impl Clip {
         .map_err(ServerError::x11)?
         .check()
         .map_err(ServerError::x11)?;
+        // PropertyNotify on our window: the parts of an INCR transfer.
+        conn.change_window_attributes(
+            window,
+            &xproto::ChangeWindowAttributesAux::new()
+                .event_mask(xproto::EventMask::PROPERTY_CHANGE),
+        )
+        .map_err(ServerError::x11)?
+        .check()
+        .map_err(ServerError::x11)?;
         conn.xfixes_select_selection_input(
             window,
             atoms.clipboard,
@@ -518,11 +554,14 @@ impl Clip {
             window,
             atoms,
             owned: Arc::new(Mutex::new(None)),
+            incoming: Arc::new(Mutex::new(None)),
         })
     }
 
     /// The text another owner converted for us (and deletes it), or `None`
-    /// when it is too large, not UTF-8 or sent incrementally.
+    /// when it is too large, not UTF-8, or comes in parts (INCR: deleting
+    /// the property asks the owner for the first part, see
+    /// [`Self::read_part`]).
     fn read(&self, conn: &RustConnection) -> Result<Option<Arc<str>>, ServerError> {
         let max = crate::protocol::MAX_CLIPBOARD_LEN;
         let reply = conn
@@ -537,7 +576,12 @@ impl Clip {
             .map_err(ServerError::x11)?
             .reply()
             .map_err(ServerError::x11)?;
-        if reply.type_ == self.atoms.incr || reply.bytes_after > 0 || reply.value.len() > max {
+        if reply.type_ == self.atoms.incr {
+            debug!("clipboard text comes in parts (INCR)");
+            *lock(&self.incoming) = Some(Incoming::default());
+            return Ok(None);
+        }
+        if reply.bytes_after > 0 || reply.value.len() > max {
             debug!("clipboard text too large: dropped");
             return Ok(None);
         }
@@ -545,6 +589,50 @@ impl Clip {
             return Ok(None);
         }
         Ok(String::from_utf8(reply.value).ok().map(Arc::from))
+    }
+
+    /// The next part of an INCR transfer, after the owner wrote it: taken
+    /// (deleting it asks for the next); the whole text after the empty last
+    /// part, unless it was too large or not UTF-8.
+    fn read_part(&self, conn: &RustConnection) -> Result<Option<Arc<str>>, ServerError> {
+        let mut incoming = lock(&self.incoming);
+        let Some(transfer) = incoming.as_mut() else {
+            return Ok(None);
+        };
+        let max = crate::protocol::MAX_CLIPBOARD_LEN;
+        let reply = conn
+            .get_property(
+                true,
+                self.window,
+                self.atoms.property,
+                xproto::AtomEnum::ANY,
+                0,
+                u32::MAX / 4,
+            )
+            .map_err(ServerError::x11)?
+            .reply()
+            .map_err(ServerError::x11)?;
+        if reply.type_ == x11rb::NONE {
+            // Taken already (a part read before its event was handled).
+            return Ok(None);
+        }
+        if reply.value.is_empty() {
+            let done = incoming.take().unwrap_or_default();
+            if done.too_large {
+                debug!("clipboard text (INCR) too large: dropped");
+                return Ok(None);
+            }
+            return Ok(String::from_utf8(done.data).ok().map(Arc::from));
+        }
+        if reply.format != 8 || transfer.data.len() + reply.value.len() > max {
+            transfer.too_large = true;
+            transfer.data = Vec::new();
+        }
+        if !transfer.too_large {
+            transfer.data.extend_from_slice(&reply.value);
+        }
+        conn.flush().map_err(ServerError::x11)?;
+        Ok(None)
     }
 
     /// Answers a `SelectionRequest` for `CLIPBOARD` while we own it: the
@@ -616,6 +704,8 @@ struct Seen {
     resized: bool,
     clipboard_owner: bool,
     clipboard_ready: bool,
+    /// The owner wrote the next part of an INCR transfer.
+    clipboard_part: bool,
     moves: Vec<Move>,
 }
 

@@ -1,7 +1,8 @@
 //! Clipboard text both ways (issue 4, item 1; PROTOCOL.md §4.3): the owner
 //! viewer's text becomes the X `CLIPBOARD` selection (the server owns it and
 //! serves it), a new X owner's text goes to every viewer with `CLIPBOARD` in
-//! force; a view-only viewer's text is ignored, text over 1 MiB is not sent.
+//! force (also when it comes in parts, INCR); a view-only viewer's text is
+//! ignored, text over 1 MiB is not sent.
 //! xclip/xsel are not installed here, so the X side is x11rb.
 
 use std::time::{Duration, Instant};
@@ -132,6 +133,85 @@ fn x_copy(display: &str, text: String) {
     });
 }
 
+/// An X application that copies `text` and sends it in parts of `part`
+/// bytes (ICCCM §2.7.2 INCR), as GTK and Qt do for large text: the
+/// requestor gets a property of type INCR, then one part each time it
+/// deletes the last, then an empty part.
+fn x_copy_incr(display: &str, text: String, part: usize) {
+    let (conn, window, a) = x_client(display);
+    let incr = conn
+        .intern_atom(false, b"INCR")
+        .unwrap()
+        .reply()
+        .unwrap()
+        .atom;
+    conn.set_selection_owner(window, a.clipboard, x11rb::CURRENT_TIME)
+        .unwrap();
+    conn.flush().unwrap();
+    std::thread::spawn(move || {
+        // The transfer in progress: requestor, property, bytes sent.
+        let mut sending: Option<(u32, u32, usize)> = None;
+        loop {
+            let Ok(event) = conn.wait_for_event() else {
+                return;
+            };
+            match event {
+                Event::SelectionRequest(e) if e.target == a.utf8 => {
+                    conn.change_window_attributes(
+                        e.requestor,
+                        &xproto::ChangeWindowAttributesAux::new()
+                            .event_mask(xproto::EventMask::PROPERTY_CHANGE),
+                    )
+                    .unwrap();
+                    conn.change_property32(
+                        xproto::PropMode::REPLACE,
+                        e.requestor,
+                        e.property,
+                        incr,
+                        &[text.len() as u32],
+                    )
+                    .unwrap();
+                    let notify = xproto::SelectionNotifyEvent {
+                        response_type: xproto::SELECTION_NOTIFY_EVENT,
+                        sequence: 0,
+                        time: e.time,
+                        requestor: e.requestor,
+                        selection: e.selection,
+                        target: e.target,
+                        property: e.property,
+                    };
+                    conn.send_event(false, e.requestor, xproto::EventMask::NO_EVENT, notify)
+                        .unwrap();
+                    conn.flush().unwrap();
+                    sending = Some((e.requestor, e.property, 0));
+                }
+                Event::PropertyNotify(e) if e.state == xproto::Property::DELETE => {
+                    let Some((requestor, property, sent)) = sending else {
+                        continue;
+                    };
+                    if (e.window, e.atom) != (requestor, property) {
+                        continue;
+                    }
+                    let end = (sent + part).min(text.len());
+                    conn.change_property8(
+                        xproto::PropMode::REPLACE,
+                        requestor,
+                        property,
+                        a.utf8,
+                        &text.as_bytes()[sent..end],
+                    )
+                    .unwrap();
+                    conn.flush().unwrap();
+                    // The empty part was the last.
+                    sending = (sent < text.len()).then_some((requestor, property, end));
+                }
+                Event::SelectionClear(_) => return,
+                _ => {}
+            }
+        }
+    });
+}
+
 fn viewer(addr: std::net::SocketAddr, capabilities: Capabilities) -> Connection {
     let config = ViewerConfig {
         capabilities,
@@ -209,6 +289,17 @@ fn clipboard_text_both_ways() {
     let exactly_max = "y".repeat(1024 * 1024);
     x_copy(&display, exactly_max.clone());
     wait_clipboard(&mut owner, &exactly_max);
+
+    // Large text in parts (INCR), as GTK and Qt send it: all of it, in
+    // order; past 1 MiB dropped, and the next transfer works again.
+    let large: String = (0..40_000).map(|i| format!("{i:>9}\n")).collect();
+    x_copy_incr(&display, large.clone(), 64 * 1024);
+    wait_clipboard(&mut owner, &large);
+    x_copy_incr(&display, "z".repeat(1024 * 1024 + 10), 256 * 1024);
+    owner.run_for(Duration::from_millis(700)).unwrap();
+    assert_eq!(owner.viewer().clipboard(), Some(large.as_str()));
+    x_copy_incr(&display, "after: ok".into(), 4);
+    wait_clipboard(&mut owner, "after: ok");
 
     // A viewer without CLIPBOARD got none of it.
     without.run_until_idle(IDLE, MAX).unwrap();
