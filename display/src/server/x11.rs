@@ -130,14 +130,7 @@ impl XSession {
             .check()
             .map_err(ServerError::x11)?;
         // Top-level windows' moves (ConfigureNotify) are COPY hints.
-        conn.change_window_attributes(
-            root,
-            &xproto::ChangeWindowAttributesAux::new()
-                .event_mask(xproto::EventMask::SUBSTRUCTURE_NOTIFY),
-        )
-        .map_err(ServerError::x11)?
-        .check()
-        .map_err(ServerError::x11)?;
+        select_events(&conn, root, xproto::EventMask::SUBSTRUCTURE_NOTIFY)?;
         let clip = Clip::new(&conn, root)?;
         let mut windows = HashMap::new();
         let tree = conn
@@ -459,6 +452,21 @@ impl XSession {
     }
 }
 
+/// Asks X for `mask`'s events on `window`.
+fn select_events(
+    conn: &RustConnection,
+    window: Window,
+    mask: xproto::EventMask,
+) -> Result<(), ServerError> {
+    conn.change_window_attributes(
+        window,
+        &xproto::ChangeWindowAttributesAux::new().event_mask(mask),
+    )
+    .map_err(ServerError::x11)?
+    .check()
+    .map_err(ServerError::x11)
+}
+
 /// The atoms of the clipboard exchange.
 #[derive(Debug, Clone, Copy)]
 struct ClipAtoms {
@@ -532,14 +540,7 @@ impl Clip {
         .check()
         .map_err(ServerError::x11)?;
         // PropertyNotify on our window: the parts of an INCR transfer.
-        conn.change_window_attributes(
-            window,
-            &xproto::ChangeWindowAttributesAux::new()
-                .event_mask(xproto::EventMask::PROPERTY_CHANGE),
-        )
-        .map_err(ServerError::x11)?
-        .check()
-        .map_err(ServerError::x11)?;
+        select_events(conn, window, xproto::EventMask::PROPERTY_CHANGE)?;
         conn.xfixes_select_selection_input(
             window,
             atoms.clipboard,

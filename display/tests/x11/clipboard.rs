@@ -88,6 +88,22 @@ fn x_paste(display: &str) -> Option<String> {
     }
 }
 
+/// The owner's answer to `e`: the text is in `property` (NONE: refused).
+fn notify(conn: &RustConnection, e: &xproto::SelectionRequestEvent, property: u32) {
+    let notify = xproto::SelectionNotifyEvent {
+        response_type: xproto::SELECTION_NOTIFY_EVENT,
+        sequence: 0,
+        time: e.time,
+        requestor: e.requestor,
+        selection: e.selection,
+        target: e.target,
+        property,
+    };
+    conn.send_event(false, e.requestor, xproto::EventMask::NO_EVENT, notify)
+        .unwrap();
+    conn.flush().unwrap();
+}
+
 /// An X application that copies `text`: owns CLIPBOARD and serves it until
 /// it loses the selection or X goes away.
 fn x_copy(display: &str, text: String) {
@@ -114,18 +130,7 @@ fn x_copy(display: &str, text: String) {
                 } else {
                     x11rb::NONE
                 };
-                let notify = xproto::SelectionNotifyEvent {
-                    response_type: xproto::SELECTION_NOTIFY_EVENT,
-                    sequence: 0,
-                    time: e.time,
-                    requestor: e.requestor,
-                    selection: e.selection,
-                    target: e.target,
-                    property,
-                };
-                conn.send_event(false, e.requestor, xproto::EventMask::NO_EVENT, notify)
-                    .unwrap();
-                conn.flush().unwrap();
+                notify(&conn, &e, property);
             }
             Event::SelectionClear(_) => return,
             _ => {}
@@ -171,18 +176,7 @@ fn x_copy_incr(display: &str, text: String, part: usize) {
                         &[text.len() as u32],
                     )
                     .unwrap();
-                    let notify = xproto::SelectionNotifyEvent {
-                        response_type: xproto::SELECTION_NOTIFY_EVENT,
-                        sequence: 0,
-                        time: e.time,
-                        requestor: e.requestor,
-                        selection: e.selection,
-                        target: e.target,
-                        property: e.property,
-                    };
-                    conn.send_event(false, e.requestor, xproto::EventMask::NO_EVENT, notify)
-                        .unwrap();
-                    conn.flush().unwrap();
+                    notify(&conn, &e, e.property);
                     sending = Some((e.requestor, e.property, 0));
                 }
                 Event::PropertyNotify(e) if e.state == xproto::Property::DELETE => {
