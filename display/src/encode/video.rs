@@ -71,6 +71,8 @@ const MAX_CANDIDATES: usize = 8;
 const MAX_ROWS: usize = 4;
 /// How many of the previous rows with one hash are kept as candidates.
 const MAX_SAME_HASH: usize = 8;
+/// The most parts (rectangles, rows, moves) a drawing keeps.
+const MAX_PARTS: usize = 64;
 
 #[derive(Debug)]
 struct Candidate {
@@ -113,6 +115,11 @@ impl Rows {
             y: r.y,
             hashes,
         })
+    }
+
+    /// Whether row `y` is one of these.
+    fn covers(&self, y: i32) -> bool {
+        usize::try_from(y - i32::from(self.y)).is_ok_and(|i| i < self.hashes.len())
     }
 
     /// The hash of row `y`, if it is one of these and not of one colour.
@@ -162,6 +169,84 @@ impl Rows {
     }
 }
 
+/// Damage that came in one burst: X reports a drawing in parts when the
+/// server fetches damage while it is being drawn.
+#[derive(Debug)]
+struct Drawing {
+    first: Instant,
+    last: Instant,
+    /// The bounding boxes of touching parts.
+    rects: Vec<Rect>,
+    /// The window moves that came with it (at most [`MAX_PARTS`]).
+    moves: Vec<Move>,
+    /// The rows of each part when it was reported (at most [`MAX_PARTS`],
+    /// the oldest forgotten first).
+    rows: Vec<Rows>,
+}
+
+impl Drawing {
+    /// Whether damage at `now` is part of this drawing: less than
+    /// `coalesce` after its last part, and less than twice that after its
+    /// first (so that frames drawn back to back stay apart).
+    fn open(&self, p: &VideoParams, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) < p.coalesce
+            && now.saturating_duration_since(self.first) < 2 * p.coalesce
+    }
+
+    /// Whether some of it is in `area`.
+    fn touches(&self, area: Rect) -> bool {
+        self.rects.iter().any(|&r| intersects(r, area))
+    }
+
+    /// When it is over unless more damage comes.
+    fn done(&self, p: &VideoParams) -> Instant {
+        (self.last + p.coalesce).min(self.first + 2 * p.coalesce)
+    }
+
+    /// Adds `r`, merging the bounding boxes it touches.
+    fn add(&mut self, r: Rect) {
+        let mut r = r;
+        while let Some(i) = self.rects.iter().position(|&o| touches(o, r)) {
+            r = bounding(self.rects.swap_remove(i), r);
+        }
+        if self.rects.len() >= MAX_PARTS {
+            // Too scattered: one bounding box.
+            r = self.rects.drain(..).fold(r, bounding);
+        }
+        self.rects.push(r);
+    }
+
+    /// The rows of `r` (one of its bounding boxes), from its parts of the
+    /// same columns, the latest for each row (rows no part of those columns
+    /// covers count as of one colour); `None` when no part has them.
+    fn rows_of(&self, r: Rect) -> Option<Rows> {
+        let mut hashes = vec![None; usize::from(r.h)];
+        let mut any = false;
+        for part in self.rows.iter().filter(|o| (o.x, o.w) == (r.x, r.w)) {
+            any = true;
+            for (y, h) in (i32::from(r.y)..).zip(hashes.iter_mut()) {
+                if part.covers(y) {
+                    *h = part.at(y);
+                }
+            }
+        }
+        any.then_some(Rows {
+            x: r.x,
+            w: r.w,
+            y: r.y,
+            hashes,
+        })
+    }
+}
+
+/// Whether `a` and `b` overlap or share an edge.
+fn touches(a: Rect, b: Rect) -> bool {
+    usize::from(a.x) <= b.right()
+        && usize::from(b.x) <= a.right()
+        && usize::from(a.y) <= b.bottom()
+        && usize::from(b.y) <= a.bottom()
+}
+
 /// How long stream `c` may go without an update before it ends: a few of
 /// its longest recent intervals, within `min_calm ..= calm`.
 fn calm_of(p: &VideoParams, c: &Candidate) -> Duration {
@@ -200,6 +285,8 @@ fn overlap(a: Rect, b: Rect) -> usize {
 pub struct VideoDetector {
     params: VideoParams,
     candidates: Vec<Candidate>,
+    /// Damage of the drawing going on, not yet counted.
+    drawing: Option<Drawing>,
     next_stream: u32,
 }
 
@@ -273,6 +360,7 @@ impl VideoDetector {
         VideoDetector {
             params,
             candidates: Vec::new(),
+            drawing: None,
             next_stream: 1,
         }
     }
@@ -280,11 +368,16 @@ impl VideoDetector {
     /// Forgets everything (the screen's size changed).
     pub fn clear(&mut self) {
         self.candidates.clear();
+        self.drawing = None;
     }
 
     /// Damage reported at `now`, with the window moves behind it, and the
     /// screen after it (`None`: not readable; then no damage is known to be
-    /// a scroll).
+    /// a scroll). Damage that follows other damage by less than `coalesce`
+    /// (for at most twice that) is one drawing, which X may report in parts
+    /// (a frame put in strips while the server fetches damage): the
+    /// detector looks at it once it is complete, as the bounding boxes of
+    /// its touching parts.
     pub fn handle_damage(
         &mut self,
         screen: Option<&PixelView<'_>>,
@@ -292,8 +385,45 @@ impl VideoDetector {
         moves: &[Move],
         now: Instant,
     ) {
-        let p = self.params;
+        if self
+            .drawing
+            .as_ref()
+            .is_some_and(|d| !d.open(&self.params, now))
+        {
+            self.flush();
+        }
+        let d = self.drawing.get_or_insert_with(|| Drawing {
+            first: now,
+            last: now,
+            rects: Vec::new(),
+            moves: Vec::new(),
+            rows: Vec::new(),
+        });
+        d.last = now;
         for &r in rects {
+            d.add(r);
+            if let Some(rows) = screen.and_then(|s| Rows::of(s, r)) {
+                if d.rows.len() >= MAX_PARTS {
+                    d.rows.remove(0);
+                }
+                d.rows.push(rows);
+            }
+        }
+        for &m in moves {
+            if d.moves.len() >= MAX_PARTS {
+                d.moves.remove(0);
+            }
+            d.moves.push(m);
+        }
+    }
+
+    /// Counts the pending drawing's areas as updates of their candidates.
+    fn flush(&mut self) {
+        let Some(d) = self.drawing.take() else {
+            return;
+        };
+        let (p, now) = (self.params, d.first);
+        for &r in &d.rects {
             if r.area() < p.min_area {
                 continue;
             }
@@ -330,8 +460,8 @@ impl VideoDetector {
                 }
             };
             c.seen = now;
-            let mut explained = moved(r, moves);
-            if let Some(rows) = screen.and_then(|s| Rows::of(s, r)) {
+            let mut explained = moved(r, &d.moves);
+            if let Some(rows) = d.rows_of(r) {
                 let same = c.rows.iter().position(|o| (o.x, o.w) == (r.x, r.w));
                 let before = same.map(|i| c.rows.remove(i));
                 explained |= before.is_some_and(|b| rows.scrolled_from(&b));
@@ -365,10 +495,19 @@ impl VideoDetector {
     /// When the first stream ends if it gets no update (`None`: no
     /// stream): a server checks [`Self::poll_streams`] then.
     pub fn next_end(&self) -> Option<Instant> {
+        let p = &self.params;
         self.candidates
             .iter()
             .filter(|c| c.stream.is_some())
-            .filter_map(|c| Some(*c.times.back()? + calm_of(&self.params, c)))
+            .filter_map(|c| {
+                let end = *c.times.back()? + calm_of(p, c);
+                // A drawing still open over it may be a frame: look again
+                // when the drawing is done.
+                Some(match &self.drawing {
+                    Some(d) if d.touches(c.rect) => end.max(d.done(p)),
+                    _ => end,
+                })
+            })
             .min()
     }
 
@@ -377,12 +516,20 @@ impl VideoDetector {
     /// those that qualify.
     pub fn poll_streams(&mut self, now: Instant) -> Vec<(u32, Rect)> {
         let p = self.params;
-        self.candidates
-            .retain(|c| match (c.stream, c.times.back()) {
-                (Some(_), Some(&t)) => now.saturating_duration_since(t) < calm_of(&p, c),
-                (Some(_), None) => false,
+        if self.drawing.as_ref().is_some_and(|d| !d.open(&p, now)) {
+            self.flush();
+        }
+        // No stream ends while a drawing over it is still open (it may be
+        // a frame).
+        let drawing = &self.drawing;
+        self.candidates.retain(|c| {
+            let open = || drawing.as_ref().is_some_and(|d| d.touches(c.rect));
+            match (c.stream, c.times.back()) {
+                (Some(_), Some(&t)) => now.saturating_duration_since(t) < calm_of(&p, c) || open(),
+                (Some(_), None) => open(),
                 (None, _) => now.saturating_duration_since(c.seen) < p.calm,
-            });
+            }
+        });
         let mut out = Vec::new();
         for c in &mut self.candidates {
             let recent = c
@@ -473,8 +620,8 @@ mod test {
         }
     }
 
-    /// Damages `area` (or the whole screen) every `every` from `t0` for
-    /// `frames` frames drawn by `draw(frame)`; the streams after each.
+    /// Damages `area` every `every` from `t0` for `frames` frames drawn by
+    /// `draw(frame)`; the streams once each is done.
     fn play(
         d: &mut VideoDetector,
         (w, h): (u16, u16),
@@ -489,7 +636,7 @@ mod test {
                 let now = t0 + every * i;
                 let data = draw(i);
                 d.handle_damage(Some(&view(&data, w, h)), &[area], &[], now);
-                d.poll_streams(now)
+                d.poll_streams(now + d.params.coalesce)
             })
             .collect()
     }
@@ -583,6 +730,38 @@ mod test {
     }
 
     #[test]
+    fn a_drawing_reported_in_parts_is_one_update() {
+        // Each frame reported as strips of 32 to 96 rows, 1 ms apart (the
+        // server fetched damage while X was still putting the frame).
+        let (w, h) = (320u16, 256u16);
+        let strips = [0u16, 32, 128, 160, 256];
+        let t0 = Instant::now();
+        let mut d = VideoDetector::new(VideoParams::default());
+        let mut streams = Vec::new();
+        for i in 0..30u32 {
+            let data = screen(w, h, video(i));
+            for (k, pair) in strips.windows(2).enumerate() {
+                let part = Rect::new(0, pair[0], w, pair[1] - pair[0]);
+                let now = t0 + ms(40) * i + ms(k as u64);
+                d.handle_damage(Some(&view(&data, w, h)), &[part], &[], now);
+            }
+            streams.push(d.poll_streams(t0 + ms(40) * i + ms(30)));
+        }
+        assert!(streams[..25].iter().all(Vec::is_empty));
+        assert_eq!(streams[29], [(1, Rect::new(0, 0, w, h))]);
+        // A scroll reported as the moved rows, then the new line.
+        let mut d = VideoDetector::new(VideoParams::default());
+        for i in 0..80u32 {
+            let data = screen(w, h, text(i));
+            let now = t0 + ms(25) * i;
+            let v = view(&data, w, h);
+            d.handle_damage(Some(&v), &[Rect::new(0, 0, w, h - 13)], &[], now);
+            d.handle_damage(Some(&v), &[Rect::new(0, h - 13, w, 13)], &[], now + ms(2));
+            assert!(d.poll_streams(now + ms(22)).is_empty(), "{i}");
+        }
+    }
+
+    #[test]
     fn moved_windows_are_not_video() {
         // A 200×150 window dragged by 4 pixels every 20 ms for 2 s.
         let mut d = VideoDetector::new(VideoParams::default());
@@ -612,7 +791,9 @@ mod test {
         let mut d = VideoDetector::new(VideoParams::default());
         feed(&mut d, t0, &every(40, 30));
         let last = t0 + ms(40 * 29);
-        assert_eq!(d.poll_streams(last), [(1, area)]);
+        // Until the last drawing is done, it may go on.
+        assert_eq!(d.poll_streams(last + ms(19)), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
         assert_eq!(d.next_end(), Some(last + ms(100)));
         assert_eq!(d.poll_streams(last + ms(99)), [(1, area)]);
         assert!(d.poll_streams(last + ms(100)).is_empty());
@@ -633,7 +814,7 @@ mod test {
         let mut d = VideoDetector::new(VideoParams::default());
         feed(&mut d, t0, &every(80, 16));
         let last = t0 + ms(80 * 15);
-        assert_eq!(d.poll_streams(last), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
         assert_eq!(d.poll_streams(last + ms(159)), [(1, area)]);
         assert!(d.poll_streams(last + ms(160)).is_empty());
         // Jerky, one interval of 300 ms in the last second: at most 500 ms.
@@ -642,7 +823,7 @@ mod test {
         times.extend(every(40, 12).iter().map(|t| 760 + 300 + t));
         feed(&mut d, t0, &times);
         let last = t0 + ms(*times.last().unwrap());
-        assert_eq!(d.poll_streams(last), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
         assert_eq!(d.poll_streams(last + ms(499)), [(1, area)]);
         assert!(d.poll_streams(last + ms(500)).is_empty());
     }
