@@ -2,22 +2,23 @@
 //! ([`VideoDetector`], one per screen), and a frame of such an area as I420
 //! ([`video_frame`]).
 //!
-//! **Detection.** A damaged rectangle of at least [`VideoParams::min_area`]
-//! pixels starts or joins a *candidate* (the bounding box of the damage that
-//! meets it). Damage that COPY explains does not count as an update: a
-//! window move's damage (covered by the move hints) and a scroll (most of the
-//! rectangle's changed rows equal, at one vertical offset, its rows when it
-//! was last damaged: row hashes of the screen, as `copy.rs` finds scrolls
-//! against a client's image). The check is on the screen, so it is the same
-//! for every viewer. Damage of one candidate less than `coalesce` after the
-//! last counted update counts once (one drawing reported in several parts).
-//! A candidate becomes a stream when it has been updated at least `min_rate`
-//! times in the last second, for at least `min_duration` without a pause of
-//! `calm`; its area is then fixed. A stream ends when it has had no update
-//! for a few of its own frame intervals ([`VideoParams::calm_intervals`]
-//! times the longest of the last second, within `min_calm ..= calm`), and the
-//! server repaints its area exactly; a candidate seen no more for `calm` is
-//! forgotten.
+//! **Detection.** Damage that comes less than `coalesce` after other damage
+//! is one *drawing* (X reports a frame put in strips in several parts when
+//! the server fetches damage meanwhile); the bounding boxes of its touching
+//! parts are looked at once it is done. Such a box of at least
+//! [`VideoParams::min_area`] pixels starts or joins a *candidate* (the
+//! bounding box of the damage that meets it). Damage that COPY explains does
+//! not count as an update: a window move's damage (covered by the move hints)
+//! and a scroll (most of the rectangle's changed rows equal, at one vertical
+//! offset, its rows when it was last damaged: row hashes of the screen, as
+//! `copy.rs` finds scrolls against a client's image). The check is on the
+//! screen, so it is the same for every viewer. A candidate becomes a stream
+//! when it has been updated at least `min_rate` times in the last second, for
+//! at least `min_duration` without a pause of `calm`; its area is then fixed.
+//! A stream ends when it has had no update for a few of its own frame
+//! intervals ([`VideoParams::calm_intervals`] times the longest of the last
+//! second, within `min_calm ..= calm`), and the server repaints its area
+//! exactly; a candidate seen no more for `calm` is forgotten.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
