@@ -192,7 +192,7 @@ impl<K: Copy> BestRun<K> {
 
 /// The hash of a row, or `None` when it is of one colour (such rows match
 /// every row of that colour and would only add noise to the votes).
-fn informative_hash(px: impl Iterator<Item = u32> + Clone) -> Option<u64> {
+pub(super) fn informative_hash(px: impl Iterator<Item = u32> + Clone) -> Option<u64> {
     let mut it = px.clone();
     let first = it.next()?;
     if it.all(|p| p == first) {

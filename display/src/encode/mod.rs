@@ -299,7 +299,7 @@ mod test {
     use crate::protocol::{Message, Payload, SFillRepr};
 
     /// A `w × h` screen, X bytes set to garbage to check they are ignored.
-    fn screen(w: u16, h: u16, f: impl Fn(u16, u16) -> u32) -> Vec<u8> {
+    pub(super) fn screen(w: u16, h: u16, f: impl Fn(u16, u16) -> u32) -> Vec<u8> {
         let mut out = Vec::new();
         for y in 0..h {
             for x in 0..w {
@@ -419,7 +419,7 @@ mod test {
 
     /// xterm-like text: 6×13 cells, dark glyph strokes on white, line `l`
     /// showing the digits of `l + first`.
-    fn text(first: u32) -> impl Fn(u16, u16) -> u32 {
+    pub(super) fn text(first: u32) -> impl Fn(u16, u16) -> u32 {
         move |x, y| {
             let line = u32::from(y / 13) + first;
             let col = u32::from(x / 6);

@@ -2,19 +2,29 @@
 //! ([`VideoDetector`], one per screen), and a frame of such an area as I420
 //! ([`video_frame`]).
 //!
-//! **Detection.** A damaged rectangle of at least [`VideoParams::min_area`]
-//! pixels starts or joins a *candidate* (the bounding box of the damage that
-//! meets it). Damage of one candidate less than `coalesce` after the last
-//! counts once (one drawing reported in several parts). A candidate becomes
-//! a stream when it has been updated at least `min_rate` times in the last
-//! second and was first seen at least `min_duration` ago; its area is then
-//! fixed. A candidate or stream with no update for `calm` is dropped: the
-//! stream ends, and the server repaints its area exactly.
+//! **Detection.** Damage that comes less than `coalesce` after other damage
+//! is one *drawing* (X reports a frame put in strips in several parts when
+//! the server fetches damage meanwhile); the bounding boxes of its touching
+//! parts are looked at once it is done. Such a box of at least
+//! [`VideoParams::min_area`] pixels starts or joins a *candidate* (the
+//! bounding box of the damage that meets it). Damage that COPY explains does
+//! not count as an update: a window move's damage (covered by the move hints)
+//! and a scroll (most of the rectangle's changed rows equal, at one vertical
+//! offset, its rows when it was last damaged: row hashes of the screen, as
+//! `copy.rs` finds scrolls against a client's image). The check is on the
+//! screen, so it is the same for every viewer. A candidate becomes a stream
+//! when it has been updated at least `min_rate` times in the last second, for
+//! at least `min_duration` without a pause of `calm`; its area is then fixed.
+//! A stream ends when it has had no update for a few of its own frame
+//! intervals ([`VideoParams::calm_intervals`] times the longest of the last
+//! second, within `min_calm ..= calm`), and the server repaints its area
+//! exactly; a candidate seen no more for `calm` is forgotten.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::image::Image;
+use super::copy::{informative_hash, Move, MIN_COPY_ROWS};
+use super::image::{view_seg, Image};
 use super::PixelView;
 use crate::codec::yuv::bgrx_to_i420;
 use crate::protocol::{Command, Encoding, Payload, Rect, VideoData, VideoRepr};
@@ -28,8 +38,16 @@ pub struct VideoParams {
     pub min_rate: usize,
     /// How long updates must have gone on.
     pub min_duration: Duration,
-    /// Quiet time that ends a stream.
+    /// The longest quiet time that ends a stream; a pause this long also
+    /// restarts a candidate's `min_duration`, and a candidate not damaged
+    /// for this long is forgotten.
     pub calm: Duration,
+    /// The shortest quiet time that ends a stream.
+    pub min_calm: Duration,
+    /// A stream ends after this many times its longest interval between
+    /// updates in the last second without an update (within `min_calm ..=
+    /// calm`).
+    pub calm_intervals: u32,
     /// Damage closer than this to the last counted update is the same update.
     pub coalesce: Duration,
 }
@@ -41,6 +59,8 @@ impl Default for VideoParams {
             min_rate: 10,
             min_duration: Duration::from_secs(1),
             calm: Duration::from_millis(500),
+            min_calm: Duration::from_millis(100),
+            calm_intervals: 2,
             coalesce: Duration::from_millis(20),
         }
     }
@@ -48,14 +68,217 @@ impl Default for VideoParams {
 
 /// The most candidates tracked (the oldest is forgotten first).
 const MAX_CANDIDATES: usize = 8;
+/// The most column ranges whose rows a candidate remembers.
+const MAX_ROWS: usize = 4;
+/// How many of the previous rows with one hash are kept as candidates.
+const MAX_SAME_HASH: usize = 8;
+/// The most parts (rectangles, rows, moves) a drawing keeps.
+const MAX_PARTS: usize = 64;
 
 #[derive(Debug)]
 struct Candidate {
     rect: Rect,
+    /// The first counted update since the last pause of `calm`.
     first: Instant,
-    /// Counted updates, newest last, none older than a second.
+    /// The last damage, counted or not.
+    seen: Instant,
+    /// Counted updates, newest last, none more than a second older than
+    /// the newest.
     times: VecDeque<Instant>,
     stream: Option<u32>,
+    /// The rows of the last damage of up to [`MAX_ROWS`] column ranges,
+    /// most recent last.
+    rows: Vec<Rows>,
+}
+
+/// The rows of a damaged rectangle of the screen, hashed over its columns.
+#[derive(Debug)]
+struct Rows {
+    x: u16,
+    w: u16,
+    y: u16,
+    /// Per row from `y`: its hash, `None` when it is of one colour.
+    hashes: Vec<Option<u64>>,
+}
+
+impl Rows {
+    /// The rows of `r` of `screen` (`None` when `r` is not inside it).
+    fn of(screen: &PixelView<'_>, r: Rect) -> Option<Rows> {
+        if !r.fits(screen.width(), screen.height()) {
+            return None;
+        }
+        let hashes = (r.y..r.y + r.h)
+            .map(|y| informative_hash(view_seg(screen, r.x, y, r.w)))
+            .collect();
+        Some(Rows {
+            x: r.x,
+            w: r.w,
+            y: r.y,
+            hashes,
+        })
+    }
+
+    /// Whether row `y` is one of these.
+    fn covers(&self, y: i32) -> bool {
+        usize::try_from(y - i32::from(self.y)).is_ok_and(|i| i < self.hashes.len())
+    }
+
+    /// The hash of row `y`, if it is one of these and not of one colour.
+    fn at(&self, y: i32) -> Option<u64> {
+        let i = usize::try_from(y - i32::from(self.y)).ok()?;
+        self.hashes.get(i).copied().flatten()
+    }
+
+    /// Whether `self` is mostly `before` (the same columns) scrolled: of
+    /// the rows that changed and are not of one colour (at least
+    /// [`MIN_COPY_ROWS`]), at least half equal `before`'s rows at one
+    /// vertical offset — what a COPY repairs.
+    fn scrolled_from(&self, before: &Rows) -> bool {
+        let changed: Vec<(i32, u64)> = (i32::from(self.y)..)
+            .zip(&self.hashes)
+            .filter_map(|(y, h)| h.filter(|&h| before.at(y) != Some(h)).map(|h| (y, h)))
+            .collect();
+        if changed.len() < MIN_COPY_ROWS {
+            return false;
+        }
+        let mut index: HashMap<u64, Vec<i32>> = HashMap::new();
+        for (y, h) in (i32::from(before.y)..).zip(&before.hashes) {
+            if let Some(h) = h {
+                let list = index.entry(*h).or_default();
+                if list.len() < MAX_SAME_HASH {
+                    list.push(y);
+                }
+            }
+        }
+        let mut votes: HashMap<i32, usize> = HashMap::new();
+        for (y, h) in &changed {
+            for src in index.get(h).into_iter().flatten() {
+                *votes.entry(src - y).or_default() += 1;
+            }
+        }
+        let Some((&dy, _)) = votes
+            .iter()
+            .max_by_key(|(dy, n)| (**n, std::cmp::Reverse(dy.abs()), **dy))
+        else {
+            return false;
+        };
+        let explained = changed
+            .iter()
+            .filter(|&&(y, h)| before.at(y + dy) == Some(h))
+            .count();
+        2 * explained >= changed.len()
+    }
+}
+
+/// Damage that came in one burst: X reports a drawing in parts when the
+/// server fetches damage while it is being drawn.
+#[derive(Debug)]
+struct Drawing {
+    first: Instant,
+    last: Instant,
+    /// The bounding boxes of touching parts.
+    rects: Vec<Rect>,
+    /// The window moves that came with it (at most [`MAX_PARTS`]).
+    moves: Vec<Move>,
+    /// The rows of each part when it was reported (at most [`MAX_PARTS`],
+    /// the oldest forgotten first).
+    rows: Vec<Rows>,
+}
+
+impl Drawing {
+    /// Whether damage at `now` is part of this drawing: less than
+    /// `coalesce` after its last part, and less than twice that after its
+    /// first (so that frames drawn back to back stay apart).
+    fn open(&self, p: &VideoParams, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) < p.coalesce
+            && now.saturating_duration_since(self.first) < 2 * p.coalesce
+    }
+
+    /// Whether some of it is in `area`.
+    fn touches(&self, area: Rect) -> bool {
+        self.rects.iter().any(|&r| intersects(r, area))
+    }
+
+    /// When it is over unless more damage comes.
+    fn done(&self, p: &VideoParams) -> Instant {
+        (self.last + p.coalesce).min(self.first + 2 * p.coalesce)
+    }
+
+    /// Adds `r`, merging the bounding boxes it touches.
+    fn add(&mut self, r: Rect) {
+        let mut r = r;
+        while let Some(i) = self.rects.iter().position(|&o| touches(o, r)) {
+            r = bounding(self.rects.swap_remove(i), r);
+        }
+        if self.rects.len() >= MAX_PARTS {
+            // Too scattered: one bounding box.
+            r = self.rects.drain(..).fold(r, bounding);
+        }
+        self.rects.push(r);
+    }
+
+    /// The rows of `r` (one of its bounding boxes), from its parts of the
+    /// same columns, the latest for each row (rows no part of those columns
+    /// covers count as of one colour); `None` when no part has them.
+    fn rows_of(&self, r: Rect) -> Option<Rows> {
+        let mut hashes = vec![None; usize::from(r.h)];
+        let mut any = false;
+        for part in self.rows.iter().filter(|o| (o.x, o.w) == (r.x, r.w)) {
+            any = true;
+            for (y, h) in (i32::from(r.y)..).zip(hashes.iter_mut()) {
+                if part.covers(y) {
+                    *h = part.at(y);
+                }
+            }
+        }
+        any.then_some(Rows {
+            x: r.x,
+            w: r.w,
+            y: r.y,
+            hashes,
+        })
+    }
+}
+
+/// Whether `a` and `b` overlap or share an edge.
+fn touches(a: Rect, b: Rect) -> bool {
+    usize::from(a.x) <= b.right()
+        && usize::from(b.x) <= a.right()
+        && usize::from(a.y) <= b.bottom()
+        && usize::from(b.y) <= a.bottom()
+}
+
+/// How long stream `c` may go without an update before it ends: a few of
+/// its longest recent intervals, within `min_calm ..= calm`.
+fn calm_of(p: &VideoParams, c: &Candidate) -> Duration {
+    let longest = c
+        .times
+        .iter()
+        .zip(c.times.iter().skip(1))
+        .map(|(a, b)| b.saturating_duration_since(*a))
+        .max();
+    match longest {
+        Some(i) => i
+            .saturating_mul(p.calm_intervals)
+            .clamp(p.min_calm, p.calm.max(p.min_calm)),
+        None => p.calm,
+    }
+}
+
+/// Whether at least half of `r` lies in the destinations of `moves`
+/// (rectangles assumed apart: window moves of different windows).
+fn moved(r: Rect, moves: &[Move]) -> bool {
+    let covered: usize = moves.iter().map(|m| overlap(r, m.dst)).sum();
+    2 * covered >= r.area()
+}
+
+fn overlap(a: Rect, b: Rect) -> usize {
+    if !intersects(a, b) {
+        return 0;
+    }
+    let w = a.right().min(b.right()) - usize::from(a.x.max(b.x));
+    let h = a.bottom().min(b.bottom()) - usize::from(a.y.max(b.y));
+    w * h
 }
 
 /// The areas of one screen that change like video.
@@ -63,6 +286,8 @@ struct Candidate {
 pub struct VideoDetector {
     params: VideoParams,
     candidates: Vec<Candidate>,
+    /// Damage of the drawing going on, not yet counted.
+    drawing: Option<Drawing>,
     next_stream: u32,
 }
 
@@ -93,9 +318,8 @@ fn similar(c: &Candidate, r: Rect) -> bool {
     if !intersects(rect, r) {
         return false;
     }
-    let w = rect.right().min(r.right()) - usize::from(rect.x.max(r.x));
-    let h = rect.bottom().min(r.bottom()) - usize::from(rect.y.max(r.y));
-    (c.stream.is_some() && w * h == r.area()) || 2 * w * h >= bounding(rect, r).area()
+    let both = overlap(rect, r);
+    (c.stream.is_some() && both == r.area()) || 2 * both >= bounding(rect, r).area()
 }
 
 /// `r` without `cut`: at most four rectangles (above, below, left, right).
@@ -137,6 +361,7 @@ impl VideoDetector {
         VideoDetector {
             params,
             candidates: Vec::new(),
+            drawing: None,
             next_stream: 1,
         }
     }
@@ -144,12 +369,63 @@ impl VideoDetector {
     /// Forgets everything (the screen's size changed).
     pub fn clear(&mut self) {
         self.candidates.clear();
+        self.drawing = None;
     }
 
-    /// Damage reported at `now`.
-    pub fn handle_damage(&mut self, rects: &[Rect], now: Instant) {
+    /// Damage reported at `now`, with the window moves behind it, and the
+    /// screen after it (`None`: not readable; then no damage is known to be
+    /// a scroll). Damage that follows other damage by less than `coalesce`
+    /// (for at most twice that) is one drawing, which X may report in parts
+    /// (a frame put in strips while the server fetches damage): the
+    /// detector looks at it once it is complete, as the bounding boxes of
+    /// its touching parts.
+    pub fn handle_damage(
+        &mut self,
+        screen: Option<&PixelView<'_>>,
+        rects: &[Rect],
+        moves: &[Move],
+        now: Instant,
+    ) {
+        if self
+            .drawing
+            .as_ref()
+            .is_some_and(|d| !d.open(&self.params, now))
+        {
+            self.flush();
+        }
+        let d = self.drawing.get_or_insert_with(|| Drawing {
+            first: now,
+            last: now,
+            rects: Vec::new(),
+            moves: Vec::new(),
+            rows: Vec::new(),
+        });
+        d.last = now;
         for &r in rects {
-            if r.area() < self.params.min_area {
+            d.add(r);
+            if let Some(rows) = screen.and_then(|s| Rows::of(s, r)) {
+                if d.rows.len() >= MAX_PARTS {
+                    d.rows.remove(0);
+                }
+                d.rows.push(rows);
+            }
+        }
+        for &m in moves {
+            if d.moves.len() >= MAX_PARTS {
+                d.moves.remove(0);
+            }
+            d.moves.push(m);
+        }
+    }
+
+    /// Counts the pending drawing's areas as updates of their candidates.
+    fn flush(&mut self) {
+        let Some(d) = self.drawing.take() else {
+            return;
+        };
+        let (p, now) = (self.params, d.first);
+        for &r in &d.rects {
+            if r.area() < p.min_area {
                 continue;
             }
             let found = self.candidates.iter_mut().find(|c| similar(c, r));
@@ -173,8 +449,10 @@ impl VideoDetector {
                     self.candidates.push(Candidate {
                         rect: r,
                         first: now,
+                        seen: now,
                         times: VecDeque::new(),
                         stream: None,
+                        rows: Vec::new(),
                     });
                     let Some(c) = self.candidates.last_mut() else {
                         continue;
@@ -182,8 +460,27 @@ impl VideoDetector {
                     c
                 }
             };
+            c.seen = now;
+            let mut explained = moved(r, &d.moves);
+            if let Some(rows) = d.rows_of(r) {
+                let same = c.rows.iter().position(|o| (o.x, o.w) == (r.x, r.w));
+                let before = same.map(|i| c.rows.remove(i));
+                explained |= before.is_some_and(|b| rows.scrolled_from(&b));
+                if c.rows.len() >= MAX_ROWS {
+                    c.rows.remove(0);
+                }
+                c.rows.push(rows);
+            }
+            if explained {
+                continue;
+            }
             let last = c.times.back().copied();
-            if last.is_none_or(|t| now.saturating_duration_since(t) >= self.params.coalesce) {
+            if last.is_none_or(|t| now.saturating_duration_since(t) >= p.calm) {
+                // A new run of updates.
+                c.first = now;
+                c.times.clear();
+            }
+            if last.is_none_or(|t| now.saturating_duration_since(t) >= p.coalesce) {
                 c.times.push_back(now);
             }
             while c
@@ -196,14 +493,43 @@ impl VideoDetector {
         }
     }
 
-    /// The streams at `now` (id, area), after dropping calm candidates and
-    /// starting streams for those that qualify.
+    /// When the first stream ends if it gets no update (`None`: no
+    /// stream): a server checks [`Self::poll_streams`] then.
+    pub fn next_end(&self) -> Option<Instant> {
+        let p = &self.params;
+        self.candidates
+            .iter()
+            .filter(|c| c.stream.is_some())
+            .filter_map(|c| {
+                let end = *c.times.back()? + calm_of(p, c);
+                // A drawing still open over it may be a frame: look again
+                // when the drawing is done.
+                Some(match &self.drawing {
+                    Some(d) if d.touches(c.rect) => end.max(d.done(p)),
+                    _ => end,
+                })
+            })
+            .min()
+    }
+
+    /// The streams at `now` (id, area), after ending calm streams,
+    /// forgetting candidates not seen for `calm`, and starting streams for
+    /// those that qualify.
     pub fn poll_streams(&mut self, now: Instant) -> Vec<(u32, Rect)> {
         let p = self.params;
+        if self.drawing.as_ref().is_some_and(|d| !d.open(&p, now)) {
+            self.flush();
+        }
+        // No stream ends while a drawing over it is still open (it may be
+        // a frame).
+        let drawing = &self.drawing;
         self.candidates.retain(|c| {
-            c.times
-                .back()
-                .is_some_and(|&t| now.saturating_duration_since(t) < p.calm)
+            let open = || drawing.as_ref().is_some_and(|d| d.touches(c.rect));
+            match (c.stream, c.times.back()) {
+                (Some(_), Some(&t)) => now.saturating_duration_since(t) < calm_of(&p, c) || open(),
+                (Some(_), None) => open(),
+                (None, _) => now.saturating_duration_since(c.seen) < p.calm,
+            }
         });
         let mut out = Vec::new();
         for c in &mut self.candidates {
@@ -273,6 +599,49 @@ mod test {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    use crate::encode::test::{screen, text};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn view(data: &[u8], w: u16, h: u16) -> PixelView<'_> {
+        PixelView::new(data, usize::from(w) * 4, w, h).unwrap()
+    }
+
+    /// Frame `t` of a photo-like picture panned by (5, 3) pixels a frame,
+    /// its brightness drifting: every pixel changes every frame, nothing is
+    /// a scroll (the bench's video).
+    fn video(t: u32) -> impl Fn(u16, u16) -> u32 {
+        move |x, y| {
+            let (x, y) = (u32::from(x) + 5 * t, u32::from(y) + 3 * t);
+            let noise = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) >> 29;
+            let v = |a: u32| (a % 200 + noise + t) & 0xff;
+            (v(x) << 16) | (v(y) << 8) | v(x + y)
+        }
+    }
+
+    /// Damages `area` every `every` from `t0` for `frames` frames drawn by
+    /// `draw(frame)`; the streams once each is done.
+    fn play(
+        d: &mut VideoDetector,
+        (w, h): (u16, u16),
+        area: Rect,
+        t0: Instant,
+        every: Duration,
+        frames: u32,
+        draw: impl Fn(u32) -> Vec<u8>,
+    ) -> Vec<Vec<(u32, Rect)>> {
+        (0..frames)
+            .map(|i| {
+                let now = t0 + every * i;
+                let data = draw(i);
+                d.handle_damage(Some(&view(&data, w, h)), &[area], &[], now);
+                d.poll_streams(now + d.params.coalesce)
+            })
+            .collect()
+    }
+
     #[test]
     fn sustained_updates_become_a_stream_and_calm_ends_it() {
         let mut d = VideoDetector::new(VideoParams::default());
@@ -280,31 +649,184 @@ mod test {
         let area = Rect::new(100, 100, 320, 240);
         // 25 updates per second for 1.2 s.
         for i in 0..30u64 {
-            let now = t0 + Duration::from_millis(40 * i);
-            d.handle_damage(&[area], now);
+            let now = t0 + ms(40 * i);
+            d.handle_damage(None, &[area], &[], now);
             // Small damage (typing) never counts.
-            d.handle_damage(&[Rect::new(0, 0, 8, 13)], now);
+            d.handle_damage(None, &[Rect::new(0, 0, 8, 13)], &[], now);
             let streams = d.poll_streams(now);
             if i < 25 {
                 assert!(streams.is_empty(), "{i}");
             }
         }
-        let now = t0 + Duration::from_millis(1200);
+        let now = t0 + ms(1200);
         assert_eq!(d.poll_streams(now), [(1, area)]);
         // Damage inside keeps it; the area stays fixed.
-        d.handle_damage(&[Rect::new(110, 110, 100, 100)], now);
+        d.handle_damage(None, &[Rect::new(110, 110, 100, 100)], &[], now);
         assert_eq!(d.poll_streams(now), [(1, area)]);
         // A full-screen repaint is not part of it.
-        d.handle_damage(&[Rect::new(0, 0, 1024, 768)], now);
+        d.handle_damage(None, &[Rect::new(0, 0, 1024, 768)], &[], now);
         assert_eq!(d.poll_streams(now), [(1, area)]);
-        assert!(d.poll_streams(now + Duration::from_millis(600)).is_empty());
+        assert!(d.poll_streams(now + ms(600)).is_empty());
         // Slow updates (a clock) never become video.
         let mut d = VideoDetector::new(VideoParams::default());
         for i in 0..10u64 {
-            let now = t0 + Duration::from_millis(500 * i);
-            d.handle_damage(&[area], now);
+            let now = t0 + ms(500 * i);
+            d.handle_damage(None, &[area], &[], now);
             assert!(d.poll_streams(now).is_empty());
         }
+    }
+
+    #[test]
+    fn scrolling_text_is_not_video_and_video_still_is() {
+        let (w, h) = (320u16, 260u16);
+        let whole = Rect::new(0, 0, w, h);
+        let t0 = Instant::now();
+        // A terminal scrolled by one line (13 rows) every 25 ms for 2 s.
+        let scroll = |i: u32| screen(w, h, text(i));
+        let mut d = VideoDetector::new(VideoParams::default());
+        let streams = play(&mut d, (w, h), whole, t0, ms(25), 80, scroll);
+        assert!(streams.iter().all(Vec::is_empty), "scrolling became video");
+        // By three lines, in the lower part only (a pane).
+        let pane = Rect::new(0, 130, w, 130);
+        let mut d = VideoDetector::new(VideoParams::default());
+        let streams = play(&mut d, (w, h), pane, t0, ms(25), 80, |i| {
+            screen(w, h, |x, y| {
+                if y < 130 {
+                    text(0)(x, y)
+                } else {
+                    text(3 * i)(x, y)
+                }
+            })
+        });
+        assert!(
+            streams.iter().all(Vec::is_empty),
+            "scrolled pane became video"
+        );
+        // The same damage with no pixels to look at becomes video.
+        let mut d = VideoDetector::new(VideoParams::default());
+        for i in 0..80 {
+            d.handle_damage(None, &[whole], &[], t0 + ms(25) * i);
+        }
+        assert_eq!(d.poll_streams(t0 + ms(25 * 79)), [(1, whole)]);
+        // A video (every pixel changes) is one after a second.
+        let mut d = VideoDetector::new(VideoParams::default());
+        let streams = play(&mut d, (w, h), whole, t0, ms(40), 30, |i| {
+            screen(w, h, video(i))
+        });
+        assert!(streams[..25].iter().all(Vec::is_empty));
+        assert_eq!(streams[29], [(1, whole)]);
+        // Redrawn unchanged, it goes on (a player holding a frame).
+        let same = screen(w, h, video(29));
+        for i in 30..60 {
+            let now = t0 + ms(40) * i;
+            d.handle_damage(Some(&view(&same, w, h)), &[whole], &[], now);
+            assert_eq!(d.poll_streams(now), [(1, whole)]);
+        }
+        // Then scrolled: the stream ends as after a pause.
+        let scrolled = play(&mut d, (w, h), whole, t0 + ms(2400), ms(25), 10, |i| {
+            screen(w, h, text(i))
+        });
+        assert_eq!(scrolled[0], [(1, whole)]);
+        assert!(scrolled[9].is_empty());
+    }
+
+    #[test]
+    fn a_drawing_reported_in_parts_is_one_update() {
+        // Each frame reported as strips of 32 to 96 rows, 1 ms apart (the
+        // server fetched damage while X was still putting the frame).
+        let (w, h) = (320u16, 256u16);
+        let strips = [0u16, 32, 128, 160, 256];
+        let t0 = Instant::now();
+        let mut d = VideoDetector::new(VideoParams::default());
+        let mut streams = Vec::new();
+        for i in 0..30u32 {
+            let data = screen(w, h, video(i));
+            for (k, pair) in strips.windows(2).enumerate() {
+                let part = Rect::new(0, pair[0], w, pair[1] - pair[0]);
+                let now = t0 + ms(40) * i + ms(k as u64);
+                d.handle_damage(Some(&view(&data, w, h)), &[part], &[], now);
+            }
+            streams.push(d.poll_streams(t0 + ms(40) * i + ms(30)));
+        }
+        assert!(streams[..25].iter().all(Vec::is_empty));
+        assert_eq!(streams[29], [(1, Rect::new(0, 0, w, h))]);
+        // A scroll reported as the moved rows, then the new line.
+        let mut d = VideoDetector::new(VideoParams::default());
+        for i in 0..80u32 {
+            let data = screen(w, h, text(i));
+            let now = t0 + ms(25) * i;
+            let v = view(&data, w, h);
+            d.handle_damage(Some(&v), &[Rect::new(0, 0, w, h - 13)], &[], now);
+            d.handle_damage(Some(&v), &[Rect::new(0, h - 13, w, 13)], &[], now + ms(2));
+            assert!(d.poll_streams(now + ms(22)).is_empty(), "{i}");
+        }
+    }
+
+    #[test]
+    fn moved_windows_are_not_video() {
+        // A 200×150 window dragged by 4 pixels every 20 ms for 2 s.
+        let mut d = VideoDetector::new(VideoParams::default());
+        let t0 = Instant::now();
+        for i in 0..100u16 {
+            let now = t0 + ms(20) * u32::from(i);
+            let dst = Rect::new(100 + 4 * i, 100, 200, 150);
+            let mv = Move { dst, dx: 4, dy: 0 };
+            // The damage: where it was and where it is.
+            let damage = Rect::new(96 + 4 * i, 100, 204, 150);
+            d.handle_damage(None, &[damage], &[mv], now);
+            assert!(d.poll_streams(now).is_empty(), "{i}");
+        }
+    }
+
+    #[test]
+    fn a_stream_ends_after_a_few_of_its_frame_intervals() {
+        let area = Rect::new(0, 0, 320, 240);
+        let t0 = Instant::now();
+        let feed = |d: &mut VideoDetector, from: Instant, times: &[u64]| {
+            for &t in times {
+                d.handle_damage(None, &[area], &[], from + ms(t));
+            }
+        };
+        let every = |step: u64, n: u64| (0..n).map(|i| i * step).collect::<Vec<_>>();
+        // 25 frames/s: twice 40 ms is below the floor of 100 ms.
+        let mut d = VideoDetector::new(VideoParams::default());
+        feed(&mut d, t0, &every(40, 30));
+        let last = t0 + ms(40 * 29);
+        // Until the last drawing is done, it may go on.
+        assert_eq!(d.poll_streams(last + ms(19)), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
+        assert_eq!(d.next_end(), Some(last + ms(100)));
+        assert_eq!(d.poll_streams(last + ms(99)), [(1, area)]);
+        assert!(d.poll_streams(last + ms(100)).is_empty());
+        assert_eq!(d.next_end(), None);
+        // Resumed: a new stream only after the usual second.
+        let resumed = last + ms(300);
+        for i in 0..30u32 {
+            let now = resumed + ms(40) * i;
+            d.handle_damage(None, &[area], &[], now);
+            let streams = d.poll_streams(now);
+            if i < 25 {
+                assert!(streams.is_empty(), "{i}");
+            } else {
+                assert_eq!(streams, [(2, area)], "{i}");
+            }
+        }
+        // 12.5 frames/s: 160 ms.
+        let mut d = VideoDetector::new(VideoParams::default());
+        feed(&mut d, t0, &every(80, 16));
+        let last = t0 + ms(80 * 15);
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(159)), [(1, area)]);
+        assert!(d.poll_streams(last + ms(160)).is_empty());
+        // Jerky, one interval of 300 ms in the last second: at most 500 ms.
+        let mut d = VideoDetector::new(VideoParams::default());
+        let mut times = every(40, 20);
+        times.extend(every(40, 12).iter().map(|t| 760 + 300 + t));
+        feed(&mut d, t0, &times);
+        let last = t0 + ms(*times.last().unwrap());
+        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
+        assert_eq!(d.poll_streams(last + ms(499)), [(1, area)]);
+        assert!(d.poll_streams(last + ms(500)).is_empty());
     }
 
     #[test]

@@ -345,8 +345,16 @@ impl Hub {
 
     /// Adds damage (and the window moves behind it) to every viewer's
     /// pending damage and wakes them.
+    /// The video detector sees the damage first, on the screen as it is
+    /// now (whether COPY explains it is the same for every viewer).
     pub(crate) fn damage(&self, rects: &[Rect], moves: &[Move]) {
-        lock(&self.video).handle_damage(rects, std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let seen = self.with_view(|screen| {
+            lock(&self.video).handle_damage(Some(screen), rects, moves, now);
+        });
+        if seen.is_none() {
+            lock(&self.video).handle_damage(None, rects, moves, now);
+        }
         for (_, client) in lock(&self.clients).iter() {
             {
                 let mut dirty = lock(&client.dirty);
@@ -387,6 +395,11 @@ impl Hub {
     /// The video streams now: id and screen area.
     pub(crate) fn video_streams(&self) -> Vec<(u32, Rect)> {
         lock(&self.video).poll_streams(std::time::Instant::now())
+    }
+
+    /// When the first video stream ends unless it is updated.
+    pub(crate) fn video_end(&self) -> Option<std::time::Instant> {
+        lock(&self.video).next_end()
     }
 
     pub(crate) fn clipboard(&self) -> Option<Arc<str>> {

@@ -38,7 +38,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The capabilities this server offers.
 const SERVER_CAPABILITIES: Capabilities =
     Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0 | Capabilities::VIDEO.0);
-/// How often a viewer with video streams checks whether they calmed down.
+/// How long a viewer with video streams waits at most before it checks
+/// whether they ended (it wakes when the first would end, `Hub::video_end`).
 const VIDEO_TICK: Duration = Duration::from_millis(100);
 /// Bytes of messages written to the socket at once: the most a newly queued
 /// small update waits behind, besides what the kernel already holds.
@@ -785,6 +786,11 @@ async fn write_loop(
         }
         out.flush().await?;
         let streaming = !view.streams.is_empty();
+        // Wake when the first stream would end, to repaint it promptly.
+        let stream_end = tokio::time::Instant::now() + VIDEO_TICK;
+        let stream_end = hub
+            .video_end()
+            .map_or(stream_end, |t| stream_end.min(t.into()));
         tokio::select! {
             biased;
             msg = ctrl.recv() => {
@@ -795,7 +801,7 @@ async fn write_loop(
                 }
             }
             () = shared.notify.notified() => {}
-            () = tokio::time::sleep(VIDEO_TICK), if streaming => {}
+            () = tokio::time::sleep_until(stream_end), if streaming => {}
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::process::{Child, Command, Stdio};
 
 use mobidesk_client::Stats;
-use mobidesk_display::protocol::{Rect, WheelRepr};
+use mobidesk_display::protocol::{Capabilities, Rect, WheelRepr};
 
 use super::*;
 
@@ -145,13 +145,19 @@ fn spawn_xterm(display: &str, extra: &[&str]) -> App {
 }
 
 /// An xterm at the top left running a plain shell, the server and an owner
-/// viewer that has caught up with it.
+/// viewer that has caught up with it (offering `VIDEO`, as
+/// `mobidesk-client --video` does: nothing here should become video).
 fn xterm_session(xvfb: &Xvfb, extra: &[&str]) -> (App, Painter, Connection) {
     let display = xvfb.display();
     let xterm = spawn_xterm(&display, extra);
     let painter = Painter::new(&display);
     let addr = start_server(xvfb, true);
-    let mut viewer = connect(addr);
+    let config = ViewerConfig {
+        capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+        ..ViewerConfig::default()
+    };
+    let mut viewer =
+        Connection::connect(addr, &config, &ClientSecurity::InsecurePlaintext).unwrap();
     assert_converges(&mut viewer, &painter);
     assert!(!viewer.viewer().server_hello().unwrap().view_only);
     (xterm, painter, viewer)
@@ -190,7 +196,7 @@ fn typing_in_xterm_is_bitmap_and_sfill_and_pixel_exact() {
 /// Scrolling in xterm: a long output (`seq 1 2000`, xterm's jump scroll
 /// moves by more than a screen between two frames: repainted as text), then
 /// the user scrolling back through it with the wheel and output arriving
-/// line by line: COPY. Pixel-exact after each.
+/// line by line: COPY, never VIDEO. Pixel-exact after each.
 #[test]
 fn scrolling_in_xterm_is_copy_and_pixel_exact() {
     let xvfb = Xvfb::start();
@@ -235,7 +241,7 @@ fn scrolling_in_xterm_is_copy_and_pixel_exact() {
     let before = viewer.viewer().stats().clone();
     viewer
         .type_text(
-            "clear; for i in $(seq 1 40); do echo line $i; sleep 0.05; done\n",
+            "clear; for i in $(seq 1 80); do echo line $i; sleep 0.05; done\n",
             settle,
             Duration::from_secs(5),
         )
@@ -247,10 +253,15 @@ fn scrolling_in_xterm_is_copy_and_pixel_exact() {
     }
     assert_converges(&mut viewer, &painter);
     let (rows, bytes) = delta(&before, viewer.viewer().stats());
-    eprintln!("40 lines, one per 50 ms: {bytes} bytes, {rows:?}");
+    eprintln!("80 lines, one per 50 ms: {bytes} bytes, {rows:?}");
     let (copies, _) = of(&rows, "Copy");
     assert!(copies >= 10, "{rows:?}");
     assert_eq!(of(&rows, "Raw").0, 0, "{rows:?}");
+    // Three seconds of steady scrolling (from line 24 on) is COPY, not a
+    // video stream.
+    let stats = viewer.viewer().stats();
+    assert_eq!(stats.of("Video").messages, 0, "{rows:?}");
+    assert_eq!(stats.of("VideoEnd").messages, 0, "{rows:?}");
 }
 
 /// Whether the xterm's last text line (24 lines of 13 rows from y = 3) is
@@ -267,7 +278,7 @@ fn painter_shows_prompt_after_loop(painter: &Painter) -> bool {
         return false;
     };
     // `$ ` then the cursor block: ink in cell 0, none in cell 1, cursor in
-    // cell 2; and the line above it ends the loop's output (`line 40`).
+    // cell 2; and the line above it ends the loop's output (`line 80`).
     last > 0 && !ink(last, 9, 15) && ink(last, 15, 21) && ink(last - 1, 3, 9)
 }
 
