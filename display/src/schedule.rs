@@ -22,7 +22,11 @@
 //! - **Superseded commands.** When a new command paints every pixel an older
 //!   one writes (RAW, SFILL, PFILL, opaque BITMAP), the older one is dropped
 //!   — or, for SFILL and PFILL, the rectangles it covers are removed — unless
-//!   a command in between reads those pixels (a COPY from them).
+//!   a command in between reads those pixels (a COPY from them). Frames of
+//!   a compressed VIDEO codec (H.264) are never dropped: each predicts from
+//!   the one before, so the client could not decode the next one (the
+//!   server encodes a frame only when the queue has room, so a slow client
+//!   gets fewer frames from the encoder instead).
 //! - **No starvation.** Once [`MAX_WAIT`] commands were sent since the
 //!   oldest queued command was queued, it goes next, whatever its size: a
 //!   stream of small updates that fills the link delays a large one, but not
@@ -34,7 +38,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::protocol::{Command, Message, Rect};
+use crate::protocol::{Command, Message, Rect, VideoData, VideoRepr};
 
 /// Commands sent, at most, while the oldest queued command waits.
 pub const MAX_WAIT: u64 = 256;
@@ -63,6 +67,8 @@ struct Entry {
     reads: Option<Rect>,
     /// Paints every pixel of `writes` without reading any.
     opaque: bool,
+    /// Never superseded (a frame of an inter-coded VIDEO stream).
+    keep: bool,
     /// `stats.sent` when it was queued.
     queued_at: u64,
     command: Command<'static>,
@@ -153,6 +159,13 @@ impl Scheduler {
             Command::PFill(p) => (p.rects.clone(), None, true),
             Command::Video(v) => (vec![v.dst], None, true),
         };
+        let keep = matches!(
+            &command,
+            Command::Video(VideoRepr {
+                data: VideoData::Codec { .. },
+                ..
+            })
+        );
         let seq = self.next_seq;
         self.next_seq += 1;
         Entry {
@@ -162,6 +175,7 @@ impl Scheduler {
             writes,
             reads,
             opaque,
+            keep,
             queued_at: self.stats.sent,
             command,
         }
@@ -180,7 +194,7 @@ impl Scheduler {
                 break;
             };
             let free = |r: &Rect| covered(r) && !reads.iter().any(|s| overlaps(*s, *r));
-            if e.writes.iter().all(free) {
+            if !e.keep && e.writes.iter().all(free) {
                 let size = e.size;
                 let update = e.update;
                 if let Some(read) = e.reads {
