@@ -638,4 +638,129 @@ mod test {
             .unwrap_err();
         assert_eq!(err.close_code(), Some(CloseCode::UnexpectedMessage));
     }
+
+    /// A viewer with VIDEO and H.264 in force, a 64 × 48 framebuffer.
+    fn h264_viewer(server_codecs: Vec<u8>) -> Viewer {
+        let mut viewer = Viewer::new(&ViewerConfig {
+            capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+            ..ViewerConfig::default()
+        });
+        viewer.take_transmit();
+        let setup = bytes(&[
+            Message::ServerHello(ServerHelloRepr {
+                version: VERSION_1,
+                capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+                view_only: false,
+                codecs: server_codecs,
+            }),
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 64,
+                height: 48,
+                session_width: 64,
+                session_height: 48,
+            }),
+            Message::StateComplete,
+        ]);
+        viewer.handle_bytes(&setup).unwrap();
+        viewer
+    }
+
+    fn h264_frames(n: u32) -> Vec<Message<'static>> {
+        use mobidesk_display::codec::h264::H264Encoder;
+        use mobidesk_display::codec::yuv::bgrx_to_i420;
+        let mut encoder = H264Encoder::new(32, 16).unwrap();
+        (0..n)
+            .map(|frame| {
+                let pixels: Vec<u32> = (0..32 * 16u32)
+                    .map(|i| 0x0040_8020 + (i + 3 * frame) % 64)
+                    .collect();
+                let (au, _) = encoder
+                    .encode(&bgrx_to_i420(&pixels, 32, 16).as_ref())
+                    .unwrap();
+                Message::Command(Command::Video(VideoRepr {
+                    stream_id: 3,
+                    frame,
+                    dst: Rect::new(8, 8, 32, 16),
+                    src_w: 32,
+                    src_h: 16,
+                    data: VideoData::Codec {
+                        codec: CODEC_H264,
+                        data: au.into(),
+                    },
+                }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn h264_frames_decode_into_the_framebuffer() {
+        assert_eq!(ViewerConfig::default().codecs, [CODEC_H264]);
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        let frames = h264_frames(3);
+        viewer.handle_bytes(&bytes(&frames)).unwrap();
+        assert_eq!(viewer.stats().of("Video").messages, 3);
+        let fb = viewer.framebuffer().unwrap();
+        // The area is painted (the picture is greyish green, never black),
+        // the rest stays black.
+        assert_ne!(fb.pixel(8, 8), Some(0));
+        assert_ne!(fb.pixel(39, 23), Some(0));
+        assert_eq!(fb.pixel(40, 8), Some(0));
+        assert_eq!(fb.pixel(7, 8), Some(0));
+        // VideoEnd drops the decoder: the stream cannot go on without a
+        // new IDR picture.
+        let end = Message::VideoEnd(mobidesk_display::protocol::VideoEndRepr { stream_id: 3 });
+        viewer.handle_bytes(&bytes(&[end])).unwrap();
+        let more = h264_frames(4);
+        let err = viewer.handle_bytes(&bytes(&more[3..])).unwrap_err();
+        assert!(
+            matches!(err, ViewerError::Video(H264Error::NoKeyframe { frame: 3 })),
+            "{err}"
+        );
+        assert_eq!(err.close_code(), Some(CloseCode::MalformedMessage));
+    }
+
+    #[test]
+    fn h264_needs_a_keyframe_and_negotiation() {
+        let frames = h264_frames(3);
+        // A gap (frame 1 missing): refused, not decoded into garbage.
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        viewer.handle_bytes(&bytes(&frames[..1])).unwrap();
+        let err = viewer.handle_bytes(&bytes(&frames[2..])).unwrap_err();
+        assert!(
+            matches!(err, ViewerError::Video(H264Error::NoKeyframe { frame: 2 })),
+            "{err}"
+        );
+        // A hostile access unit: an error, a Close queued.
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        let bad = Message::Command(Command::Video(VideoRepr {
+            stream_id: 1,
+            frame: 0,
+            dst: Rect::new(0, 0, 16, 16),
+            src_w: 16,
+            src_h: 16,
+            data: VideoData::Codec {
+                codec: CODEC_H264,
+                data: vec![0, 0, 1, 0x65, 0xff, 0x00, 0x13, 0x77].into(),
+            },
+        }));
+        assert!(viewer.handle_bytes(&bytes(&[bad])).is_err());
+        assert!(viewer.is_closed());
+        assert_eq!(viewer.take_transmit().first(), Some(&0x05));
+        // Not negotiated: unsupported_codec.
+        let mut viewer = h264_viewer(vec![]);
+        let err = viewer.handle_bytes(&bytes(&frames[..1])).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::UnsupportedCodec));
+        // A server that picks a codec the viewer did not offer is refused.
+        let mut viewer = Viewer::new(&ViewerConfig {
+            codecs: vec![],
+            ..ViewerConfig::default()
+        });
+        let hello = Message::ServerHello(ServerHelloRepr {
+            version: VERSION_1,
+            capabilities: Capabilities::CURSOR,
+            view_only: false,
+            codecs: vec![CODEC_H264],
+        });
+        assert!(viewer.handle_bytes(&bytes(&[hello])).is_err());
+    }
 }

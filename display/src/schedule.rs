@@ -553,4 +553,79 @@ mod test {
             assert!(client == fifo, "round {round}");
         }
     }
+
+    /// Frames of an H.264 stream are never superseded: newer frames of the
+    /// same area, a RAW over it and an I420 frame of it leave every frame
+    /// queued, in order, so the client's decoder gets an unbroken chain
+    /// from the IDR picture on (the RAW and the I420 frame, which stand
+    /// alone, are still superseded).
+    #[cfg(feature = "h264")]
+    #[test]
+    fn h264_frames_are_never_superseded() {
+        use crate::codec::h264::{H264Decoder, H264Encoder};
+        use crate::codec::yuv::bgrx_to_i420;
+        use crate::protocol::{Encoding, CODEC_H264};
+        use std::borrow::Cow;
+
+        let area = Rect::new(8, 8, 48, 32);
+        let (w, h) = (usize::from(area.w), usize::from(area.h));
+        let mut encoder = H264Encoder::new(area.w, area.h).unwrap();
+        let mut s = Scheduler::new(1 << 20);
+        for frame in 0..12u32 {
+            let pixels: Vec<u32> = (0..w * h)
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761) >> (frame % 8))
+                .collect();
+            let i420 = bgrx_to_i420(&pixels, w, h);
+            let (au, _) = encoder.encode(&i420.as_ref()).unwrap();
+            s.push_update(vec![Command::Video(VideoRepr {
+                stream_id: 1,
+                frame,
+                dst: area,
+                src_w: area.w,
+                src_h: area.h,
+                data: VideoData::Codec {
+                    codec: CODEC_H264,
+                    data: Cow::Owned(au),
+                },
+            })]);
+            // A RAW over the whole area, and an I420 frame of it: each
+            // would drop every queued frame it covers.
+            if frame % 3 == 1 {
+                s.push_update(vec![raw(Rect::new(0, 0, 64, 64), frame)]);
+            }
+            if frame % 4 == 2 {
+                s.push_update(vec![Command::Video(VideoRepr {
+                    stream_id: 2,
+                    frame,
+                    dst: area,
+                    src_w: area.w,
+                    src_h: area.h,
+                    data: VideoData::I420 {
+                        encoding: Encoding::Plain,
+                        y: Cow::Owned(i420.y.clone()),
+                        u: Cow::Owned(i420.u.clone()),
+                        v: Cow::Owned(i420.v.clone()),
+                    },
+                })]);
+            }
+        }
+        // Standalone commands are still superseded.
+        assert!(s.stats().dropped > 0);
+        let mut frames = Vec::new();
+        for c in drain(&mut s) {
+            if let Command::Video(v) = c {
+                if let VideoData::Codec { data, .. } = &v.data {
+                    frames.push((v.frame, data.to_vec()));
+                }
+            }
+        }
+        let mut decoder = H264Decoder::new().unwrap();
+        let mut next = 0;
+        for (frame, au) in frames {
+            assert_eq!(frame, next, "frames in order, none missing");
+            decoder.decode(&au, frame, area.w, area.h).unwrap();
+            next += 1;
+        }
+        assert_eq!(next, 12);
+    }
 }
