@@ -435,12 +435,13 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
     info!(%peer, id, "viewer disconnected");
 }
 
-/// The capabilities in force, the viewport and the optional video codecs
-/// in force (H.264 when the viewer lists it and `VIDEO` is in force), or
-/// why the viewer is refused.
-fn negotiate(
-    hello: &ClientHelloRepr<'_>,
-) -> Result<(Capabilities, (u16, u16), Vec<u8>), (CloseCode, String)> {
+/// What a hello settles: the capabilities in force, the viewport and the
+/// optional video codecs in force.
+type Negotiated = (Capabilities, (u16, u16), Vec<u8>);
+
+/// What the viewer gets (H.264 when it lists it and `VIDEO` is in force),
+/// or why it is refused.
+fn negotiate(hello: &ClientHelloRepr<'_>) -> Result<Negotiated, (CloseCode, String)> {
     if hello.choose_version(SUPPORTED_VERSIONS).is_none() {
         return Err((CloseCode::VersionMismatch, "server speaks 1".into()));
     }
