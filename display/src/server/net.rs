@@ -639,7 +639,16 @@ struct View {
     /// first access unit is an IDR picture; dropped when the stream ends,
     /// on a full state and when an encode fails, so the next frame of the
     /// stream starts again with an IDR picture).
-    encoders: Vec<(u32, H264Encoder)>,
+    encoders: Vec<(u32, H264Stream)>,
+}
+
+/// A stream's H.264 encoder and what it did (logged when the stream ends).
+struct H264Stream {
+    encoder: H264Encoder,
+    frames: u32,
+    bytes: usize,
+    /// Time spent making its frames (screen read, I420, encode).
+    busy: Duration,
 }
 
 impl View {
@@ -677,7 +686,17 @@ impl View {
         });
         for (id, area) in gone {
             debug!(id, ?area, "video stream ends");
-            self.encoders.retain(|(s, _)| *s != id);
+            if let Some(i) = self.encoders.iter().position(|(s, _)| *s == id) {
+                let (_, h) = self.encoders.swap_remove(i);
+                let per_frame = h.busy / h.frames.max(1);
+                debug!(
+                    id,
+                    frames = h.frames,
+                    bytes = h.bytes,
+                    ?per_frame,
+                    "h264 stream ends"
+                );
+            }
             self.ended.push(id);
             lock(&shared.dirty).region.add(area);
         }
@@ -929,20 +948,27 @@ fn h264_frame(
 ) -> Option<crate::protocol::Command<'static>> {
     let at = view.encoders.iter().position(|(s, _)| *s == id);
     let mut slot = at.map(|i| view.encoders.swap_remove(i).1);
+    let started = std::time::Instant::now();
     let command = hub
         .with_view(|screen| {
             view.with_pixels(screen, area, |encoder, pixels, r| {
                 let fits = slot
                     .as_ref()
-                    .is_some_and(|h| h.size() == (usize::from(r.w), usize::from(r.h)));
+                    .is_some_and(|h| h.encoder.size() == (usize::from(r.w), usize::from(r.h)));
                 if !fits {
                     slot = H264Encoder::new(r.w, r.h)
                         .inspect_err(|e| warn!(error = %e, "h264 encoder"))
-                        .ok();
+                        .ok()
+                        .map(|encoder| H264Stream {
+                            encoder,
+                            frames: 0,
+                            bytes: 0,
+                            busy: Duration::ZERO,
+                        });
                 }
                 let h264 = slot
                     .as_mut()
-                    .and_then(|h| encoder.video_h264(pixels, r, (id, frame), h));
+                    .and_then(|h| encoder.video_h264(pixels, r, (id, frame), &mut h.encoder));
                 if h264.is_none() {
                     slot = None;
                     return encoder.video(pixels, r, id, frame);
@@ -954,7 +980,10 @@ fn h264_frame(
         .flatten();
     // No frame (the screen changed size): this frame number is skipped, so
     // the encoder goes and the next frame is an IDR picture.
-    if let (Some(h), Some(_)) = (slot, &command) {
+    if let (Some(mut h), Some(c)) = (slot, &command) {
+        h.frames += 1;
+        h.bytes += Message::Command(c.clone()).buffer_len();
+        h.busy += started.elapsed();
         view.encoders.push((id, h));
     }
     command
