@@ -39,8 +39,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The capabilities this server offers.
 const SERVER_CAPABILITIES: Capabilities =
     Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0 | Capabilities::VIDEO.0);
-/// The optional video codecs this server encodes (PROTOCOL.md §6.3).
-const SERVER_CODECS: &[u8] = &[CODEC_H264];
 /// How often a viewer with video streams checks whether they calmed down.
 const VIDEO_TICK: Duration = Duration::from_millis(100);
 /// Bytes of messages written to the socket at once: the most a newly queued
@@ -434,6 +432,9 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
     hub.leave(id);
     info!(%peer, id, "viewer disconnected");
 }
+
+/// The optional video codecs this server encodes (PROTOCOL.md §6.3).
+const SERVER_CODECS: &[u8] = &[CODEC_H264];
 
 /// What a hello settles: the capabilities in force, the viewport and the
 /// optional video codecs in force.
