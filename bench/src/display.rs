@@ -199,6 +199,9 @@ pub struct DisplayOptions {
     /// Whether the MobiDesk viewer offers VIDEO (default; off: a
     /// diagnostic, lossless only).
     pub video: bool,
+    /// Whether it offers H.264 for VIDEO (default; off: a diagnostic,
+    /// VIDEO as uncompressed I420).
+    pub h264: bool,
 }
 
 impl DisplayOptions {
@@ -224,6 +227,7 @@ impl DisplayOptions {
             display_server,
             display_server_args: Vec::new(),
             video: true,
+            h264: true,
         }
     }
 }
@@ -483,7 +487,7 @@ impl ViewerThread {
         ns: &Netns,
         addr: SocketAddr,
         watch: Arc<Watch>,
-        video: bool,
+        video: (bool, bool),
     ) -> Result<Self> {
         let socket = ns
             .run(|| connect(addr))?
@@ -584,7 +588,7 @@ fn mobidesk_viewer(
     bytes: &AtomicU64,
     watch: &Watch,
     stop: &AtomicBool,
-    video: bool,
+    (video, h264): (bool, bool),
 ) -> Result<String> {
     use mobidesk_client::{Event, Viewer, ViewerConfig};
     use mobidesk_display::protocol::{Capabilities, MessageType};
@@ -594,6 +598,11 @@ fn mobidesk_viewer(
             Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0)
         } else {
             Capabilities::CURSOR
+        },
+        codecs: if h264 {
+            ViewerConfig::default().codecs
+        } else {
+            Vec::new()
         },
         ..ViewerConfig::default()
     };
@@ -1122,6 +1131,10 @@ pub struct DisplayReport {
     pub display_server_args: Vec<String>,
     /// Whether the MobiDesk viewer offered VIDEO.
     pub video: bool,
+    /// Whether it offered H.264 for VIDEO (reports from before H.264 have
+    /// none: false).
+    #[serde(default)]
+    pub h264: bool,
     pub results: Vec<DisplayRow>,
     pub notes: Vec<String>,
 }
@@ -1285,6 +1298,11 @@ impl DisplayReport {
         }
         if !self.video {
             let _ = writeln!(out, "  DIAGNOSTIC: the mobidesk viewer did not offer VIDEO");
+        } else if !self.h264 {
+            let _ = writeln!(
+                out,
+                "  DIAGNOSTIC: the mobidesk viewer did not offer H.264 (VIDEO as I420)"
+            );
         }
         if !self.display_server_args.is_empty() {
             let _ = writeln!(
@@ -1391,6 +1409,7 @@ pub fn run(o: &DisplayOptions) -> Result<DisplayReport> {
         lab: String::new(),
         display_server_args: o.display_server_args.clone(),
         video: o.video,
+        h264: o.h264,
         results: Vec::new(),
         notes: Vec::new(),
     };
@@ -1464,7 +1483,7 @@ fn run_system(
         &viewer_ns,
         SocketAddr::from((addr, system.port())),
         Arc::clone(&watch),
-        o.video,
+        (o.video, o.h264),
     )?;
     let mut out = Vec::new();
     for w in Workload::ALL {
@@ -1561,6 +1580,7 @@ mod tests {
             lab: "x".into(),
             display_server_args: Vec::new(),
             video: true,
+            h264: true,
             results: Vec::new(),
             notes: Vec::new(),
         };

@@ -92,6 +92,10 @@ enum Command {
         /// The MobiDesk viewer does not offer VIDEO (a diagnostic).
         #[arg(long)]
         no_video: bool,
+        /// The MobiDesk viewer does not offer H.264: VIDEO as I420 (a
+        /// diagnostic, and the baseline of the H.264 figures).
+        #[arg(long)]
+        no_h264: bool,
     },
     /// A session against the bare server, same run: the paper's Table 2
     /// micro-benchmarks, a parallel build, and the memory and CPU of idle
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             ref display_server,
             ref display_server_args,
             no_video,
+            no_h264,
         } => {
             let mut o = mobidesk_bench::display::DisplayOptions::all(cli.smoke);
             o.links = vec![link];
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             o.display_server_args = display_server_args.clone();
             o.video = !no_video;
+            o.h264 = !no_h264;
             let report = mobidesk_bench::display::run(&o)?;
             print!("{}", report.table());
             if let Some(file) = &cli.json {

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, Instant};
 
+use mobidesk_display::codec::h264::{H264Decoder, H264Error};
 use mobidesk_display::codec::{ApplyError, Framebuffer};
 use mobidesk_display::protocol::{
-    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, DecodeError, Error, FrameDecoder, KeyRepr,
-    Message, MessageType, PingRepr, Sender, ServerHelloRepr, HEADER_LEN, MAX_REASON_LEN,
-    SUPPORTED_VERSIONS,
+    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, Command, DecodeError, Encoding, Error,
+    FrameDecoder, KeyRepr, Message, MessageType, PingRepr, Sender, ServerHelloRepr, VideoData,
+    VideoRepr, CODEC_H264, HEADER_LEN, MAX_REASON_LEN, SUPPORTED_VERSIONS,
 };
 
 /// What a viewer asks for in its hello.
@@ -21,6 +22,9 @@ pub struct ViewerConfig {
     pub max_height: u16,
     /// The hello's token.
     pub token: Vec<u8>,
+    /// Optional video codecs offered (PROTOCOL.md §6.3; used only with
+    /// `VIDEO`): H.264 by default, none to get `I420` only.
+    pub codecs: Vec<u8>,
 }
 
 impl Default for ViewerConfig {
@@ -30,6 +34,7 @@ impl Default for ViewerConfig {
             max_width: mobidesk_display::protocol::MAX_DIMENSION,
             max_height: mobidesk_display::protocol::MAX_DIMENSION,
             token: Vec::new(),
+            codecs: vec![CODEC_H264],
         }
     }
 }
@@ -46,6 +51,9 @@ pub enum ViewerError {
     /// A command that does not apply.
     #[error("apply: {0}")]
     Apply(#[from] ApplyError),
+    /// A VIDEO frame whose H.264 access unit does not decode.
+    #[error("video: {0}")]
+    Video(#[from] H264Error),
     /// A valid message at the wrong time.
     #[error("unexpected: {0}")]
     Unexpected(String),
@@ -66,6 +74,7 @@ impl ViewerError {
             ViewerError::Decode(e) => Some(e.close_code()),
             ViewerError::Parse(e) => Some(e.close_code()),
             ViewerError::Apply(e) => Some(e.close_code()),
+            ViewerError::Video(_) => Some(CloseCode::MalformedMessage),
             ViewerError::Unexpected(_) => Some(CloseCode::UnexpectedMessage),
             ViewerError::Closed { .. } => None,
         }
@@ -103,7 +112,11 @@ pub struct Viewer {
     decoder: FrameDecoder,
     state: State,
     offered: Capabilities,
+    offered_codecs: Vec<u8>,
     hello: Option<ServerHelloRepr>,
+    /// The H.264 decoder of each stream, least recently used first (at
+    /// most [`MAX_DECODERS`]).
+    decoders: Vec<(u32, H264Decoder)>,
     framebuffer: Option<Framebuffer>,
     state_complete: bool,
     cursor: Option<(u16, u16, u16, u16)>,
@@ -122,7 +135,9 @@ impl Viewer {
             decoder: FrameDecoder::new(Sender::Server),
             state: State::AwaitHello,
             offered: config.capabilities,
+            offered_codecs: config.codecs.clone(),
             hello: None,
+            decoders: Vec::new(),
             framebuffer: None,
             state_complete: false,
             cursor: None,
@@ -137,7 +152,7 @@ impl Viewer {
             max_width: config.max_width,
             max_height: config.max_height,
             versions: SUPPORTED_VERSIONS.to_vec(),
-            codecs: Vec::new(),
+            codecs: config.codecs.clone(),
             token: config.token.clone().into(),
         });
         viewer.queue(&hello);
@@ -309,11 +324,11 @@ impl Viewer {
             };
             if !SUPPORTED_VERSIONS.contains(&hello.version)
                 || !self.offered.contains(hello.capabilities)
-                || !hello.codecs.is_empty()
+                || !hello.codecs.iter().all(|c| self.offered_codecs.contains(c))
             {
                 return Err(ViewerError::Unexpected(format!(
-                    "ServerHello with version {} and capabilities {:#x} not offered",
-                    hello.version, hello.capabilities.0
+                    "ServerHello with version {}, capabilities {:#x} and codecs {:02x?} not offered",
+                    hello.version, hello.capabilities.0, hello.codecs
                 )));
             }
             self.state = State::Ready;
@@ -334,6 +349,9 @@ impl Viewer {
             }
             Message::FramebufferSize(size) => {
                 self.framebuffer = Some(Framebuffer::for_size(&size)?);
+                // A full state follows; the server starts every stream
+                // again with an IDR picture.
+                self.decoders.clear();
                 self.state_complete = false;
                 events.push(Event::Resized {
                     width: size.width,
@@ -356,7 +374,33 @@ impl Viewer {
                         "display command before FramebufferSize".into(),
                     ));
                 };
-                fb.apply(&command)?;
+                match &command {
+                    Command::Video(
+                        video @ VideoRepr {
+                            data: VideoData::Codec { codec, data },
+                            ..
+                        },
+                    ) if *codec == CODEC_H264
+                        && self
+                            .hello
+                            .as_ref()
+                            .is_some_and(|h| h.codecs.contains(codec)) =>
+                    {
+                        video.validate()?;
+                        let decoder = decoder_for(&mut self.decoders, video.stream_id)?;
+                        let frame = decoder.decode(data, video.frame, video.src_w, video.src_h)?;
+                        fb.apply(&Command::Video(VideoRepr {
+                            data: VideoData::I420 {
+                                encoding: Encoding::Plain,
+                                y: frame.y.into(),
+                                u: frame.u.into(),
+                                v: frame.v.into(),
+                            },
+                            ..video.clone()
+                        }))?;
+                    }
+                    _ => fb.apply(&command)?,
+                }
                 self.stats.updates += 1;
                 events.push(Event::Update(command.message_type()));
             }
@@ -366,7 +410,9 @@ impl Viewer {
             Message::CursorPosition(p) if caps.contains(Capabilities::CURSOR) => {
                 self.cursor_position = (p.x, p.y);
             }
-            Message::VideoEnd(_) if caps.contains(Capabilities::VIDEO) => {}
+            Message::VideoEnd(end) if caps.contains(Capabilities::VIDEO) => {
+                self.decoders.retain(|(s, _)| *s != end.stream_id);
+            }
             other => {
                 return Err(ViewerError::Unexpected(format!(
                     "{} is not expected now",
@@ -376,6 +422,33 @@ impl Viewer {
         }
         Ok(())
     }
+}
+
+/// The most H.264 decoders a viewer keeps (one per stream; the least
+/// recently used goes first: a server that keeps more streams going gets
+/// its frames refused).
+const MAX_DECODERS: usize = 16;
+
+/// The decoder of `stream`, made when new, moved to the back (most
+/// recently used).
+fn decoder_for(
+    decoders: &mut Vec<(u32, H264Decoder)>,
+    stream: u32,
+) -> Result<&mut H264Decoder, ViewerError> {
+    let entry = match decoders.iter().position(|(s, _)| *s == stream) {
+        Some(i) => decoders.remove(i),
+        None => {
+            if decoders.len() >= MAX_DECODERS {
+                decoders.remove(0);
+            }
+            (stream, H264Decoder::new()?)
+        }
+    };
+    decoders.push(entry);
+    let (_, decoder) = decoders
+        .last_mut()
+        .ok_or_else(|| ViewerError::Unexpected("no decoder".into()))?;
+    Ok(decoder)
 }
 
 /// The KEY messages that type `c` on a US layout: press and release of its
@@ -564,5 +637,130 @@ mod test {
             .handle_bytes(&bytes(&[Message::StateComplete]))
             .unwrap_err();
         assert_eq!(err.close_code(), Some(CloseCode::UnexpectedMessage));
+    }
+
+    /// A viewer with VIDEO and H.264 in force, a 64 × 48 framebuffer.
+    fn h264_viewer(server_codecs: Vec<u8>) -> Viewer {
+        let mut viewer = Viewer::new(&ViewerConfig {
+            capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+            ..ViewerConfig::default()
+        });
+        viewer.take_transmit();
+        let setup = bytes(&[
+            Message::ServerHello(ServerHelloRepr {
+                version: VERSION_1,
+                capabilities: Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0),
+                view_only: false,
+                codecs: server_codecs,
+            }),
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 64,
+                height: 48,
+                session_width: 64,
+                session_height: 48,
+            }),
+            Message::StateComplete,
+        ]);
+        viewer.handle_bytes(&setup).unwrap();
+        viewer
+    }
+
+    fn h264_frames(n: u32) -> Vec<Message<'static>> {
+        use mobidesk_display::codec::h264::H264Encoder;
+        use mobidesk_display::codec::yuv::bgrx_to_i420;
+        let mut encoder = H264Encoder::new(32, 16).unwrap();
+        (0..n)
+            .map(|frame| {
+                let pixels: Vec<u32> = (0..32 * 16u32)
+                    .map(|i| 0x0040_8020 + (i + 3 * frame) % 64)
+                    .collect();
+                let (au, _) = encoder
+                    .encode(&bgrx_to_i420(&pixels, 32, 16).as_ref())
+                    .unwrap();
+                Message::Command(Command::Video(VideoRepr {
+                    stream_id: 3,
+                    frame,
+                    dst: Rect::new(8, 8, 32, 16),
+                    src_w: 32,
+                    src_h: 16,
+                    data: VideoData::Codec {
+                        codec: CODEC_H264,
+                        data: au.into(),
+                    },
+                }))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn h264_frames_decode_into_the_framebuffer() {
+        assert_eq!(ViewerConfig::default().codecs, [CODEC_H264]);
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        let frames = h264_frames(3);
+        viewer.handle_bytes(&bytes(&frames)).unwrap();
+        assert_eq!(viewer.stats().of("Video").messages, 3);
+        let fb = viewer.framebuffer().unwrap();
+        // The area is painted (the picture is greyish green, never black),
+        // the rest stays black.
+        assert_ne!(fb.pixel(8, 8), Some(0));
+        assert_ne!(fb.pixel(39, 23), Some(0));
+        assert_eq!(fb.pixel(40, 8), Some(0));
+        assert_eq!(fb.pixel(7, 8), Some(0));
+        // VideoEnd drops the decoder: the stream cannot go on without a
+        // new IDR picture.
+        let end = Message::VideoEnd(mobidesk_display::protocol::VideoEndRepr { stream_id: 3 });
+        viewer.handle_bytes(&bytes(&[end])).unwrap();
+        let more = h264_frames(4);
+        let err = viewer.handle_bytes(&bytes(&more[3..])).unwrap_err();
+        assert!(
+            matches!(err, ViewerError::Video(H264Error::NoKeyframe { frame: 3 })),
+            "{err}"
+        );
+        assert_eq!(err.close_code(), Some(CloseCode::MalformedMessage));
+    }
+
+    #[test]
+    fn h264_needs_a_keyframe_and_negotiation() {
+        let frames = h264_frames(3);
+        // A gap (frame 1 missing): refused, not decoded into garbage.
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        viewer.handle_bytes(&bytes(&frames[..1])).unwrap();
+        let err = viewer.handle_bytes(&bytes(&frames[2..])).unwrap_err();
+        assert!(
+            matches!(err, ViewerError::Video(H264Error::NoKeyframe { frame: 2 })),
+            "{err}"
+        );
+        // A hostile access unit: an error, a Close queued.
+        let mut viewer = h264_viewer(vec![CODEC_H264]);
+        let bad = Message::Command(Command::Video(VideoRepr {
+            stream_id: 1,
+            frame: 0,
+            dst: Rect::new(0, 0, 16, 16),
+            src_w: 16,
+            src_h: 16,
+            data: VideoData::Codec {
+                codec: CODEC_H264,
+                data: vec![0, 0, 1, 0x65, 0xff, 0x00, 0x13, 0x77].into(),
+            },
+        }));
+        assert!(viewer.handle_bytes(&bytes(&[bad])).is_err());
+        assert!(viewer.is_closed());
+        assert_eq!(viewer.take_transmit().first(), Some(&0x05));
+        // Not negotiated: unsupported_codec.
+        let mut viewer = h264_viewer(vec![]);
+        let err = viewer.handle_bytes(&bytes(&frames[..1])).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::UnsupportedCodec));
+        // A server that picks a codec the viewer did not offer is refused.
+        let mut viewer = Viewer::new(&ViewerConfig {
+            codecs: vec![],
+            ..ViewerConfig::default()
+        });
+        let hello = Message::ServerHello(ServerHelloRepr {
+            version: VERSION_1,
+            capabilities: Capabilities::CURSOR,
+            view_only: false,
+            codecs: vec![CODEC_H264],
+        });
+        assert!(viewer.handle_bytes(&bytes(&[hello])).is_err());
     }
 }

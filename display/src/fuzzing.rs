@@ -27,6 +27,7 @@ pub fn decode_oracle(data: &[u8]) {
             assert!(range.contains(&body.len()), "{range:?} {}", body.len());
             assert_eq!(message.body_len(), body.len());
             check_round_trip(&message);
+            check_h264_framing(&message);
         }
     }
 
@@ -48,7 +49,29 @@ pub fn decode_oracle(data: &[u8]) {
     for frame in &whole.0 {
         if let Ok(message) = frame.parse() {
             check_round_trip(&message);
+            check_h264_framing(&message);
         }
+    }
+}
+
+/// An H.264 VIDEO frame's access unit splits into NAL units without a
+/// panic (PROTOCOL.md §6.3, the framing a viewer checks before its
+/// decoder sees the bytes); when it does, there is a unit per start code.
+fn check_h264_framing(message: &Message<'_>) {
+    let Message::Command(Command::Video(VideoRepr {
+        data: VideoData::Codec { codec, data },
+        ..
+    })) = message
+    else {
+        return;
+    };
+    if *codec != crate::protocol::CODEC_H264 {
+        return;
+    }
+    if let Ok(types) = crate::protocol::h264_nal_types(data) {
+        assert!(!types.is_empty() && types.iter().all(|&t| t < 32));
+        let starts = data.windows(3).filter(|w| *w == [0, 0, 1]).count();
+        assert_eq!(types.len(), starts);
     }
 }
 

@@ -22,7 +22,11 @@
 //! - **Superseded commands.** When a new command paints every pixel an older
 //!   one writes (RAW, SFILL, PFILL, opaque BITMAP), the older one is dropped
 //!   — or, for SFILL and PFILL, the rectangles it covers are removed — unless
-//!   a command in between reads those pixels (a COPY from them).
+//!   a command in between reads those pixels (a COPY from them). Frames of
+//!   a compressed VIDEO codec (H.264) are never dropped: each predicts from
+//!   the one before, so the client could not decode the next one (the
+//!   server encodes a frame only when the queue has room, so a slow client
+//!   gets fewer frames from the encoder instead).
 //! - **No starvation.** Once [`MAX_WAIT`] commands were sent since the
 //!   oldest queued command was queued, it goes next, whatever its size: a
 //!   stream of small updates that fills the link delays a large one, but not
@@ -34,7 +38,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::protocol::{Command, Message, Rect};
+use crate::protocol::{Command, Message, Rect, VideoData, VideoRepr};
 
 /// Commands sent, at most, while the oldest queued command waits.
 pub const MAX_WAIT: u64 = 256;
@@ -63,6 +67,8 @@ struct Entry {
     reads: Option<Rect>,
     /// Paints every pixel of `writes` without reading any.
     opaque: bool,
+    /// Never superseded (a frame of an inter-coded VIDEO stream).
+    keep: bool,
     /// `stats.sent` when it was queued.
     queued_at: u64,
     command: Command<'static>,
@@ -153,6 +159,13 @@ impl Scheduler {
             Command::PFill(p) => (p.rects.clone(), None, true),
             Command::Video(v) => (vec![v.dst], None, true),
         };
+        let keep = matches!(
+            &command,
+            Command::Video(VideoRepr {
+                data: VideoData::Codec { .. },
+                ..
+            })
+        );
         let seq = self.next_seq;
         self.next_seq += 1;
         Entry {
@@ -162,6 +175,7 @@ impl Scheduler {
             writes,
             reads,
             opaque,
+            keep,
             queued_at: self.stats.sent,
             command,
         }
@@ -180,7 +194,7 @@ impl Scheduler {
                 break;
             };
             let free = |r: &Rect| covered(r) && !reads.iter().any(|s| overlaps(*s, *r));
-            if e.writes.iter().all(free) {
+            if !e.keep && e.writes.iter().all(free) {
                 let size = e.size;
                 let update = e.update;
                 if let Some(read) = e.reads {
@@ -538,5 +552,80 @@ mod test {
             }
             assert!(client == fifo, "round {round}");
         }
+    }
+
+    /// Frames of an H.264 stream are never superseded: newer frames of the
+    /// same area, a RAW over it and an I420 frame of it leave every frame
+    /// queued, in order, so the client's decoder gets an unbroken chain
+    /// from the IDR picture on (the RAW and the I420 frame, which stand
+    /// alone, are still superseded).
+    #[cfg(feature = "h264")]
+    #[test]
+    fn h264_frames_are_never_superseded() {
+        use crate::codec::h264::{H264Decoder, H264Encoder};
+        use crate::codec::yuv::bgrx_to_i420;
+        use crate::protocol::{Encoding, CODEC_H264};
+        use std::borrow::Cow;
+
+        let area = Rect::new(8, 8, 48, 32);
+        let (w, h) = (usize::from(area.w), usize::from(area.h));
+        let mut encoder = H264Encoder::new(area.w, area.h).unwrap();
+        let mut s = Scheduler::new(1 << 20);
+        for frame in 0..12u32 {
+            let pixels: Vec<u32> = (0..w * h)
+                .map(|i| (i as u32).wrapping_mul(2_654_435_761) >> (frame % 8))
+                .collect();
+            let i420 = bgrx_to_i420(&pixels, w, h);
+            let (au, _) = encoder.encode(&i420.as_ref()).unwrap();
+            s.push_update(vec![Command::Video(VideoRepr {
+                stream_id: 1,
+                frame,
+                dst: area,
+                src_w: area.w,
+                src_h: area.h,
+                data: VideoData::Codec {
+                    codec: CODEC_H264,
+                    data: Cow::Owned(au),
+                },
+            })]);
+            // A RAW over the whole area, and an I420 frame of it: each
+            // would drop every queued frame it covers.
+            if frame % 3 == 1 {
+                s.push_update(vec![raw(Rect::new(0, 0, 64, 64), frame)]);
+            }
+            if frame % 4 == 2 {
+                s.push_update(vec![Command::Video(VideoRepr {
+                    stream_id: 2,
+                    frame,
+                    dst: area,
+                    src_w: area.w,
+                    src_h: area.h,
+                    data: VideoData::I420 {
+                        encoding: Encoding::Plain,
+                        y: Cow::Owned(i420.y.clone()),
+                        u: Cow::Owned(i420.u.clone()),
+                        v: Cow::Owned(i420.v.clone()),
+                    },
+                })]);
+            }
+        }
+        // Standalone commands are still superseded.
+        assert!(s.stats().dropped > 0);
+        let mut frames = Vec::new();
+        for c in drain(&mut s) {
+            if let Command::Video(v) = c {
+                if let VideoData::Codec { data, .. } = &v.data {
+                    frames.push((v.frame, data.to_vec()));
+                }
+            }
+        }
+        let mut decoder = H264Decoder::new().unwrap();
+        let mut next = 0;
+        for (frame, au) in frames {
+            assert_eq!(frame, next, "frames in order, none missing");
+            decoder.decode(&au, frame, area.w, area.h).unwrap();
+            next += 1;
+        }
+        assert_eq!(next, 12);
     }
 }

@@ -52,9 +52,14 @@ struct Args {
     /// by the server (PROTOCOL.md §9).
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
     viewport: Option<(u16, u16)>,
-    /// Offer VIDEO: video-like areas come as YUV frames (PROTOCOL.md §6).
+    /// Offer VIDEO: video-like areas come as YUV frames (PROTOCOL.md §6),
+    /// H.264-compressed unless `--no-h264`.
     #[arg(long)]
     video: bool,
+    /// With `--video`, do not offer H.264 (VIDEO codec 0x80, PROTOCOL.md
+    /// §6.3): frames come as uncompressed I420 planes.
+    #[arg(long)]
+    no_h264: bool,
     /// Offer CLIPBOARD: the session's clipboard text is received (and kept
     /// in the statistics' message counts).
     #[arg(long)]
@@ -123,6 +128,9 @@ fn main() -> anyhow::Result<()> {
         if on {
             config.capabilities = Capabilities(config.capabilities.0 | capability.0);
         }
+    }
+    if args.no_h264 {
+        config.codecs.clear();
     }
     if let Some((w, h)) = args.viewport {
         config.max_width = w;

@@ -7,6 +7,8 @@
 //! command: a command that does not fit is an [`ApplyError`] and changes no
 //! pixel.
 
+#[cfg(feature = "h264")]
+pub mod h264;
 pub mod scale;
 pub mod yuv;
 

@@ -278,6 +278,24 @@ impl Encoder {
         Some(command)
     }
 
+    /// Like [`Self::video`], as an H.264 access unit of `h264`'s stream
+    /// (PROTOCOL.md §6.3; `h264` has `rect`'s size).
+    #[cfg(feature = "h264")]
+    pub fn video_h264(
+        &mut self,
+        screen: &PixelView<'_>,
+        rect: Rect,
+        (stream_id, frame): (u32, u32),
+        h264: &mut crate::codec::h264::H264Encoder,
+    ) -> Option<Command<'static>> {
+        if (screen.width(), screen.height()) != (self.model.width(), self.model.height()) {
+            return None;
+        }
+        let command = video::h264_frame(screen, rect, stream_id, frame, h264)?;
+        self.model.blit(rect, &vec![UNKNOWN; rect.area()]);
+        Some(command)
+    }
+
     /// [`Self::copies`] then [`Self::paint`]: after applying the result, the
     /// client's `rect` equals the screen's.
     pub fn update(

@@ -594,6 +594,34 @@ pub fn video_frame(
     }))
 }
 
+/// A VIDEO frame of `rect` of `screen` as one H.264 access unit of
+/// `encoder`'s stream (codec 0x80, PROTOCOL.md §6.3), 1:1. `None` when
+/// `rect` is not inside `screen` or is not the encoder's size, or the
+/// encoder fails.
+#[cfg(feature = "h264")]
+pub fn h264_frame(
+    screen: &PixelView<'_>,
+    rect: Rect,
+    stream_id: u32,
+    frame: u32,
+    encoder: &mut crate::codec::h264::H264Encoder,
+) -> Option<Command<'static>> {
+    let image = Image::snapshot(screen, rect)?;
+    let i420 = bgrx_to_i420(image.pixels(), usize::from(rect.w), usize::from(rect.h));
+    let (au, _) = encoder.encode(&i420.as_ref()).ok()?;
+    Some(Command::Video(VideoRepr {
+        stream_id,
+        frame,
+        dst: rect,
+        src_w: rect.w,
+        src_h: rect.h,
+        data: VideoData::Codec {
+            codec: crate::protocol::CODEC_H264,
+            data: au.into(),
+        },
+    }))
+}
+
 #[cfg(test)]
 mod test {
     #![allow(clippy::unwrap_used)]

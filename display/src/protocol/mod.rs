@@ -69,7 +69,9 @@ pub use self::raw::RawRepr;
 pub use self::rect::Rect;
 pub use self::session::{ClipboardRepr, CloseCode, CloseRepr, PingRepr};
 pub use self::sfill::SFillRepr;
-pub use self::video::{VideoData, VideoEndRepr, VideoRepr};
+pub use self::video::{
+    h264_nal_types, VideoData, VideoEndRepr, VideoRepr, CODEC_H264, H264_NAL_IDR,
+};
 pub use self::viewport::{fit_viewport, FramebufferSizeRepr, ViewportRequestRepr};
 
 /// The protocol version this crate implements.

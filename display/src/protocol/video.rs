@@ -31,8 +31,53 @@ mod field {
 pub const CODEC_I420: u8 = 0x00;
 /// The first id of the optional (negotiated) codecs.
 pub const CODEC_OPTIONAL_FIRST: u8 = 0x80;
-/// Reserved for H.264 Annex B (PROTOCOL.md §6.3); not defined in version 1.
+/// H.264 Annex B, constrained baseline, one access unit per message
+/// (PROTOCOL.md §6.3).
 pub const CODEC_H264: u8 = 0x80;
+/// `nal_unit_type` of an IDR picture's slice (H.264 Table 7-1).
+pub const H264_NAL_IDR: u8 = 5;
+
+/// The `nal_unit_type` (5 bits) of each NAL unit of an H.264 Annex B
+/// access unit, in order (PROTOCOL.md §6.3). Refused (malformed): an access
+/// unit that does not start with a start code (`00 00 01` or
+/// `00 00 00 01`), or a NAL unit with no header byte or with
+/// `forbidden_zero_bit` set. The units' contents are not looked at.
+pub fn h264_nal_types(au: &[u8]) -> Result<Vec<u8>, Error> {
+    let malformed = |value: u64| Error::OutOfRange {
+        field: "h264 access unit",
+        value,
+        min: 0,
+        max: 0,
+    };
+    // Start codes: the byte after each `00 00 01`.
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 2 < au.len() {
+        if au.get(i..i + 3) == Some(&[0, 0, 1][..]) {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    // The first start code opens the access unit (after at most one more
+    // zero byte: `00 00 00 01`).
+    match starts.first() {
+        Some(3) | Some(4) if au.first() == Some(&0) => {}
+        _ => return Err(malformed(au.len() as u64)),
+    }
+    let mut types = Vec::with_capacity(starts.len());
+    for (k, &at) in starts.iter().enumerate() {
+        let header = au.get(at).copied();
+        // An empty unit: the next start code (or the end) follows at once.
+        let next = starts.get(k + 1).map_or(au.len(), |&n| n - 3);
+        match header {
+            Some(h) if at < next && h & 0x80 == 0 => types.push(h & 0x1f),
+            _ => return Err(malformed(at as u64)),
+        }
+    }
+    Ok(types)
+}
 
 /// What a VIDEO message carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,6 +364,26 @@ mod test {
         assert_eq!(VideoRepr::parse(&buf), Ok(video));
         buf[21] = 1;
         assert!(VideoRepr::parse(&buf).is_err());
+    }
+
+    #[test]
+    fn h264_nal_units() {
+        // SPS, PPS, IDR slice; 3- and 4-byte start codes.
+        let au = [
+            0, 0, 0, 1, 0x67, 9, 0, 0, 1, 0x68, 8, 0, 0, 0, 1, 0x65, 1, 2,
+        ];
+        assert_eq!(h264_nal_types(&au), Ok(vec![7, 8, H264_NAL_IDR]));
+        assert_eq!(h264_nal_types(&[0, 0, 1, 0x41, 7]), Ok(vec![1]));
+        for bad in [
+            &[][..],
+            &[0, 0, 1],                // no header byte
+            &[0x65, 0, 0, 1, 0x65],    // no start code first
+            &[0, 0, 0, 0, 1, 0x65],    // too many zeros before it
+            &[0, 0, 1, 0xe5],          // forbidden_zero_bit
+            &[0, 0, 1, 0, 0, 1, 0x65], // an empty unit
+        ] {
+            assert!(h264_nal_types(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

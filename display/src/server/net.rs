@@ -14,13 +14,14 @@ use tracing::{debug, info, warn};
 
 use super::x11::XSession;
 use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
+use crate::codec::h264::H264Encoder;
 use crate::encode::scale::{fit, src_point, Downscaler};
 use crate::encode::video::subtract;
 use crate::encode::{Encoder, PixelView, TILE};
 use crate::protocol::{
     Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
     CursorPositionRepr, Frame, FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender,
-    ServerHelloRepr, VideoEndRepr, SUPPORTED_VERSIONS,
+    ServerHelloRepr, VideoEndRepr, CODEC_H264, SUPPORTED_VERSIONS,
 };
 use crate::schedule::Scheduler;
 
@@ -376,7 +377,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         }
         Ok(Ok(Some(frame))) => frame,
     };
-    let (capabilities, viewport) = match hello.parse() {
+    let (capabilities, viewport, codecs) = match hello.parse() {
         Ok(Message::ClientHello(h)) => match negotiate(&h) {
             Ok(v) => v,
             Err((code, reason)) => {
@@ -400,7 +401,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         version: crate::protocol::VERSION_1,
         capabilities,
         view_only: !owner,
-        codecs: Vec::new(),
+        codecs: codecs.clone(),
     });
     let (ctrl_tx, ctrl_rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_loop(
@@ -420,7 +421,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
             ctrl_rx,
             (capabilities, viewport),
             peer,
-            queue_bytes,
+            (queue_bytes, codecs.contains(&CODEC_H264)),
         )
         .await
     }
@@ -433,17 +434,30 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
     info!(%peer, id, "viewer disconnected");
 }
 
-/// The capabilities in force and the viewport, or why the viewer is refused.
-fn negotiate(
-    hello: &ClientHelloRepr<'_>,
-) -> Result<(Capabilities, (u16, u16)), (CloseCode, String)> {
+/// The optional video codecs this server encodes (PROTOCOL.md §6.3).
+const SERVER_CODECS: &[u8] = &[CODEC_H264];
+
+/// What a hello settles: the capabilities in force, the viewport and the
+/// optional video codecs in force.
+type Negotiated = (Capabilities, (u16, u16), Vec<u8>);
+
+/// What the viewer gets (H.264 when it lists it and `VIDEO` is in force),
+/// or why it is refused.
+fn negotiate(hello: &ClientHelloRepr<'_>) -> Result<Negotiated, (CloseCode, String)> {
     if hello.choose_version(SUPPORTED_VERSIONS).is_none() {
         return Err((CloseCode::VersionMismatch, "server speaks 1".into()));
     }
-    Ok((
-        hello.capabilities.intersection(SERVER_CAPABILITIES),
-        (hello.max_width, hello.max_height),
-    ))
+    let capabilities = hello.capabilities.intersection(SERVER_CAPABILITIES);
+    let codecs = if capabilities.contains(Capabilities::VIDEO) {
+        SERVER_CODECS
+            .iter()
+            .copied()
+            .filter(|c| hello.codecs.contains(c))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((capabilities, (hello.max_width, hello.max_height), codecs))
 }
 
 /// Maps a framebuffer point of a viewer with this viewport to the screen
@@ -621,10 +635,26 @@ struct View {
     /// Streams that ended, to be told (`VideoEnd`) once the queue is empty,
     /// so that the end follows the stream's last frame.
     ended: Vec<u32>,
+    /// Whether VIDEO frames go as H.264 (negotiated, PROTOCOL.md §6.3).
+    h264: bool,
+    /// The H.264 encoder of each stream (made at its first frame, so its
+    /// first access unit is an IDR picture; dropped when the stream ends,
+    /// on a full state and when an encode fails, so the next frame of the
+    /// stream starts again with an IDR picture).
+    encoders: Vec<(u32, H264Stream)>,
+}
+
+/// A stream's H.264 encoder and what it did (logged when the stream ends).
+struct H264Stream {
+    encoder: H264Encoder,
+    frames: u32,
+    bytes: usize,
+    /// Time spent making its frames (screen read, I420, encode).
+    busy: Duration,
 }
 
 impl View {
-    fn new(hub: &Hub, viewport: (u16, u16), video: bool) -> Self {
+    fn new(hub: &Hub, viewport: (u16, u16), (video, h264): (bool, bool)) -> Self {
         let screen = hub.size();
         let size = fit(screen, viewport);
         View {
@@ -635,6 +665,8 @@ impl View {
             video,
             streams: Vec::new(),
             ended: Vec::new(),
+            h264,
+            encoders: Vec::new(),
         }
     }
 
@@ -656,6 +688,17 @@ impl View {
         });
         for (id, area) in gone {
             debug!(id, ?area, "video stream ends");
+            if let Some(i) = self.encoders.iter().position(|(s, _)| *s == id) {
+                let (_, h) = self.encoders.swap_remove(i);
+                let per_frame = h.busy / h.frames.max(1);
+                debug!(
+                    id,
+                    frames = h.frames,
+                    bytes = h.bytes,
+                    ?per_frame,
+                    "h264 stream ends"
+                );
+            }
             self.ended.push(id);
             lock(&shared.dirty).region.add(area);
         }
@@ -727,10 +770,10 @@ async fn write_loop(
     mut ctrl: mpsc::Receiver<Ctrl>,
     (capabilities, viewport): (Capabilities, (u16, u16)),
     peer: SocketAddr,
-    queue_bytes: usize,
+    (queue_bytes, h264): (usize, bool),
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
-    let video = capabilities.contains(Capabilities::VIDEO);
+    let video = (capabilities.contains(Capabilities::VIDEO), h264);
     let mut view = View::new(hub, viewport, video);
     let mut queue = Scheduler::new(queue_bytes);
     send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
@@ -821,7 +864,7 @@ async fn handle_ctrl(
             out.flush().await?;
         }
         Ctrl::Viewport(w, h) => {
-            **view = View::new(hub, (w, h), view.video);
+            **view = View::new(hub, (w, h), (view.video, view.h264));
             send_full_state(hub, shared, view, queue, out, cursor).await?;
         }
         Ctrl::Close(code, reason) => {
@@ -876,14 +919,17 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             if parts != whole && !framed.contains(&id) {
                 framed.push(id);
                 let frame = view.next_frame(id);
-                let command = hub
-                    .with_view(|screen| {
+                let command = if view.h264 {
+                    h264_frame(hub, view, id, area, frame)
+                } else {
+                    hub.with_view(|screen| {
                         view.with_pixels(screen, area, |encoder, pixels, r| {
                             encoder.video(pixels, r, id, frame)
                         })
                     })
                     .flatten()
-                    .flatten();
+                    .flatten()
+                };
                 if let Some(command) = command {
                     queue.push_update(vec![command]);
                 }
@@ -893,6 +939,61 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             paint_rect(hub, shared, view, queue, part);
         }
     }
+}
+
+/// Frame `frame` of stream `id` (screen area `area`) as H.264, with the
+/// stream's encoder (a new one, hence an IDR picture, at the stream's first
+/// frame and after a full state). An encoder that fails is dropped and the
+/// frame goes as I420: the stream's next H.264 frame is an IDR picture
+/// again, so the viewer never decodes across a missing frame.
+fn h264_frame(
+    hub: &Hub,
+    view: &mut View,
+    id: u32,
+    area: Rect,
+    frame: u32,
+) -> Option<crate::protocol::Command<'static>> {
+    let at = view.encoders.iter().position(|(s, _)| *s == id);
+    let mut slot = at.map(|i| view.encoders.swap_remove(i).1);
+    let started = std::time::Instant::now();
+    let command = hub
+        .with_view(|screen| {
+            view.with_pixels(screen, area, |encoder, pixels, r| {
+                let fits = slot
+                    .as_ref()
+                    .is_some_and(|h| h.encoder.size() == (usize::from(r.w), usize::from(r.h)));
+                if !fits {
+                    slot = H264Encoder::new(r.w, r.h)
+                        .inspect_err(|e| warn!(error = %e, "h264 encoder"))
+                        .ok()
+                        .map(|encoder| H264Stream {
+                            encoder,
+                            frames: 0,
+                            bytes: 0,
+                            busy: Duration::ZERO,
+                        });
+                }
+                let h264 = slot
+                    .as_mut()
+                    .and_then(|h| encoder.video_h264(pixels, r, (id, frame), &mut h.encoder));
+                if h264.is_none() {
+                    slot = None;
+                    return encoder.video(pixels, r, id, frame);
+                }
+                h264
+            })
+        })
+        .flatten()
+        .flatten();
+    // No frame (the screen changed size): this frame number is skipped, so
+    // the encoder goes and the next frame is an IDR picture.
+    if let (Some(mut h), Some(c)) = (slot, &command) {
+        h.frames += 1;
+        h.bytes += Message::Command(c.clone()).buffer_len();
+        h.busy += started.elapsed();
+        view.encoders.push((id, h));
+    }
+    command
 }
 
 /// Encodes one damaged rectangle: COPY for scrolls in it, then one update
@@ -945,6 +1046,7 @@ async fn send_full_state(
     cursor: bool,
 ) -> std::io::Result<()> {
     view.encoder.reset();
+    view.encoders.clear();
     queue.clear();
     let (width, height) = view.size();
     out.push(&Message::FramebufferSize(FramebufferSizeRepr {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mobidesk_client::{Connection, Security, ViewerConfig};
 use mobidesk_display::codec::yuv::{psnr, CLOSE_PSNR_DB};
 use mobidesk_display::encode::{Encoder, PixelView};
-use mobidesk_display::protocol::{Capabilities, Message, Rect};
+use mobidesk_display::protocol::{Capabilities, Message, Rect, CODEC_H264};
 use x11rb::protocol::xproto::{ConnectionExt as _, ImageFormat};
 
 use super::scale::assert_scaled;
@@ -77,8 +77,20 @@ fn area_of(pixels: &[u32], width: u16) -> Vec<u32> {
     out
 }
 
+/// VIDEO as I420 planes (the viewer offers no optional codec).
 #[test]
 fn video_area_is_close_while_playing_and_exact_after() {
+    playback(&[]);
+}
+
+/// VIDEO as H.264 (codec 0x80, negotiated; PROTOCOL.md §6.3): the same
+/// bounds, and each frame far smaller than as I420.
+#[test]
+fn h264_video_area_is_close_while_playing_and_exact_after() {
+    playback(&[CODEC_H264]);
+}
+
+fn playback(codecs: &[u8]) {
     let xvfb = Xvfb::start();
     let painter = Painter::new(&xvfb.display());
     painter.pattern();
@@ -88,6 +100,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
             capabilities,
             max_width: viewport.0,
             max_height: viewport.1,
+            codecs: codecs.to_vec(),
             ..ViewerConfig::default()
         };
         Connection::connect(addr, &config, &Security::InsecurePlaintext).unwrap()
@@ -95,6 +108,7 @@ fn video_area_is_close_while_playing_and_exact_after() {
     let video = Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0);
     let mut viewer = connect(video, (8192, 8192));
     assert_catches_up(&mut viewer, &painter);
+    assert_eq!(viewer.viewer().server_hello().unwrap().codecs, codecs);
     // A half-size viewer: its VIDEO frames are of the downscaled area.
     let mut half = connect(video, (320, 240));
     assert_scaled(&mut half, &painter, (320, 240));
@@ -172,6 +186,21 @@ fn video_area_is_close_while_playing_and_exact_after() {
         video_bytes / video_frames.max(1),
     );
     assert!(video_frames >= 10, "{video_frames} VIDEO frames");
+    // I420 is 1.5 bytes a pixel (LZ4 saves little on a moving picture);
+    // H.264 a small fraction of that.
+    let i420_frame = u64::from(aw) * u64::from(ah) * 3 / 2;
+    let per_frame = video_bytes / video_frames.max(1);
+    if codecs.contains(&CODEC_H264) {
+        assert!(
+            per_frame * 8 < i420_frame,
+            "{per_frame} bytes per H.264 frame"
+        );
+    } else {
+        assert!(
+            per_frame * 2 > i420_frame,
+            "{per_frame} bytes per I420 frame"
+        );
+    }
     for db in &psnrs {
         assert!(*db >= CLOSE_PSNR_DB, "PSNR {db:.1} dB < {CLOSE_PSNR_DB}");
     }
