@@ -592,12 +592,13 @@ fn mobidesk_viewer(
 ) -> Result<String> {
     use mobidesk_client::{Event, Viewer, ViewerConfig};
     use mobidesk_display::protocol::{Capabilities, MessageType};
-    // What a real viewer offers: it draws the cursor and takes VIDEO.
+    // What a real viewer offers: it draws the cursor, takes VIDEO and the
+    // zstd stream (`--display-server-arg=--no-zstd` turns that off).
     let config = ViewerConfig {
         capabilities: if video {
-            Capabilities(Capabilities::CURSOR.0 | Capabilities::VIDEO.0)
+            Capabilities::CURSOR | Capabilities::ZSTD | Capabilities::VIDEO
         } else {
-            Capabilities::CURSOR
+            Capabilities::CURSOR | Capabilities::ZSTD
         },
         codecs: if h264 {
             ViewerConfig::default().codecs

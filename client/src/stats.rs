@@ -9,17 +9,22 @@ use serde::Serialize;
 pub struct TypeStats {
     /// Messages received.
     pub messages: u64,
-    /// Bytes received, headers included.
+    /// Bytes received, headers included; for messages that came inside a
+    /// `Compressed` (PROTOCOL.md §2.1), their size decoded.
     pub bytes: u64,
 }
 
 /// Everything a viewer received.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
-    /// Bytes received in all, headers included.
+    /// Bytes received in all, headers included, as on the wire (a
+    /// `Compressed` message counts with its compressed size).
     pub bytes: u64,
     /// Per message type (PROTOCOL.md names: `Raw`, `Copy`, `SFill`,
     /// `Bitmap`, `PFill`, ... — every display command has its own entry).
+    /// `Compressed` holds the wire bytes of the zstd stream; the messages
+    /// that came inside it count under their own types, decoded, and not
+    /// again in `bytes`.
     pub by_type: BTreeMap<String, TypeStats>,
     /// Display commands applied (RAW, COPY, SFILL, BITMAP, PFILL, VIDEO).
     pub updates: u64,
@@ -68,6 +73,14 @@ impl Stats {
     pub(crate) fn count(&mut self, name: &str, bytes: usize) {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         self.bytes = self.bytes.saturating_add(bytes);
+        let entry = self.by_type.entry(name.to_owned()).or_default();
+        entry.messages += 1;
+        entry.bytes = entry.bytes.saturating_add(bytes);
+    }
+
+    /// A message that came inside a `Compressed`: its type's entry only.
+    pub(crate) fn count_inner(&mut self, name: &str, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         let entry = self.by_type.entry(name.to_owned()).or_default();
         entry.messages += 1;
         entry.bytes = entry.bytes.saturating_add(bytes);

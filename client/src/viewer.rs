@@ -5,16 +5,18 @@ use std::time::{Duration, Instant};
 use mobidesk_display::codec::h264::{H264Decoder, H264Error};
 use mobidesk_display::codec::{ApplyError, Framebuffer};
 use mobidesk_display::protocol::{
-    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, Command, DecodeError, Encoding, Error,
-    FrameDecoder, KeyRepr, Message, MessageType, PingRepr, Sender, ServerHelloRepr, VideoData,
-    VideoRepr, CODEC_H264, HEADER_LEN, MAX_REASON_LEN, SUPPORTED_VERSIONS,
+    Capabilities, ClientHelloRepr, CloseCode, CloseRepr, Command, CompressedRepr, DecodeError,
+    Encoding, Error, Frame, FrameDecoder, InflateError, Inflater, KeyRepr, Message, MessageType,
+    PingRepr, Sender, ServerHelloRepr, VideoData, VideoRepr, CODEC_H264, HEADER_LEN,
+    MAX_REASON_LEN, SUPPORTED_VERSIONS,
 };
 
 /// What a viewer asks for in its hello.
 #[derive(Debug, Clone)]
 pub struct ViewerConfig {
-    /// Capabilities offered (`CURSOR` by default: the headless viewer keeps
-    /// the shape and position, it does not draw them).
+    /// Capabilities offered (`CURSOR` and `ZSTD` by default: the headless
+    /// viewer keeps the cursor's shape and position, it does not draw them,
+    /// and takes the server's messages in a zstd stream).
     pub capabilities: Capabilities,
     /// The viewport.
     pub max_width: u16,
@@ -30,7 +32,7 @@ pub struct ViewerConfig {
 impl Default for ViewerConfig {
     fn default() -> Self {
         ViewerConfig {
-            capabilities: Capabilities::CURSOR,
+            capabilities: Capabilities::CURSOR | Capabilities::ZSTD,
             max_width: mobidesk_display::protocol::MAX_DIMENSION,
             max_height: mobidesk_display::protocol::MAX_DIMENSION,
             token: Vec::new(),
@@ -54,6 +56,9 @@ pub enum ViewerError {
     /// A VIDEO frame whose H.264 access unit does not decode.
     #[error("video: {0}")]
     Video(#[from] H264Error),
+    /// A `Compressed` message that does not decode (PROTOCOL.md §2.1).
+    #[error("{0}")]
+    Inflate(#[from] InflateError),
     /// A valid message at the wrong time.
     #[error("unexpected: {0}")]
     Unexpected(String),
@@ -75,6 +80,7 @@ impl ViewerError {
             ViewerError::Parse(e) => Some(e.close_code()),
             ViewerError::Apply(e) => Some(e.close_code()),
             ViewerError::Video(_) => Some(CloseCode::MalformedMessage),
+            ViewerError::Inflate(e) => Some(e.close_code()),
             ViewerError::Unexpected(_) => Some(CloseCode::UnexpectedMessage),
             ViewerError::Closed { .. } => None,
         }
@@ -110,6 +116,8 @@ enum State {
 #[derive(Debug)]
 pub struct Viewer {
     decoder: FrameDecoder,
+    /// The zstd stream's decompression context, once `ZSTD` is in force.
+    inflater: Option<Inflater>,
     state: State,
     offered: Capabilities,
     offered_codecs: Vec<u8>,
@@ -133,6 +141,7 @@ impl Viewer {
     pub fn new(config: &ViewerConfig) -> Self {
         let mut viewer = Viewer {
             decoder: FrameDecoder::new(Sender::Server),
+            inflater: None,
             state: State::AwaitHello,
             offered: config.capabilities,
             offered_codecs: config.codecs.clone(),
@@ -291,16 +300,37 @@ impl Viewer {
             let used = self.decoder.handle_bytes(input)?;
             input = input.get(used..).unwrap_or_default();
             while let Some(frame) = self.decoder.poll_message() {
-                let message = frame.parse()?;
                 self.stats
                     .count(frame.msg_type.name(), HEADER_LEN + frame.body.len());
-                self.handle_message(message, events)?;
+                if frame.msg_type == MessageType::Compressed {
+                    for inner in self.inflate(&frame)? {
+                        self.stats
+                            .count_inner(inner.msg_type.name(), HEADER_LEN + inner.body.len());
+                        self.handle_message(inner.parse()?, events)?;
+                        if self.state == State::Closed {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                self.handle_message(frame.parse()?, events)?;
                 if self.state == State::Closed {
                     return Ok(());
                 }
             }
         }
         Ok(())
+    }
+
+    /// The messages inside a `Compressed` (PROTOCOL.md §2.1): only after a
+    /// `ServerHello` that put `ZSTD` in force.
+    fn inflate(&mut self, frame: &Frame) -> Result<Vec<Frame>, ViewerError> {
+        let Some(inflater) = self.inflater.as_mut() else {
+            return Err(ViewerError::Unexpected(
+                "Compressed without ZSTD in force".into(),
+            ));
+        };
+        Ok(inflater.inflate(&CompressedRepr::parse(&frame.body)?)?)
     }
 
     fn handle_message(
@@ -330,6 +360,9 @@ impl Viewer {
                     "ServerHello with version {}, capabilities {:#x} and codecs {:02x?} not offered",
                     hello.version, hello.capabilities.0, hello.codecs
                 )));
+            }
+            if hello.capabilities.contains(Capabilities::ZSTD) {
+                self.inflater = Some(Inflater::new()?);
             }
             self.state = State::Ready;
             self.hello = Some(hello.clone());
@@ -480,7 +513,9 @@ pub fn keysyms_for(c: char) -> Vec<KeyRepr> {
 #[cfg(test)]
 mod test {
     use super::*;
-    use mobidesk_display::protocol::{Command, FramebufferSizeRepr, Rect, SFillRepr, VERSION_1};
+    use mobidesk_display::protocol::{
+        Command, Deflater, FramebufferSizeRepr, Rect, SFillRepr, VERSION_1,
+    };
 
     fn bytes(messages: &[Message<'_>]) -> Vec<u8> {
         messages.iter().flat_map(|m| m.to_vec().unwrap()).collect()
@@ -626,6 +661,93 @@ mod test {
         ]);
         let err = viewer.handle_bytes(&stream).unwrap_err();
         assert_eq!(err.close_code(), Some(CloseCode::OutOfBounds));
+        assert!(viewer.is_closed());
+        assert_eq!(viewer.take_transmit().first(), Some(&0x05));
+    }
+
+    fn zstd_hello() -> Message<'static> {
+        Message::ServerHello(ServerHelloRepr {
+            version: VERSION_1,
+            capabilities: Capabilities::CURSOR | Capabilities::ZSTD,
+            view_only: false,
+            codecs: vec![],
+        })
+    }
+
+    #[test]
+    fn messages_in_the_zstd_stream_are_handled_in_their_place() {
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        let hello = viewer.take_transmit();
+        // The default offers ZSTD (bit 3 of the capabilities at body offset 4).
+        assert_eq!(hello[HEADER_LEN + 4] & 0b1000, 0b1000);
+        let fill = |colour, x| {
+            Message::Command(Command::SFill(SFillRepr {
+                colour,
+                rects: vec![Rect::new(x, 0, 1, 1)],
+            }))
+        };
+        let mut deflater = Deflater::new(1).unwrap();
+        let mut stream = bytes(&[zstd_hello()]);
+        let first = bytes(&[
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width: 4,
+                height: 2,
+                session_width: 4,
+                session_height: 2,
+            }),
+            fill(7, 0),
+        ]);
+        deflater.deflate(&first, &mut stream).unwrap();
+        // A message on its own between two pieces of the stream.
+        stream.extend(bytes(&[fill(8, 1)]));
+        let second = bytes(&[fill(9, 2), Message::StateComplete, fill(10, 3)]);
+        deflater.deflate(&second, &mut stream).unwrap();
+        let mut events = Vec::new();
+        for b in &stream {
+            events.extend(viewer.handle_bytes(std::slice::from_ref(b)).unwrap());
+        }
+        assert_eq!(events.len(), 7, "{events:?}");
+        assert_eq!(events[5], Event::StateComplete);
+        let fb = viewer.framebuffer().unwrap();
+        for (x, colour) in [(0, 7), (1, 8), (2, 9), (3, 10)] {
+            assert_eq!(fb.pixel(x, 0), Some(colour));
+        }
+        let stats = viewer.stats();
+        assert_eq!(stats.bytes, stream.len() as u64);
+        assert_eq!(stats.of("Compressed").messages, 2);
+        assert_eq!(stats.of("SFill").messages, 4);
+        assert_eq!(stats.of("SFill").bytes, 4 * (5 + 14));
+        assert_eq!(stats.updates, 4);
+    }
+
+    #[test]
+    fn compressed_without_zstd_or_corrupt_closes() {
+        let mut piece = Vec::new();
+        Deflater::new(1)
+            .unwrap()
+            .deflate(&bytes(&[Message::StateComplete]), &mut piece)
+            .unwrap();
+        // Not in force: the hello did not grant ZSTD.
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        viewer.take_transmit();
+        let mut stream = bytes(&[Message::ServerHello(ServerHelloRepr {
+            version: VERSION_1,
+            capabilities: Capabilities::CURSOR,
+            view_only: false,
+            codecs: vec![],
+        })]);
+        stream.extend(&piece);
+        let err = viewer.handle_bytes(&stream).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::UnexpectedMessage));
+        // Corrupt: bad_payload, and the Close goes out.
+        let mut viewer = Viewer::new(&ViewerConfig::default());
+        viewer.take_transmit();
+        let mut stream = bytes(&[zstd_hello()]);
+        // The zstd magic number, first of the data (after 5 + 4 bytes).
+        piece[HEADER_LEN + 4] ^= 0x55;
+        stream.extend(&piece);
+        let err = viewer.handle_bytes(&stream).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::BadPayload), "{err}");
         assert!(viewer.is_closed());
         assert_eq!(viewer.take_transmit().first(), Some(&0x05));
     }

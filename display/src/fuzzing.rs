@@ -9,8 +9,9 @@
 
 use crate::codec::{ApplyError, Framebuffer};
 use crate::protocol::{
-    BitmapRepr, Command, CopyRepr, DecodeError, Encoding, Frame, FrameDecoder, Message, PFillRepr,
-    Payload, RawRepr, Rect, SFillRepr, Sender, VideoData, VideoRepr,
+    BitmapRepr, Command, CompressedRepr, CopyRepr, DecodeError, Deflater, Encoding, Frame,
+    FrameDecoder, Inflater, Message, MessageType, PFillRepr, Payload, RawRepr, Rect, SFillRepr,
+    Sender, VideoData, VideoRepr, HEADER_LEN,
 };
 
 /// Framing and parsing never panic on any bytes, and are consistent:
@@ -19,7 +20,15 @@ use crate::protocol::{
 ///   length inside the type's range and survives emit → frame → parse
 ///   unchanged, with `buffer_len` equal to the bytes emitted;
 /// - `data` as a stream: cutting it into chunks changes neither the messages
-///   nor the error, and every message that parses round-trips as above.
+///   nor the error, and every message that parses round-trips as above;
+/// - `data` as a server's stream read by a client with `ZSTD` in force:
+///   every `Compressed` is inflated in one context, in order, and what comes
+///   out is framed and parsed (errors, never a panic);
+/// - the server messages of the stream, sent through a zstd stream in
+///   batches that `data` chooses, come out of a client's stream unchanged;
+///   with one byte of that stream changed (where `data` says), the client
+///   gets the messages before the change and then an error or messages of
+///   the same total size, never a panic.
 pub fn decode_oracle(data: &[u8]) {
     if let Some((&type_byte, body)) = data.split_first() {
         if let Ok(message) = Message::parse_u8(type_byte, body) {
@@ -51,6 +60,103 @@ pub fn decode_oracle(data: &[u8]) {
             check_round_trip(&message);
             check_h264_framing(&message);
         }
+    }
+
+    client_stream(data);
+    compressed_round_trip(&whole.0, data);
+}
+
+/// What a client with `ZSTD` in force reads from `data`: the frames, with
+/// those inside each `Compressed` in its place, until the first error.
+fn client_stream(data: &[u8]) -> (Vec<Frame>, bool) {
+    let mut decoder = FrameDecoder::new(Sender::Server);
+    let mut inflater = Inflater::new().expect("a zstd context");
+    let mut frames = Vec::new();
+    let mut input = data;
+    while !input.is_empty() {
+        let Ok(used) = decoder.handle_bytes(input) else {
+            return (frames, false);
+        };
+        input = &input[used..];
+        while let Some(frame) = decoder.poll_message() {
+            if frame.msg_type != MessageType::Compressed {
+                let _ = frame.parse();
+                frames.push(frame);
+                continue;
+            }
+            let Ok(repr) = CompressedRepr::parse(&frame.body) else {
+                return (frames, false);
+            };
+            match inflater.inflate(&repr) {
+                Ok(inner) => {
+                    let len: usize = inner.iter().map(|f| HEADER_LEN + f.body.len()).sum();
+                    assert_eq!(len, repr.decoded_len as usize);
+                    for f in inner {
+                        assert_ne!(f.msg_type, MessageType::Compressed);
+                        let _ = f.parse();
+                        frames.push(f);
+                    }
+                }
+                Err(_) => return (frames, false),
+            }
+        }
+    }
+    (frames, true)
+}
+
+/// The server messages among `frames` through a [`Deflater`] in batches
+/// and back through [`client_stream`], whole and with one byte changed.
+fn compressed_round_trip(frames: &[Frame], data: &[u8]) {
+    let sent: Vec<&Frame> = frames
+        .iter()
+        .filter(|f| {
+            f.msg_type.may_be_sent_by(Sender::Server)
+                && f.msg_type != MessageType::Compressed
+                && f.msg_type != MessageType::ServerHello
+        })
+        .collect();
+    if sent.is_empty() {
+        return;
+    }
+    let mut u = Unstructured::new(data);
+    let level = i32::from(u.byte() % 5) - 1;
+    let mut deflater = Deflater::new(level).expect("a zstd context");
+    let mut wire = Vec::new();
+    // Where each Compressed starts, and how many messages it carries.
+    let mut pieces = Vec::new();
+    let mut i = 0;
+    while i < sent.len() {
+        let n = 1 + usize::from(u.byte() % 4);
+        let batch = &sent[i..(i + n).min(sent.len())];
+        let mut plain = Vec::new();
+        for f in batch {
+            plain.push(f.msg_type as u8);
+            plain.extend_from_slice(&(f.body.len() as u32).to_le_bytes());
+            plain.extend_from_slice(&f.body);
+        }
+        pieces.push((wire.len(), i));
+        deflater.deflate(&plain, &mut wire).expect("deflate");
+        i += batch.len();
+    }
+    let (got, ok) = client_stream(&wire);
+    assert!(ok, "a clean stream failed");
+    assert_eq!(got.len(), sent.len());
+    for (a, b) in got.iter().zip(&sent) {
+        assert_eq!(a, *b);
+    }
+    // One byte changed: everything before the piece it is in still comes.
+    let at = (usize::from(u.byte()) << 8 | usize::from(u.byte())) % wire.len();
+    let flip = u.byte() | 1;
+    wire[at] ^= flip;
+    let before = pieces
+        .iter()
+        .take_while(|&&(start, _)| start <= at)
+        .last()
+        .map_or(0, |&(_, first)| first);
+    let (got, _) = client_stream(&wire);
+    assert!(got.len() >= before, "{} < {before}", got.len());
+    for (a, b) in got.iter().zip(&sent).take(before) {
+        assert_eq!(a, *b);
     }
 }
 
@@ -209,6 +315,16 @@ impl Model {
     fn decode(payload: &Payload<'_>, len: usize) -> Option<Vec<u8>> {
         match payload.encoding {
             Encoding::Plain => (payload.data.len() == len).then(|| payload.data.to_vec()),
+            // PROTOCOL.md §1: byte i is the sum of data[i], data[i - 4], ...
+            Encoding::Delta => (payload.data.len() == len).then(|| {
+                (0..len)
+                    .map(|i| {
+                        (i % 4..=i)
+                            .step_by(4)
+                            .fold(0u8, |acc, j| acc.wrapping_add(payload.data[j]))
+                    })
+                    .collect()
+            }),
             Encoding::Lz4 => {
                 let mut out = vec![0; len];
                 match lz4_flex::block::decompress_into(&payload.data, &mut out) {
@@ -352,6 +468,7 @@ pub fn encode_oracle(data: &[u8]) {
     let bytes_of = |px: &[u32]| -> Vec<u8> { px.iter().flat_map(|p| p.to_le_bytes()).collect() };
     let mut first = true;
     let mut videos = 0u32;
+    let mut zstd = ZstdLink::new();
     for _ in 0..24 {
         if u.is_empty() && !first {
             break;
@@ -424,20 +541,24 @@ pub fn encode_oracle(data: &[u8]) {
             check_round_trip(&message);
         }
         queue.push_update(commands);
+        let mut batch = Vec::new();
         for _ in 0..u.byte() % 4 {
             if let Some(c) = queue.poll_command() {
-                client.apply(&c).unwrap();
+                batch.push(c);
             }
         }
+        zstd.send(&batch, &mut client);
     }
     // The end of any video: the whole screen once more (only pixels the
     // client may not have exactly are sent).
     let data = bytes_of(&screen);
     let view = PixelView::new(&data, w * 4, width, height).unwrap();
     queue.push_update(encoder.paint(&view, Rect::new(0, 0, width, height)));
+    let mut batch = Vec::new();
     while let Some(c) = queue.poll_command() {
-        client.apply(&c).unwrap();
+        batch.push(c);
     }
+    zstd.send(&batch, &mut client);
     assert!(
         client.pixels() == encoder.model().pixels(),
         "the encoder's image differs from the client"
@@ -446,6 +567,51 @@ pub fn encode_oracle(data: &[u8]) {
         client.pixels() == screen.as_slice(),
         "the client differs from the screen"
     );
+}
+
+/// A server's zstd stream to a client, as `mobidesk-display` sends it: the
+/// commands of one write as one `Compressed` (VIDEO on its own), applied by
+/// the client in order.
+struct ZstdLink {
+    deflater: Deflater,
+    inflater: Inflater,
+}
+
+impl ZstdLink {
+    fn new() -> Self {
+        ZstdLink {
+            deflater: Deflater::new(crate::protocol::DEFAULT_ZSTD_LEVEL).unwrap(),
+            inflater: Inflater::new().unwrap(),
+        }
+    }
+
+    fn send(&mut self, commands: &[Command<'_>], client: &mut Framebuffer) {
+        let mut plain = Vec::new();
+        let mut flush = |plain: &mut Vec<u8>, client: &mut Framebuffer| {
+            if plain.is_empty() {
+                return;
+            }
+            let mut wire = Vec::new();
+            self.deflater.deflate(plain, &mut wire).unwrap();
+            plain.clear();
+            let repr = CompressedRepr::parse(&wire[HEADER_LEN..]).unwrap();
+            for frame in self.inflater.inflate(&repr).unwrap() {
+                match frame.parse().unwrap() {
+                    Message::Command(c) => client.apply(&c).unwrap(),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        for c in commands {
+            if let Command::Video(_) = c {
+                flush(&mut plain, client);
+                client.apply(c).unwrap();
+            } else {
+                plain.extend(Message::Command(c.clone()).to_vec().unwrap());
+            }
+        }
+        flush(&mut plain, client);
+    }
 }
 
 /// Takes values from the fuzz input; zeros once it runs out.
@@ -505,7 +671,8 @@ fn random_rect(u: &mut Unstructured<'_>, width: u16, height: u16) -> Rect {
 fn random_payload(u: &mut Unstructured<'_>, len: usize) -> Payload<'static> {
     let decoded = u.bytes(len);
     match u.byte() % 8 {
-        0..=2 => Payload::plain(decoded),
+        0..=1 => Payload::plain(decoded),
+        2 => Payload::delta(&decoded),
         3..=5 => Payload::new(Encoding::Lz4, lz4_flex::block::compress(&decoded)),
         6 => {
             let wrong = usize::from(u.byte() % 16);

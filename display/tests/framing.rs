@@ -110,6 +110,7 @@ fn trailing_bytes_are_errors() {
                     t,
                     MessageType::Close
                         | MessageType::Clipboard
+                        | MessageType::Compressed
                         | MessageType::Raw
                         | MessageType::Bitmap
                         | MessageType::PFill
@@ -135,6 +136,9 @@ fn error_messages_are_lowercase() {
         }
         .to_string(),
         EmitError::BufferTooSmall { need: 2, have: 1 }.to_string(),
+        InflateError::PartialMessage.to_string(),
+        InflateError::Zstd("corruption detected").to_string(),
+        DeflateError::Size(3).to_string(),
     ];
     for e in errors {
         let first = e.chars().next().unwrap();

@@ -17,10 +17,10 @@ fn rect(rng: &mut Rng, max_w: u16, max_h: u16) -> Rect {
 
 fn payload(rng: &mut Rng, len: usize) -> Payload<'static> {
     let decoded = rng.bytes(len);
-    if rng.bool() {
-        Payload::compress(&decoded)
-    } else {
-        Payload::plain(decoded)
+    match rng.below(3) {
+        0 => Payload::compress(&decoded),
+        1 => Payload::delta(&decoded),
+        _ => Payload::plain(decoded),
     }
 }
 
@@ -81,6 +81,13 @@ pub(crate) fn random_message(rng: &mut Rng, t: MessageType) -> Message<'static> 
         MessageType::Clipboard => Message::Clipboard(ClipboardRepr {
             text: Cow::Owned(utf8(rng, 4096)),
         }),
+        MessageType::Compressed => {
+            let len = rng.range(1, 2048) as usize;
+            Message::Compressed(CompressedRepr {
+                decoded_len: rng.range(HEADER_LEN as u64, MAX_BODY_LEN as u64) as u32,
+                data: Cow::Owned(rng.bytes(len)),
+            })
+        }
         MessageType::FramebufferSize => Message::FramebufferSize(FramebufferSizeRepr {
             width: rng.range(1, 8192) as u16,
             height: rng.range(1, 8192) as u16,
@@ -218,7 +225,7 @@ fn lz4_flex_compress(data: &[u8]) -> Vec<u8> {
     match payload.encoding {
         Encoding::Lz4 => payload.data.into_owned(),
         // Force a block even for noise: the encoding is chosen per frame.
-        Encoding::Plain => {
+        Encoding::Plain | Encoding::Delta => {
             let mut block = Vec::new();
             // An LZ4 block of literals only: token, length bytes, literals.
             let n = data.len();

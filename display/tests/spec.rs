@@ -89,6 +89,7 @@ fn limits_match() {
     let constants = [
         ("HEADER_LEN", HEADER_LEN),
         ("MAX_BODY_LEN", MAX_BODY_LEN),
+        ("MAX_ZSTD_WINDOW", MAX_ZSTD_WINDOW),
         ("MAX_DIMENSION", usize::from(MAX_DIMENSION)),
         ("MAX_RAW_PIXELS", MAX_RAW_PIXELS),
         ("MAX_CURSOR_DIMENSION", usize::from(MAX_CURSOR_DIMENSION)),

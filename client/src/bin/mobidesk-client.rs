@@ -64,6 +64,10 @@ struct Args {
     /// in the statistics' message counts).
     #[arg(long)]
     clipboard: bool,
+    /// Do not offer ZSTD: every message comes on its own, not in the zstd
+    /// stream (PROTOCOL.md §2.1; a diagnostic).
+    #[arg(long)]
+    no_zstd: bool,
     /// Write the framebuffer here as PNG when done.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -131,6 +135,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.no_h264 {
         config.codecs.clear();
+    }
+    if args.no_zstd {
+        config.capabilities = Capabilities(config.capabilities.0 & !Capabilities::ZSTD.0);
     }
     if let Some((w, h)) = args.viewport {
         config.max_width = w;

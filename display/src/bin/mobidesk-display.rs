@@ -49,6 +49,15 @@ struct Args {
     /// overtaken by smaller updates; the send buffer itself autotunes.
     #[arg(long, default_value_t = 128 * 1024)]
     send_buffer: u32,
+    /// The zstd level of the stream viewers that offer ZSTD get their
+    /// messages in (negative: faster, larger).
+    #[arg(long, default_value_t = mobidesk_display::protocol::DEFAULT_ZSTD_LEVEL,
+          allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-7..=19))]
+    zstd_level: i32,
+    /// No zstd stream, even for viewers that offer ZSTD (a diagnostic).
+    #[arg(long)]
+    no_zstd: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +80,7 @@ fn main() -> anyhow::Result<()> {
     config.fbdir = args.fbdir;
     config.queue_bytes = args.queue_bytes;
     config.send_buffer = (args.send_buffer > 0).then_some(args.send_buffer);
+    config.zstd_level = (!args.no_zstd).then_some(args.zstd_level);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -61,14 +61,14 @@ pub enum Error {
         /// The field, as PROTOCOL.md names it.
         field: &'static str,
     },
-    /// A payload encoding other than `plain` and `lz4`.
+    /// A payload encoding other than `plain`, `lz4` and `delta`.
     #[error("unknown payload encoding {0}")]
     UnknownEncoding(u8),
     /// A video codec in the reserved range 0x01–0x7f.
     #[error("reserved video codec {0:#04x}")]
     ReservedCodec(u8),
-    /// A `plain` payload whose length is not its decoded size.
-    #[error("{field}: {len} bytes of plain payload, expected {expected}")]
+    /// A `plain` or `delta` payload whose length is not its decoded size.
+    #[error("{field}: {len} bytes of plain or delta payload, expected {expected}")]
     PayloadLength {
         /// The payload, as PROTOCOL.md names it.
         field: &'static str,

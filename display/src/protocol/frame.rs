@@ -359,8 +359,8 @@ mod test {
     fn unknown_and_unexpected_types() {
         let mut decoder = FrameDecoder::new(Sender::Client);
         assert_eq!(
-            decoder.handle_bytes(&[0x07, 0, 0, 0, 0]),
-            Err(DecodeError::UnknownType(0x07))
+            decoder.handle_bytes(&[0x08, 0, 0, 0, 0]),
+            Err(DecodeError::UnknownType(0x08))
         );
         let mut decoder = FrameDecoder::new(Sender::Client);
         assert_eq!(

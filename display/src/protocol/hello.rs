@@ -20,8 +20,11 @@ impl Capabilities {
     pub const CURSOR: Capabilities = Capabilities(1 << 1);
     /// The client exchanges `Clipboard` messages.
     pub const CLIPBOARD: Capabilities = Capabilities(1 << 2);
+    /// The client decodes `Compressed` messages: the server may send its
+    /// messages in a zstd stream (PROTOCOL.md §2.1).
+    pub const ZSTD: Capabilities = Capabilities(1 << 3);
     /// Every capability version 1 defines.
-    pub const ALL: Capabilities = Capabilities(0b111);
+    pub const ALL: Capabilities = Capabilities(0b1111);
     /// None.
     pub const NONE: Capabilities = Capabilities(0);
 
@@ -297,8 +300,8 @@ mod test {
         assert_eq!(
             buf,
             [
-                b'M', b'D', b'S', b'K', 7, 0, 0, 0, 0, 4, 0, 3, 2, 1, 3, 0, 1, 0, 2, 0, 0x80, b't',
-                b'o', b'k'
+                b'M', b'D', b'S', b'K', 15, 0, 0, 0, 0, 4, 0, 3, 2, 1, 3, 0, 1, 0, 2, 0, 0x80,
+                b't', b'o', b'k'
             ]
         );
         assert_eq!(ClientHelloRepr::parse(&buf), Ok(hello));
@@ -361,7 +364,7 @@ mod test {
         buf[10] = 3;
         assert!(ServerHelloRepr::parse(&buf).is_err());
         buf[10] = 0;
-        buf[6] = 8;
+        buf[6] = 16;
         assert!(ServerHelloRepr::parse(&buf).is_err());
     }
 }

@@ -42,6 +42,7 @@ mod rect;
 mod wire;
 
 pub mod bitmap;
+pub mod compressed;
 pub mod copy;
 pub mod cursor;
 pub mod hello;
@@ -57,6 +58,10 @@ use core::fmt;
 use core::ops::RangeInclusive;
 
 pub use self::bitmap::BitmapRepr;
+pub use self::compressed::{
+    zstd_payloads, CompressedRepr, DeflateError, Deflater, InflateError, Inflater,
+    DEFAULT_ZSTD_LEVEL, MAX_ZSTD_WINDOW,
+};
 pub use self::copy::CopyRepr;
 pub use self::cursor::{CursorPositionRepr, CursorShapeRepr};
 pub use self::error::{EmitError, Error};
@@ -181,6 +186,8 @@ message_types! {
     Close = 0x05, Either, 2, 2 + MAX_REASON_LEN;
     /// §4.3.
     Clipboard = 0x06, Either, 0, MAX_CLIPBOARD_LEN;
+    /// §2.1.
+    Compressed = 0x07, Server, CompressedRepr::HEADER_LEN + 1, MAX_BODY_LEN;
     /// §9.1.
     FramebufferSize = 0x10, Server, FramebufferSizeRepr::LEN, FramebufferSizeRepr::LEN;
     /// §3.4.
@@ -289,6 +296,8 @@ pub enum Message<'a> {
     Close(CloseRepr<'a>),
     /// §4.3.
     Clipboard(ClipboardRepr<'a>),
+    /// §2.1.
+    Compressed(CompressedRepr<'a>),
     /// §9.1.
     FramebufferSize(FramebufferSizeRepr),
     /// §3.4.
@@ -321,6 +330,7 @@ macro_rules! with_repr {
             Message::Ping($r) | Message::Pong($r) => $body,
             Message::Close($r) => $body,
             Message::Clipboard($r) => $body,
+            Message::Compressed($r) => $body,
             Message::FramebufferSize($r) => $body,
             Message::StateComplete => $empty,
             Message::Command(Command::Raw($r)) => $body,
@@ -350,6 +360,7 @@ impl<'a> Message<'a> {
             MessageType::Pong => Message::Pong(PingRepr::parse(body)?),
             MessageType::Close => Message::Close(CloseRepr::parse(body)?),
             MessageType::Clipboard => Message::Clipboard(ClipboardRepr::parse(body)?),
+            MessageType::Compressed => Message::Compressed(CompressedRepr::parse(body)?),
             MessageType::FramebufferSize => {
                 Message::FramebufferSize(FramebufferSizeRepr::parse(body)?)
             }
@@ -392,6 +403,7 @@ impl<'a> Message<'a> {
             Message::Pong(_) => MessageType::Pong,
             Message::Close(_) => MessageType::Close,
             Message::Clipboard(_) => MessageType::Clipboard,
+            Message::Compressed(_) => MessageType::Compressed,
             Message::FramebufferSize(_) => MessageType::FramebufferSize,
             Message::StateComplete => MessageType::StateComplete,
             Message::Command(command) => command.message_type(),
@@ -451,6 +463,7 @@ impl<'a> Message<'a> {
             Message::Pong(r) => Message::Pong(r),
             Message::Close(r) => Message::Close(r.into_owned()),
             Message::Clipboard(r) => Message::Clipboard(r.into_owned()),
+            Message::Compressed(r) => Message::Compressed(r.into_owned()),
             Message::FramebufferSize(r) => Message::FramebufferSize(r),
             Message::StateComplete => Message::StateComplete,
             Message::Command(c) => Message::Command(c.into_owned()),
@@ -482,7 +495,7 @@ mod test {
                 assert_eq!(t as u8, value);
             }
         }
-        assert_eq!(MessageType::ALL.len(), 21);
+        assert_eq!(MessageType::ALL.len(), 22);
         assert_eq!(MessageType::from_u8(0), None);
     }
 

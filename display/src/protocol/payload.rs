@@ -1,5 +1,5 @@
 //! Payloads: pixel data, bitmaps, tiles, cursor images and video planes,
-//! `plain` or one LZ4 block (PROTOCOL.md §1, Payloads).
+//! `plain`, one LZ4 block or `delta` (PROTOCOL.md §1, Payloads).
 
 use std::borrow::Cow;
 
@@ -15,6 +15,9 @@ pub enum Encoding {
     Plain = 0,
     /// One LZ4 block (no frame, no size prefix, no checksum).
     Lz4 = 1,
+    /// Each byte minus the byte 4 before it (mod 256): for pixels, the same
+    /// channel of the pixel before. Only with `ZSTD` in force.
+    Delta = 2,
 }
 
 impl Encoding {
@@ -23,6 +26,7 @@ impl Encoding {
         match value {
             0 => Ok(Encoding::Plain),
             1 => Ok(Encoding::Lz4),
+            2 => Ok(Encoding::Delta),
             other => Err(Error::UnknownEncoding(other)),
         }
     }
@@ -95,6 +99,16 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// `decoded` as a `delta` payload: every byte from the fifth on minus
+    /// the byte 4 before it (mod 256), the first 4 as they are.
+    pub fn delta(decoded: &[u8]) -> Payload<'static> {
+        let mut data = decoded.to_vec();
+        for (i, d) in data.iter_mut().enumerate().skip(DELTA_STRIDE) {
+            *d = d.wrapping_sub(decoded.get(i - DELTA_STRIDE).copied().unwrap_or(0));
+        }
+        Payload::new(Encoding::Delta, data)
+    }
+
     /// An owned copy.
     pub fn into_owned(self) -> Payload<'static> {
         Payload {
@@ -116,7 +130,7 @@ impl<'a> Payload<'a> {
     /// Checks what can be checked without decoding: a plain payload is
     /// exactly `decoded_len` bytes.
     pub(crate) fn validate(&self, field: &'static str, decoded_len: usize) -> Result<(), Error> {
-        if self.encoding == Encoding::Plain && self.data.len() != decoded_len {
+        if self.encoding != Encoding::Lz4 && self.data.len() != decoded_len {
             return Err(Error::PayloadLength {
                 field,
                 len: self.data.len(),
@@ -142,6 +156,22 @@ impl<'a> Payload<'a> {
                 len: self.data.len(),
                 expected: decoded_len,
             }),
+            Encoding::Delta if self.data.len() == decoded_len => {
+                scratch.clear();
+                scratch.extend_from_slice(&self.data);
+                for i in DELTA_STRIDE..scratch.len() {
+                    let before = scratch.get(i - DELTA_STRIDE).copied().unwrap_or(0);
+                    if let Some(b) = scratch.get_mut(i) {
+                        *b = b.wrapping_add(before);
+                    }
+                }
+                Ok(scratch)
+            }
+            Encoding::Delta => Err(PayloadError::Length {
+                field,
+                len: self.data.len(),
+                expected: decoded_len,
+            }),
             Encoding::Lz4 => {
                 scratch.clear();
                 scratch.resize(decoded_len, 0);
@@ -163,6 +193,9 @@ impl<'a> Payload<'a> {
         }
     }
 }
+
+/// The distance a `delta` payload's bytes are predicted from: one pixel.
+const DELTA_STRIDE: usize = 4;
 
 /// `a × b × c` as the decoded size of a payload, refused above `MAX_BODY_LEN`.
 pub(crate) fn decoded_size(field: &'static str, dims: &[usize]) -> Result<usize, Error> {
@@ -200,6 +233,31 @@ mod test {
     }
 
     #[test]
+    fn delta_round_trips_and_is_exact() {
+        let pixels: Vec<u8> = (0..4000u32).map(|i| (i * 37 % 251) as u8).collect();
+        let payload = Payload::delta(&pixels);
+        assert_eq!(payload.encoding, Encoding::Delta);
+        assert_eq!(payload.len(), pixels.len());
+        assert_eq!(&payload.data[..4], &pixels[..4]);
+        // A pixel equal to the one before is four zeros.
+        let flat = Payload::delta(&[9, 8, 7, 0, 9, 8, 7, 0, 10, 8, 6, 0]);
+        assert_eq!(&flat.data[..], [9, 8, 7, 0, 0, 0, 0, 0, 1, 0, 255, 0]);
+        let mut scratch = Vec::new();
+        assert_eq!(
+            payload.decode("data", 4000, &mut scratch).unwrap(),
+            &pixels[..]
+        );
+        assert!(matches!(
+            payload.decode("data", 4001, &mut scratch),
+            Err(PayloadError::Length { .. })
+        ));
+        assert!(payload.validate("data", 3999).is_err());
+        // Shorter than the stride.
+        let short = Payload::delta(&[1, 2]);
+        assert_eq!(short.decode("data", 2, &mut scratch).unwrap(), [1, 2]);
+    }
+
+    #[test]
     fn decode_is_exact() {
         let block = lz4_flex::block::compress(&[1u8; 100]);
         let payload = Payload::new(Encoding::Lz4, block);
@@ -225,6 +283,6 @@ mod test {
         assert_eq!(decoded_size("data", &[2048, 2048, 4]), Ok(1 << 24));
         assert!(decoded_size("data", &[2048, 2049, 4]).is_err());
         assert!(decoded_size("data", &[usize::MAX, 2]).is_err());
-        assert_eq!(Encoding::from_u8(2), Err(Error::UnknownEncoding(2)));
+        assert_eq!(Encoding::from_u8(3), Err(Error::UnknownEncoding(3)));
     }
 }

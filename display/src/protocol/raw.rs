@@ -95,8 +95,8 @@ mod test {
             RawRepr::parse(&buf[..12]),
             Err(Error::PayloadLength { .. })
         ));
-        buf[8] = 2;
-        assert_eq!(RawRepr::parse(&buf), Err(Error::UnknownEncoding(2)));
+        buf[8] = 3;
+        assert_eq!(RawRepr::parse(&buf), Err(Error::UnknownEncoding(3)));
     }
 
     #[test]

@@ -113,6 +113,9 @@ pub struct Config {
     /// The most damage rectangles kept per viewer before they collapse into
     /// their bounding box.
     pub max_region_rects: usize,
+    /// The zstd level of the stream a viewer that offers `ZSTD` gets its
+    /// messages in (PROTOCOL.md §2.1); `None`: no zstd stream.
+    pub zstd_level: Option<i32>,
 }
 
 impl Config {
@@ -126,6 +129,7 @@ impl Config {
             queue_bytes: 256 * 1024,
             send_buffer: Some(128 * 1024),
             max_region_rects: 64,
+            zstd_level: Some(crate::protocol::DEFAULT_ZSTD_LEVEL),
         }
     }
 }

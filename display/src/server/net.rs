@@ -19,9 +19,9 @@ use crate::encode::scale::{fit, src_point, Downscaler};
 use crate::encode::video::subtract;
 use crate::encode::{Encoder, PixelView, TILE};
 use crate::protocol::{
-    Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
-    CursorPositionRepr, Frame, FrameDecoder, FramebufferSizeRepr, Message, PingRepr, Rect, Sender,
-    ServerHelloRepr, VideoEndRepr, CODEC_H264, SUPPORTED_VERSIONS,
+    zstd_payloads, Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
+    CursorPositionRepr, Deflater, Frame, FrameDecoder, FramebufferSizeRepr, Message, MessageType,
+    PingRepr, Rect, Sender, ServerHelloRepr, VideoEndRepr, CODEC_H264, SUPPORTED_VERSIONS,
 };
 use crate::schedule::Scheduler;
 
@@ -36,9 +36,14 @@ const TLS_HANDSHAKE: u8 = 0x16;
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a viewer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The capabilities this server offers.
+/// The capabilities this server offers (and `ZSTD` when it has a level).
 const SERVER_CAPABILITIES: Capabilities =
     Capabilities(Capabilities::CURSOR.0 | Capabilities::CLIPBOARD.0 | Capabilities::VIDEO.0);
+/// The largest message that goes through the zstd stream: larger ones (none
+/// that the encoder makes today but a huge cursor or clipboard) go as they
+/// are, so a `Compressed` stays far below `MAX_BODY_LEN`.
+const MAX_DEFLATED_MESSAGE: usize = 1 << 20;
+
 /// How long a viewer with video streams waits at most before it checks
 /// whether they ended (it wakes when the first would end, `Hub::video_end`).
 const VIDEO_TICK: Duration = Duration::from_millis(100);
@@ -52,6 +57,8 @@ pub struct DisplayServer {
     listener: TcpListener,
     x_failed: oneshot::Receiver<ServerError>,
     queue_bytes: usize,
+    /// The zstd level of viewers that offer `ZSTD` (`Config::zstd_level`).
+    zstd_level: Option<i32>,
     /// TCP_NOTSENT_LOWAT of each viewer's socket (see `Config::send_buffer`).
     unsent_limit: Option<u32>,
     tls: Option<TlsAcceptor>,
@@ -115,6 +122,7 @@ impl DisplayServer {
             listener,
             x_failed,
             queue_bytes: config.queue_bytes.max(64 * 1024),
+            zstd_level: config.zstd_level,
             unsent_limit: config.send_buffer,
             tls,
         })
@@ -156,11 +164,11 @@ impl DisplayServer {
                         }
                     }
                     let hub = self.hub.clone();
-                    let queue = self.queue_bytes;
+                    let limits = (self.queue_bytes, self.zstd_level);
                     let tls = self.tls.clone();
                     tokio::spawn(async move {
                         if let Some((rd, wr)) = secure(stream, peer, tls).await {
-                            serve(hub, rd, wr, peer, queue).await;
+                            serve(hub, rd, wr, peer, limits).await;
                         }
                     });
                 }
@@ -295,20 +303,71 @@ impl Incoming {
 }
 
 /// Encoded messages waiting for the socket, flushed at `limit` bytes.
+///
+/// With `ZSTD` in force, messages are sent in the connection's zstd stream
+/// (PROTOCOL.md §2.1) in the order the scheduler picked them: they are
+/// staged as they are appended and go out as one `Compressed` message when
+/// a message that skips the stream (VIDEO, `Close`) comes or the buffer is
+/// flushed, so the scheduler's choices and byte bounds are those of the
+/// messages themselves.
 struct Out {
     wr: WriteHalf,
     buf: Vec<u8>,
     limit: usize,
+    /// The zstd stream, once `ZSTD` is in force.
+    deflater: Option<Deflater>,
+    /// Whole messages for the next `Compressed`.
+    staged: Vec<u8>,
 }
 
 impl Out {
     /// Adds a message to the buffer without writing.
     fn append(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
-        let start = self.buf.len();
-        self.buf.resize(start + msg.buffer_len(), 0);
-        if let Err(e) = msg.emit(self.buf.get_mut(start..).unwrap_or_default()) {
-            self.buf.truncate(start);
+        let deflate = self.deflater.is_some()
+            && !matches!(msg.message_type(), MessageType::Video | MessageType::Close)
+            && msg.buffer_len() <= MAX_DEFLATED_MESSAGE;
+        if !deflate {
+            self.seal()?;
+        }
+        let buf = if deflate {
+            &mut self.staged
+        } else {
+            &mut self.buf
+        };
+        let start = buf.len();
+        buf.resize(start + msg.buffer_len(), 0);
+        if let Err(e) = msg.emit(buf.get_mut(start..).unwrap_or_default()) {
+            buf.truncate(start);
             return Err(std::io::Error::other(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Adds a display command without writing; in the zstd stream its
+    /// payloads go `plain` or `delta` ([`zstd_payloads`]).
+    fn append_command(&mut self, command: crate::protocol::Command<'_>) -> std::io::Result<()> {
+        let command = if self.deflater.is_some() {
+            zstd_payloads(command)
+        } else {
+            command
+        };
+        self.append(&Message::Command(command))
+    }
+
+    /// Bytes appended and not yet written (staged ones before compression).
+    fn pending(&self) -> usize {
+        self.buf.len() + self.staged.len()
+    }
+
+    /// The staged messages into the buffer, as one `Compressed`.
+    fn seal(&mut self) -> std::io::Result<()> {
+        if let Some(deflater) = &mut self.deflater {
+            if !self.staged.is_empty() {
+                deflater
+                    .deflate(&self.staged, &mut self.buf)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.staged.clear();
+            }
         }
         Ok(())
     }
@@ -316,13 +375,14 @@ impl Out {
     /// Adds a message; writes the buffer once it reaches its limit.
     async fn push(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
         self.append(msg)?;
-        if self.buf.len() >= self.limit {
+        if self.pending() >= self.limit {
             self.flush().await?;
         }
         Ok(())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        self.seal()?;
         if !self.buf.is_empty() {
             self.wr.write_all(&self.buf).await?;
             self.buf.clear();
@@ -350,7 +410,13 @@ fn truncate(s: &str, max: usize) -> String {
     s.get(..end).unwrap_or_default().to_owned()
 }
 
-async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, queue_bytes: usize) {
+async fn serve(
+    hub: Arc<Hub>,
+    rd: ReadHalf,
+    wr: WriteHalf,
+    peer: SocketAddr,
+    (queue_bytes, zstd_level): (usize, Option<i32>),
+) {
     let mut incoming = Incoming {
         rd,
         decoder: FrameDecoder::new(Sender::Client),
@@ -361,6 +427,8 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         wr,
         buf: Vec::new(),
         limit: WRITE_CHUNK,
+        deflater: None,
+        staged: Vec::new(),
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.next()).await {
         Err(_) => {
@@ -378,7 +446,7 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
         Ok(Ok(Some(frame))) => frame,
     };
     let (capabilities, viewport, codecs) = match hello.parse() {
-        Ok(Message::ClientHello(h)) => match negotiate(&h) {
+        Ok(Message::ClientHello(h)) => match negotiate(&h, zstd_level.is_some()) {
             Ok(v) => v,
             Err((code, reason)) => {
                 warn!(%peer, code = code.name(), %reason, "refusing viewer");
@@ -414,6 +482,11 @@ async fn serve(hub: Arc<Hub>, rd: ReadHalf, wr: WriteHalf, peer: SocketAddr, que
     ));
     let result = async {
         out.push(&server_hello).await?;
+        if let (true, Some(level)) = (capabilities.contains(Capabilities::ZSTD), zstd_level) {
+            // Everything after the ServerHello may go in the stream.
+            out.deflater =
+                Some(Deflater::new(level).map_err(|e| std::io::Error::other(e.to_string()))?);
+        }
         write_loop(
             &hub,
             &shared,
@@ -441,13 +514,18 @@ const SERVER_CODECS: &[u8] = &[CODEC_H264];
 /// optional video codecs in force.
 type Negotiated = (Capabilities, (u16, u16), Vec<u8>);
 
-/// What the viewer gets (H.264 when it lists it and `VIDEO` is in force),
-/// or why it is refused.
-fn negotiate(hello: &ClientHelloRepr<'_>) -> Result<Negotiated, (CloseCode, String)> {
+/// What the viewer gets (`ZSTD` when the server has a level, H.264 when it
+/// lists it and `VIDEO` is in force), or why it is refused.
+fn negotiate(hello: &ClientHelloRepr<'_>, zstd: bool) -> Result<Negotiated, (CloseCode, String)> {
     if hello.choose_version(SUPPORTED_VERSIONS).is_none() {
         return Err((CloseCode::VersionMismatch, "server speaks 1".into()));
     }
-    let capabilities = hello.capabilities.intersection(SERVER_CAPABILITIES);
+    let offered = if zstd {
+        SERVER_CAPABILITIES | Capabilities::ZSTD
+    } else {
+        SERVER_CAPABILITIES
+    };
+    let capabilities = hello.capabilities.intersection(offered);
     let codecs = if capabilities.contains(Capabilities::VIDEO) {
         SERVER_CODECS
             .iter()
@@ -814,9 +892,9 @@ async fn write_loop(
             // One chunk to the socket, then look for control messages and
             // new (possibly smaller) updates again: preemption between
             // commands.
-            while out.buf.len() < WRITE_CHUNK {
+            while out.pending() < WRITE_CHUNK {
                 match queue.poll_command() {
-                    Some(command) => out.append(&Message::Command(command))?,
+                    Some(command) => out.append_command(command)?,
                     None => break,
                 }
             }
@@ -1081,7 +1159,10 @@ async fn send_full_state(
             .flatten()
             .unwrap_or_default();
         for command in commands {
-            out.push(&Message::Command(command)).await?;
+            out.append_command(command)?;
+            if out.pending() >= out.limit {
+                out.flush().await?;
+            }
         }
         y += band.h;
     }

@@ -22,7 +22,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mobidesk_client::{Connection, Security as ClientSecurity, ViewerConfig};
-use mobidesk_display::protocol::{Buttons, CloseCode, KeyRepr, Message, PingRepr, PointerRepr};
+use mobidesk_display::protocol::{
+    Buttons, Capabilities, CloseCode, KeyRepr, Message, PingRepr, PointerRepr,
+};
 use mobidesk_display::server::{self, Config, Security};
 use x11rb::connection::Connection as _;
 use x11rb::protocol::xproto::{ConnectionExt as _, CreateGCAux, ImageFormat};
@@ -318,6 +320,34 @@ fn pixel_exact(fbdir: bool) {
         late.framebuffer().unwrap().pixels(),
         viewer.framebuffer().unwrap().pixels()
     );
+
+    // These viewers offered ZSTD and got their messages in the zstd stream
+    // (PROTOCOL.md §2.1); one that does not offer it gets the same pixels
+    // without the stream, in more bytes.
+    let zstd = late.viewer();
+    assert!(zstd
+        .server_hello()
+        .unwrap()
+        .capabilities
+        .contains(Capabilities::ZSTD));
+    assert!(zstd.stats().of("Compressed").messages > 0);
+    let config = ViewerConfig {
+        capabilities: Capabilities::CURSOR,
+        ..ViewerConfig::default()
+    };
+    let mut plain = Connection::connect(addr, &config, &ClientSecurity::InsecurePlaintext).unwrap();
+    plain.run_until_idle(IDLE, MAX).unwrap();
+    assert_catches_up(&mut plain, &painter);
+    let hello = plain.viewer().server_hello().unwrap();
+    assert!(!hello.capabilities.contains(Capabilities::ZSTD));
+    assert_eq!(plain.viewer().stats().of("Compressed").messages, 0);
+    assert_eq!(
+        plain.framebuffer().unwrap().pixels(),
+        late.framebuffer().unwrap().pixels()
+    );
+    let (with, without) = (late.viewer().stats().bytes, plain.viewer().stats().bytes);
+    eprintln!("full state: {with} bytes in the zstd stream, {without} without");
+    assert!(with < without, "{with} bytes with zstd, {without} without");
 }
 
 #[test]
