@@ -912,6 +912,9 @@ struct Figures {
     /// Video: share of frames exact before the next was due, and ever.
     on_time: Option<f64>,
     delivered: Option<f64>,
+    /// Video: the paper's video quality (§6.3, slow-motion benchmarking),
+    /// see [`video_quality`].
+    quality: Option<f64>,
     /// Video frames delivered only close (PSNR ≥ 30 dB), never exact.
     close_only: u32,
     seconds: f64,
@@ -1009,6 +1012,7 @@ fn run_workload(
             let mut on_time = 0u32;
             let mut delivered = 0u32;
             let mut close_only = 0u32;
+            let mut arrivals = Vec::new();
             for (k, &i) in frames.iter().enumerate() {
                 let Some((shown, exact, close)) = watch.frame_times(i) else {
                     continue;
@@ -1030,10 +1034,12 @@ fn run_workload(
                         on_time += 1;
                     }
                 }
+                arrivals.push((shown, exact));
             }
             let n = frames.len() as f64;
             f.on_time = Some(100.0 * f64::from(on_time) / n);
             f.delivered = Some(100.0 * f64::from(delivered) / n);
+            f.quality = Some(video_quality(&arrivals));
             f.close_only = close_only;
         }
     }
@@ -1045,6 +1051,39 @@ fn run_workload(
     let total: Duration = waits.iter().map(|w| w.unwrap_or(EXACT_TIMEOUT)).sum();
     f.exact_ms = total.as_secs_f64() * 1000.0 / waits.len().max(1) as f64;
     Ok(f)
+}
+
+/// The paper's video quality (§6.3, after slow-motion benchmarking): 100 %
+/// when every frame was displayed at real-time speed. `frames`: per frame,
+/// when it was drawn and when the viewer first showed it (exact, or close
+/// as VIDEO), if ever. The share of frames shown, times how close to real
+/// time they were played: the span between the first and last shown
+/// frame's drawing over the span between their showing (at most 1). A
+/// constant delay (the link's latency) costs nothing; drops and a
+/// stretched playback do: half the frames, or all of them in twice the
+/// time, is 50 %.
+fn video_quality(frames: &[(Instant, Option<Instant>)]) -> f64 {
+    let shown: Vec<(Instant, Instant)> = frames
+        .iter()
+        .filter_map(|&(drawn, seen)| Some((drawn, seen?)))
+        .collect();
+    if frames.is_empty() {
+        return 0.0;
+    }
+    let share = shown.len() as f64 / frames.len() as f64;
+    let speed = match (shown.first(), shown.last()) {
+        (Some(first), Some(last)) if shown.len() > 1 => {
+            let ideal = last.0.saturating_duration_since(first.0).as_secs_f64();
+            let actual = last.1.saturating_duration_since(first.1).as_secs_f64();
+            if actual > ideal && actual > 0.0 {
+                ideal / actual
+            } else {
+                1.0
+            }
+        }
+        _ => 1.0,
+    };
+    100.0 * share * speed
 }
 
 fn sleep_until(t: Instant) {
@@ -1200,6 +1239,22 @@ impl DisplayReport {
             },
             format!("{} targets{missed}", f.targets),
         );
+        if let Some(quality) = f.quality {
+            push(
+                "quality",
+                quality,
+                "%",
+                true,
+                "the paper's video quality: share of frames shown (exact, or close as VIDEO) times real-time speed (drawing span / showing span of the first and last shown frame, at most 1); a constant delay costs nothing",
+                match f.delivered {
+                    Some(d) if d > 0.0 => format!(
+                        "{d:.1}% of frames shown, at {:.2}x real-time speed",
+                        quality / d
+                    ),
+                    _ => "no frame shown".into(),
+                },
+            );
+        }
         if let (Some(on_time), Some(delivered)) = (f.on_time, f.delivered) {
             push(
                 "on_time",
@@ -1509,6 +1564,27 @@ fn run_system(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn video_quality_counts_drops_and_slow_playback_but_not_delay() {
+        let t0 = Instant::now();
+        let ms = |m: u64| t0 + Duration::from_millis(m);
+        // 4 frames 40 ms apart, each shown 100 ms after (a WAN delay): 100 %.
+        let delayed: Vec<_> = (0..4)
+            .map(|k| (ms(40 * k), Some(ms(40 * k + 100))))
+            .collect();
+        assert_eq!(video_quality(&delayed), 100.0);
+        // Half of them never shown: 50 %.
+        let dropped: Vec<_> = (0..4)
+            .map(|k| (ms(40 * k), (k % 2 == 0).then(|| ms(40 * k + 5))))
+            .collect();
+        assert!((video_quality(&dropped) - 50.0).abs() < 1e-9);
+        // All shown, at half speed: 50 %.
+        let slow: Vec<_> = (0..4).map(|k| (ms(40 * k), Some(ms(80 * k + 5)))).collect();
+        assert!((video_quality(&slow) - 50.0).abs() < 1e-9);
+        assert_eq!(video_quality(&[]), 0.0);
+        assert_eq!(video_quality(&[(ms(0), None)]), 0.0);
+    }
 
     #[test]
     fn a_target_is_exact_from_the_later_of_its_showing_and_the_update() {

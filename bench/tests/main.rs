@@ -299,7 +299,7 @@ fn the_display_benchmark_runs_in_smoke_mode_with_sane_results() {
         for w in Workload::ALL {
             let mut metrics = vec!["bytes", "to_exact"];
             if w == Workload::Video {
-                metrics.push("on_time");
+                metrics.extend(["on_time", "quality"]);
             }
             for m in metrics {
                 let name = format!("{link}.{}.{m}", w.name());

@@ -57,7 +57,7 @@ impl Default for VideoParams {
         VideoParams {
             min_area: 64 * 64,
             min_rate: 10,
-            min_duration: Duration::from_secs(1),
+            min_duration: Duration::from_millis(500),
             calm: Duration::from_millis(500),
             min_calm: Duration::from_millis(100),
             calm_intervals: 2,
@@ -627,6 +627,32 @@ mod test {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// The thresholds with a `min_duration` of one second: the tests below
+    /// count frames against it.
+    fn one_second() -> VideoParams {
+        VideoParams {
+            min_duration: Duration::from_secs(1),
+            ..VideoParams::default()
+        }
+    }
+
+    #[test]
+    fn by_default_a_24_fps_video_is_a_stream_after_half_a_second() {
+        let mut d = VideoDetector::new(VideoParams::default());
+        let t0 = Instant::now();
+        let area = Rect::new(0, 0, 640, 480);
+        let mut started = None;
+        for i in 0..24u32 {
+            let now = t0 + Duration::from_micros(41_667) * i;
+            d.handle_damage(None, &[area], &[], now);
+            if started.is_none() && !d.poll_streams(now).is_empty() {
+                started = Some(i);
+            }
+        }
+        // Frame 12 is drawn at 500 ms (and is the 13th update).
+        assert_eq!(started, Some(12));
+    }
+
     use crate::encode::test::{screen, text};
 
     fn ms(n: u64) -> Duration {
@@ -672,7 +698,7 @@ mod test {
 
     #[test]
     fn sustained_updates_become_a_stream_and_calm_ends_it() {
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let t0 = Instant::now();
         let area = Rect::new(100, 100, 320, 240);
         // 25 updates per second for 1.2 s.
@@ -696,7 +722,7 @@ mod test {
         assert_eq!(d.poll_streams(now), [(1, area)]);
         assert!(d.poll_streams(now + ms(600)).is_empty());
         // Slow updates (a clock) never become video.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         for i in 0..10u64 {
             let now = t0 + ms(500 * i);
             d.handle_damage(None, &[area], &[], now);
@@ -711,12 +737,12 @@ mod test {
         let t0 = Instant::now();
         // A terminal scrolled by one line (13 rows) every 25 ms for 2 s.
         let scroll = |i: u32| screen(w, h, text(i));
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let streams = play(&mut d, (w, h), whole, t0, ms(25), 80, scroll);
         assert!(streams.iter().all(Vec::is_empty), "scrolling became video");
         // By three lines, in the lower part only (a pane).
         let pane = Rect::new(0, 130, w, 130);
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let streams = play(&mut d, (w, h), pane, t0, ms(25), 80, |i| {
             screen(w, h, |x, y| {
                 if y < 130 {
@@ -731,13 +757,13 @@ mod test {
             "scrolled pane became video"
         );
         // The same damage with no pixels to look at becomes video.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         for i in 0..80 {
             d.handle_damage(None, &[whole], &[], t0 + ms(25) * i);
         }
         assert_eq!(d.poll_streams(t0 + ms(25 * 79)), [(1, whole)]);
         // A video (every pixel changes) is one after a second.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let streams = play(&mut d, (w, h), whole, t0, ms(40), 30, |i| {
             screen(w, h, video(i))
         });
@@ -765,7 +791,7 @@ mod test {
         let (w, h) = (320u16, 256u16);
         let strips = [0u16, 32, 128, 160, 256];
         let t0 = Instant::now();
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let mut streams = Vec::new();
         for i in 0..30u32 {
             let data = screen(w, h, video(i));
@@ -779,7 +805,7 @@ mod test {
         assert!(streams[..25].iter().all(Vec::is_empty));
         assert_eq!(streams[29], [(1, Rect::new(0, 0, w, h))]);
         // A scroll reported as the moved rows, then the new line.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         for i in 0..80u32 {
             let data = screen(w, h, text(i));
             let now = t0 + ms(25) * i;
@@ -793,7 +819,7 @@ mod test {
     #[test]
     fn moved_windows_are_not_video() {
         // A 200×150 window dragged by 4 pixels every 20 ms for 2 s.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let t0 = Instant::now();
         for i in 0..100u16 {
             let now = t0 + ms(20) * u32::from(i);
@@ -817,7 +843,7 @@ mod test {
         };
         let every = |step: u64, n: u64| (0..n).map(|i| i * step).collect::<Vec<_>>();
         // 25 frames/s: twice 40 ms is below the floor of 100 ms.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         feed(&mut d, t0, &every(40, 30));
         let last = t0 + ms(40 * 29);
         // Until the last drawing is done, it may go on.
@@ -840,14 +866,14 @@ mod test {
             }
         }
         // 12.5 frames/s: 160 ms.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         feed(&mut d, t0, &every(80, 16));
         let last = t0 + ms(80 * 15);
         assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
         assert_eq!(d.poll_streams(last + ms(159)), [(1, area)]);
         assert!(d.poll_streams(last + ms(160)).is_empty());
         // Jerky, one interval of 300 ms in the last second: at most 500 ms.
-        let mut d = VideoDetector::new(VideoParams::default());
+        let mut d = VideoDetector::new(one_second());
         let mut times = every(40, 20);
         times.extend(every(40, 12).iter().map(|t| 760 + 300 + t));
         feed(&mut d, t0, &times);
