@@ -62,6 +62,14 @@ pub enum ViewerError {
     /// A valid message at the wrong time.
     #[error("unexpected: {0}")]
     Unexpected(String),
+    /// A framebuffer larger than any viewport this viewer asked for
+    /// (PROTOCOL.md §9.1).
+    #[error("framebuffer {width}x{height} larger than the viewport {}x{}", viewport.0, viewport.1)]
+    TooLarge {
+        width: u16,
+        height: u16,
+        viewport: (u16, u16),
+    },
     /// The server closed the connection.
     #[error("closed by the server: {} ({code:?}): {reason}", code.name())]
     Closed {
@@ -82,6 +90,7 @@ impl ViewerError {
             ViewerError::Video(_) => Some(CloseCode::MalformedMessage),
             ViewerError::Inflate(e) => Some(e.close_code()),
             ViewerError::Unexpected(_) => Some(CloseCode::UnexpectedMessage),
+            ViewerError::TooLarge { .. } => Some(CloseCode::OutOfBounds),
             ViewerError::Closed { .. } => None,
         }
     }
@@ -134,6 +143,10 @@ pub struct Viewer {
     transmit: Vec<u8>,
     /// When the timed input events not yet followed by an update were sent.
     pending_inputs: Vec<Instant>,
+    /// The largest framebuffer the server may send: the largest viewport
+    /// asked for on this connection (a `FramebufferSize` for an earlier,
+    /// larger viewport may cross a `ViewportRequest` for a smaller one).
+    viewport_limit: (u16, u16),
 }
 
 impl Viewer {
@@ -155,6 +168,7 @@ impl Viewer {
             stats: super::Stats::default(),
             transmit: Vec::new(),
             pending_inputs: Vec::new(),
+            viewport_limit: (config.max_width, config.max_height),
         };
         let hello = Message::ClientHello(ClientHelloRepr {
             capabilities: config.capabilities,
@@ -186,6 +200,10 @@ impl Viewer {
         let bytes = message
             .to_vec()
             .map_err(|e| ViewerError::Unexpected(e.to_string()))?;
+        if let Message::ViewportRequest(v) = message {
+            let (w, h) = self.viewport_limit;
+            self.viewport_limit = (w.max(v.max_width), h.max(v.max_height));
+        }
         self.transmit.extend_from_slice(&bytes);
         Ok(())
     }
@@ -381,6 +399,14 @@ impl Viewer {
                 self.clipboard = Some(c.text.into_owned());
             }
             Message::FramebufferSize(size) => {
+                let viewport = self.viewport_limit;
+                if size.width > viewport.0 || size.height > viewport.1 {
+                    return Err(ViewerError::TooLarge {
+                        width: size.width,
+                        height: size.height,
+                        viewport,
+                    });
+                }
                 self.framebuffer = Some(Framebuffer::for_size(&size)?);
                 // A full state follows; the server starts every stream
                 // again with an IDR picture.
@@ -663,6 +689,50 @@ mod test {
         assert_eq!(err.close_code(), Some(CloseCode::OutOfBounds));
         assert!(viewer.is_closed());
         assert_eq!(viewer.take_transmit().first(), Some(&0x05));
+    }
+
+    #[test]
+    fn a_framebuffer_larger_than_the_viewport_is_out_of_bounds() {
+        let size = |width, height| {
+            Message::FramebufferSize(FramebufferSizeRepr {
+                width,
+                height,
+                session_width: 1024,
+                session_height: 768,
+            })
+        };
+        let hello = Message::ServerHello(ServerHelloRepr {
+            version: VERSION_1,
+            capabilities: Capabilities::NONE,
+            view_only: true,
+            codecs: vec![],
+        });
+        let config = ViewerConfig {
+            max_width: 640,
+            max_height: 480,
+            ..ViewerConfig::default()
+        };
+        // Within the viewport: fine.
+        let mut viewer = Viewer::new(&config);
+        viewer.take_transmit();
+        viewer
+            .handle_bytes(&bytes(&[hello.clone(), size(640, 480)]))
+            .unwrap();
+        // A smaller viewport asked for: a size for the larger one that
+        // crossed the request is still taken.
+        viewer
+            .send(&Message::ViewportRequest(
+                mobidesk_display::protocol::ViewportRequestRepr {
+                    max_width: 320,
+                    max_height: 240,
+                },
+            ))
+            .unwrap();
+        viewer.handle_bytes(&bytes(&[size(640, 480)])).unwrap();
+        // Larger than any viewport asked for: closed.
+        let err = viewer.handle_bytes(&bytes(&[size(641, 480)])).unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::OutOfBounds), "{err}");
+        assert!(viewer.is_closed());
     }
 
     fn zstd_hello() -> Message<'static> {
