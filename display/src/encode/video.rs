@@ -584,14 +584,24 @@ pub fn video_frame(
             v: i420.v.into(),
         }
     };
-    Some(Command::Video(VideoRepr {
+    Some(video_command(stream_id, frame, rect, data))
+}
+
+/// A VIDEO command of `rect` at 1:1 (`src` = the rectangle's size).
+fn video_command(
+    stream_id: u32,
+    frame: u32,
+    rect: Rect,
+    data: VideoData<'static>,
+) -> Command<'static> {
+    Command::Video(VideoRepr {
         stream_id,
         frame,
         dst: rect,
         src_w: rect.w,
         src_h: rect.h,
         data,
-    }))
+    })
 }
 
 /// A VIDEO frame of `rect` of `screen` as one H.264 access unit of
@@ -609,17 +619,11 @@ pub fn h264_frame(
     let image = Image::snapshot(screen, rect)?;
     let i420 = bgrx_to_i420(image.pixels(), usize::from(rect.w), usize::from(rect.h));
     let (au, _) = encoder.encode(&i420.as_ref()).ok()?;
-    Some(Command::Video(VideoRepr {
-        stream_id,
-        frame,
-        dst: rect,
-        src_w: rect.w,
-        src_h: rect.h,
-        data: VideoData::Codec {
-            codec: crate::protocol::CODEC_H264,
-            data: au.into(),
-        },
-    }))
+    let data = VideoData::Codec {
+        codec: crate::protocol::CODEC_H264,
+        data: au.into(),
+    };
+    Some(video_command(stream_id, frame, rect, data))
 }
 
 #[cfg(test)]

@@ -559,24 +559,33 @@ impl Clip {
         })
     }
 
+    /// Reads and deletes our window's property (at most `words` 32-bit
+    /// units; deleted only when read whole).
+    fn take(
+        &self,
+        conn: &RustConnection,
+        words: u32,
+    ) -> Result<xproto::GetPropertyReply, ServerError> {
+        conn.get_property(
+            true,
+            self.window,
+            self.atoms.property,
+            xproto::AtomEnum::ANY,
+            0,
+            words,
+        )
+        .map_err(ServerError::x11)?
+        .reply()
+        .map_err(ServerError::x11)
+    }
+
     /// The text another owner converted for us (and deletes it), or `None`
     /// when it is too large, not UTF-8, or comes in parts (INCR: deleting
     /// the property asks the owner for the first part, see
     /// [`Self::read_part`]).
     fn read(&self, conn: &RustConnection) -> Result<Option<Arc<str>>, ServerError> {
         let max = crate::protocol::MAX_CLIPBOARD_LEN;
-        let reply = conn
-            .get_property(
-                true,
-                self.window,
-                self.atoms.property,
-                xproto::AtomEnum::ANY,
-                0,
-                u32::try_from(max / 4 + 1).unwrap_or(u32::MAX),
-            )
-            .map_err(ServerError::x11)?
-            .reply()
-            .map_err(ServerError::x11)?;
+        let reply = self.take(conn, u32::try_from(max / 4 + 1).unwrap_or(u32::MAX))?;
         if reply.type_ == self.atoms.incr {
             debug!("clipboard text comes in parts (INCR)");
             *lock(&self.incoming) = Some(Incoming::default());
@@ -601,18 +610,7 @@ impl Clip {
             return Ok(None);
         };
         let max = crate::protocol::MAX_CLIPBOARD_LEN;
-        let reply = conn
-            .get_property(
-                true,
-                self.window,
-                self.atoms.property,
-                xproto::AtomEnum::ANY,
-                0,
-                u32::MAX / 4,
-            )
-            .map_err(ServerError::x11)?
-            .reply()
-            .map_err(ServerError::x11)?;
+        let reply = self.take(conn, u32::MAX / 4)?;
         if reply.type_ == x11rb::NONE {
             // Taken already (a part read before its event was handled).
             return Ok(None);
