@@ -882,7 +882,7 @@ impl Daemon {
             }
         }
         let tls = match &profile.desktop {
-            Some(_) => Some(self.display_tls()?),
+            Some(_) => Some(self.display_credentials()?),
             None => None,
         };
         let id = match id {
@@ -958,7 +958,9 @@ impl Daemon {
             };
             let address = network.as_ref().map(|a| a.address);
             let command = match (&profile.desktop, &tls) {
-                (Some(d), Some(tls)) => d.command(address, &tls.display_tls()),
+                (Some(d), Some(tls)) => {
+                    d.command(address, matches!(tls, DisplayCredentials::Plaintext))
+                }
                 _ => command
                     .clone()
                     .unwrap_or_else(|| vec!["sleep".into(), "infinity".into()]),
@@ -1116,7 +1118,7 @@ impl Daemon {
 
     /// How desktop sessions' display servers serve viewers, from the
     /// configuration's `[desktop]` (checked: the files are there).
-    fn display_tls(&self) -> Result<DisplayCredentials, ApiError> {
+    fn display_credentials(&self) -> Result<DisplayCredentials, ApiError> {
         let d = &self.config.desktop;
         let there = |files: [&PathBuf; 2], keys: &str| -> Result<(), ApiError> {
             for f in files {
@@ -1621,20 +1623,6 @@ enum DisplayCredentials {
     Shared { cert: PathBuf, key: PathBuf },
     /// Plain TCP: tests and benchmarks only.
     Plaintext,
-}
-
-impl DisplayCredentials {
-    /// What the display server's command line needs to know.
-    fn display_tls(&self) -> DisplayTls {
-        match self {
-            DisplayCredentials::Plaintext => DisplayTls::InsecurePlaintext,
-            // The session's own copies are bound at fixed paths.
-            _ => DisplayTls::Tls {
-                cert: PathBuf::new(),
-                key: PathBuf::new(),
-            },
-        }
-    }
 }
 
 /// `base` joined with `p` (relative, or absolute inside `base`), resolved

@@ -101,18 +101,6 @@ pub enum DisplayTls {
     InsecurePlaintext,
 }
 
-impl DisplayTls {
-    /// The display server's arguments for it.
-    fn args(&self) -> String {
-        match self {
-            DisplayTls::Tls { .. } => {
-                format!("--tls-cert {TLS_CERT_PATH} --tls-key {TLS_KEY_PATH}")
-            }
-            DisplayTls::InsecurePlaintext => "--insecure-plaintext".into(),
-        }
-    }
-}
-
 /// The screen of the session's X server: `WIDTHxHEIGHTxDEPTH`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Screen {
@@ -278,8 +266,10 @@ impl DesktopProfile {
 
     /// The session's command: the start-up script (module docs). The
     /// display server listens on `address` (the session's own; `None`: on
-    /// every address of the session), with `tls`.
-    pub fn command(&self, address: Option<Ipv4Addr>, tls: &DisplayTls) -> Vec<String> {
+    /// every address of the session), with TLS (its certificate and key at
+    /// [`TLS_CERT_PATH`] and [`TLS_KEY_PATH`]) or, `insecure_plaintext`,
+    /// plain TCP.
+    pub fn command(&self, address: Option<Ipv4Addr>, insecure_plaintext: bool) -> Vec<String> {
         let d = self.display_name();
         let listen = format!("{}:{}", address.unwrap_or(Ipv4Addr::UNSPECIFIED), self.port);
         let mut s = String::new();
@@ -301,9 +291,13 @@ impl DesktopProfile {
         ));
         s.push_str(&format!("export DISPLAY={d}\n"));
         // The display server first: viewers see the desktop come up.
+        let security = if insecure_plaintext {
+            "--insecure-plaintext".to_string()
+        } else {
+            format!("--tls-cert {TLS_CERT_PATH} --tls-key {TLS_KEY_PATH}")
+        };
         s.push_str(&format!(
-            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} {} --fbdir {FBDIR} >&2 &\n",
-            tls.args()
+            "{DISPLAY_SERVER_PATH} --display {d} --listen {listen} {security} --fbdir {FBDIR} >&2 &\n"
         ));
         // Applications start once the window manager has finished starting:
         // an EWMH window manager publishes _NET_CLIENT_LIST on the root after
@@ -387,7 +381,7 @@ pub fn desktop_spec(
     }
     Ok(SessionSpec {
         id: id.into(),
-        command: desktop.command(address, tls),
+        command: desktop.command(address, *tls == DisplayTls::InsecurePlaintext),
         profile,
         home,
     })
@@ -512,11 +506,7 @@ mod tests {
             apps: vec![vec!["xterm".into(), "-T".into(), "it's $HOME".into()]],
             ..DesktopProfile::default()
         };
-        let tls = DisplayTls::Tls {
-            cert: "/etc/c.pem".into(),
-            key: "/etc/k.pem".into(),
-        };
-        let cmd = d.command(Some(Ipv4Addr::new(10, 1, 0, 100)), &tls);
+        let cmd = d.command(Some(Ipv4Addr::new(10, 1, 0, 100)), false);
         assert_eq!(&cmd[..2], ["sh", "-c"]);
         let script = &cmd[2];
         assert!(
@@ -531,7 +521,7 @@ mod tests {
             script.contains("Xvfb :1 -screen 0 1024x768x24 -nolisten tcp -noreset"),
             "{script}"
         );
-        let plain = d.command(None, &DisplayTls::InsecurePlaintext);
+        let plain = d.command(None, true);
         assert!(
             plain[2].contains("--listen 0.0.0.0:5901 --insecure-plaintext --fbdir"),
             "{}",
