@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{Path, PathSetup, Role, Testbed};
 use crate::process::Daemon;
-use crate::report::{write_table, Machine, Report, Subject};
+use crate::report::{names_in_order, unit_column, write_table, Machine, Report, Subject};
 use crate::Settings;
 
 use self::workload::{Drawer, Rng};
@@ -1375,27 +1375,13 @@ impl DisplayReport {
             h.push("mobidesk/x11vnc".into());
             h
         }];
-        let mut names: Vec<&str> = Vec::new();
-        for r in &self.results {
-            if !names.contains(&r.name.as_str()) {
-                names.push(&r.name);
-            }
-        }
-        for name in names {
+        for name in names_in_order(self.results.iter().map(|r| r.name.as_str())) {
             let Some(first) = self.results.iter().find(|r| r.name == name) else {
                 continue;
             };
             let mut row = vec![
                 name.to_string(),
-                format!(
-                    "{} ({})",
-                    first.unit,
-                    if first.higher_is_better {
-                        "higher better"
-                    } else {
-                        "lower better"
-                    }
-                ),
+                unit_column(&first.unit, first.higher_is_better),
             ];
             for s in &self.systems {
                 row.push(

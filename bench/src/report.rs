@@ -356,27 +356,13 @@ impl<P: Subject> Report<P> {
             header.extend(candidates.iter().map(|c| format!("{c} / baseline")));
         }
         let mut rows = vec![header];
-        let mut names: Vec<&str> = Vec::new();
-        for r in &self.results {
-            if !names.contains(&r.name.as_str()) {
-                names.push(&r.name);
-            }
-        }
-        for name in &names {
-            let Some(first) = self.results.iter().find(|r| r.name == *name) else {
+        for name in names_in_order(self.results.iter().map(|r| r.name.as_str())) {
+            let Some(first) = self.results.iter().find(|r| r.name == name) else {
                 continue;
             };
             let mut row = vec![
                 name.to_string(),
-                format!(
-                    "{} ({})",
-                    first.unit,
-                    if first.higher_is_better {
-                        "higher is better"
-                    } else {
-                        "lower is better"
-                    }
-                ),
+                unit_column(&first.unit, first.higher_is_better),
             ];
             for p in &self.paths {
                 row.push(match self.get(name, p.path) {
@@ -457,6 +443,27 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// Enough digits to compare, not more than the noise.
+/// Each metric name once, in the order of its first row.
+pub fn names_in_order<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// A table's unit column: the unit and which way is better.
+pub fn unit_column(unit: &str, higher_is_better: bool) -> String {
+    let better = if higher_is_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    format!("{unit} ({better})")
+}
+
 fn format_value(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
