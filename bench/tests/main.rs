@@ -229,7 +229,11 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
             let ratio = row.ratio_vs_baseline.unwrap();
             assert!((ratio - v / b).abs() < 1e-9, "{} ratio {ratio}", m.name);
             // The diagnostic sides too, each with its ratio.
-            for w in [Where::SessionNoCgroups, Where::NamespacesOnly] {
+            for w in [
+                Where::SessionNoCgroups,
+                Where::NamespacesOnly,
+                Where::SeccompFloor,
+            ] {
                 let row = report.get(m.name, w).unwrap();
                 assert_eq!(row.role, Role::Candidate);
                 assert!(row.value.unwrap() > 0.0, "{} {w}", m.name);
@@ -275,6 +279,35 @@ fn the_sessiond_benchmarks_run_in_smoke_mode_with_sane_results() {
 
 /// The `mobidesk-display` binary (with its `server` feature), built or found
 /// up to date by cargo in this test's target directory and profile.
+/// The `seccomp-floor` side really runs under one seccomp filter, and a
+/// missing command is a clear error.
+#[test]
+fn the_seccomp_floor_runs_its_command_under_one_filter() {
+    let bench = env!("CARGO_BIN_EXE_mobidesk-syscall-bench");
+    let out = std::process::Command::new(bench)
+        .args([
+            "--under-seccomp-floor",
+            "grep",
+            "Seccomp",
+            "/proc/self/status",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(text.contains("Seccomp_filters:\t1"), "{text}");
+    let out = std::process::Command::new(bench)
+        .arg("--under-seccomp-floor")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a command"),
+        "{out:?}"
+    );
+}
+
 fn display_server_binary() -> std::path::PathBuf {
     built_binary("mobidesk-display", &["server"], "mobidesk-display")
 }
