@@ -31,6 +31,22 @@ pub enum PublishError {
 struct Service {
     session: SocketAddrV4,
     accept_loop: JoinHandle<()>,
+    /// A second descriptor of the listening socket: aborting the accept
+    /// loop closes its own only when the task is next polled, after the
+    /// control reply; shutting the socket down through this one stops the
+    /// listening at once.
+    socket: std::net::TcpListener,
+}
+
+impl Service {
+    /// Stops listening now (new connections are refused) and ends the
+    /// accept loop; relayed connections go on.
+    fn stop(&self) {
+        if let Err(e) = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Read) {
+            tracing::warn!(session = %self.session, error = %e, "stopping a published service's listener");
+        }
+        self.accept_loop.abort();
+    }
 }
 
 /// The proxy box's published services, by listening address.
@@ -80,6 +96,7 @@ impl Publisher {
         let std_listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
         std_listener.set_nonblocking(true).map_err(listen_error)?;
         let bound = std_listener.local_addr().map_err(listen_error)?;
+        let socket = std_listener.try_clone().map_err(listen_error)?;
         let listener = TcpListener::from_std(std_listener).map_err(listen_error)?;
         let accept_loop = tokio::task::spawn_local(accept_loop(
             listener,
@@ -93,6 +110,7 @@ impl Publisher {
             Service {
                 session,
                 accept_loop,
+                socket,
             },
         );
         tracing::info!(listen = %bound, %session, "service published");
@@ -104,7 +122,7 @@ impl Publisher {
     pub fn unpublish(&self, listen: SocketAddr) -> bool {
         match self.services.borrow_mut().remove(&listen) {
             Some(service) => {
-                service.accept_loop.abort();
+                service.stop();
                 tracing::info!(%listen, session = %service.session, "service unpublished");
                 true
             }
@@ -125,7 +143,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         for service in self.services.get_mut().values() {
-            service.accept_loop.abort();
+            service.stop();
         }
     }
 }
@@ -197,5 +215,44 @@ async fn relay(
     if let Err(e) = splice.run().await {
         tracing::debug!(%session, %peer, error = %e, "relay ended with an error");
         splice.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxybox::ProxyConfig;
+
+    /// Unpublished means refused from the moment `unpublish` returns, before
+    /// the runtime has run the aborted accept loop again (the control reply
+    /// goes out in between).
+    #[test]
+    fn an_unpublished_service_refuses_connections_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let engine = Rc::new(RefCell::new(ProxyEngine::new(ProxyConfig::default(), 1)));
+            let publisher = Publisher::new(
+                engine,
+                Shared::new(std::time::Duration::from_secs(1)),
+                Ipv4Addr::new(100, 64, 0, 1),
+                4,
+            );
+            let session = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 100), 5901);
+            let listen = publisher
+                .publish("127.0.0.1:0".parse().unwrap(), session)
+                .unwrap();
+            // Let the accept loop start.
+            tokio::task::yield_now().await;
+            assert_eq!(publisher.list(), [(listen, session)]);
+            assert!(publisher.unpublish(listen));
+            let refused = std::net::TcpStream::connect(listen).map_err(|e| e.kind());
+            assert_eq!(refused.err(), Some(io::ErrorKind::ConnectionRefused));
+            assert!(publisher.list().is_empty());
+            assert!(!publisher.unpublish(listen));
+        });
     }
 }
