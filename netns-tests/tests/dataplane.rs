@@ -678,6 +678,10 @@ fn a_published_service_of_a_session_is_reachable_from_outside_across_a_move() {
         .unwrap();
     dps.migrate(&lab, "s1", "b").unwrap();
     let (mut at_session, mut at_web) = running.join().expect("bytes lost, duplicated or stuck");
+    // On a quiet machine the rest of the 16 MiB may pass before the move
+    // takes effect: bytes after it, on the same connection, go through b.
+    transfer(&mut at_web, &mut at_session, 1 << 20, 105);
+    transfer(&mut at_session, &mut at_web, 1 << 20, 106);
     let proxy = dps.proxy.stats().unwrap();
     assert_eq!(proxy.labels_in_use, 1, "{proxy:?}");
     let b = dps.server("b").unwrap().server_stats().unwrap();
