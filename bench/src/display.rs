@@ -158,12 +158,18 @@ impl Link {
 }
 
 /// The workloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Workload {
+    /// Pages of random text, one after the other.
     TextPages,
+    /// Photo-like full-screen pictures, one after the other.
     GraphicsPages,
+    /// A page of text scrolled line by line.
     Scrolling,
+    /// A panned, brightening photo at 24 fps, full screen.
     Video,
 }
 
@@ -191,6 +197,8 @@ pub struct DisplayOptions {
     pub settings: Settings,
     pub links: Vec<Link>,
     pub systems: Vec<System>,
+    /// The workloads, in the order of [`Workload::ALL`].
+    pub workloads: Vec<Workload>,
     /// The `mobidesk-display` binary.
     pub display_server: PathBuf,
     /// Extra arguments for `mobidesk-display` (a diagnostic: e.g.
@@ -224,6 +232,7 @@ impl DisplayOptions {
             },
             links: vec![Link::Lan, Link::Wan],
             systems: System::ALL.to_vec(),
+            workloads: Workload::ALL.to_vec(),
             display_server,
             display_server_args: Vec::new(),
             video: true,
@@ -1528,7 +1537,7 @@ fn run_system(
         (o.video, o.h264),
     )?;
     let mut out = Vec::new();
-    for w in Workload::ALL {
+    for &w in &o.workloads {
         let started = Instant::now();
         let f = run_workload(w, sizes, &drawer, &mut viewer, &watch, assets)
             .with_context(|| format!("workload {}", w.name()))?;

@@ -77,6 +77,9 @@ enum Command {
         /// Run only this system (repeatable). Default: all three.
         #[arg(long = "system", value_enum)]
         systems: Vec<mobidesk_bench::display::System>,
+        /// Run only this workload (repeatable). Default: all four.
+        #[arg(long = "workload", value_enum)]
+        workloads: Vec<mobidesk_bench::display::Workload>,
         /// The mobidesk-display binary (default: $MOBIDESK_DISPLAY, else
         /// next to this program).
         #[arg(long, value_name = "PATH")]
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Display {
             link,
             ref systems,
+            ref workloads,
             ref display_server,
             ref display_server_args,
             no_video,
@@ -182,6 +186,11 @@ fn run(cli: Cli) -> Result<()> {
                 o.systems = systems.clone();
                 o.systems.sort();
                 o.systems.dedup();
+            }
+            if !workloads.is_empty() {
+                o.workloads = workloads.clone();
+                o.workloads.sort();
+                o.workloads.dedup();
             }
             if let Some(p) = display_server {
                 o.display_server = p.clone();
