@@ -452,7 +452,7 @@ impl Model {
 /// image always equals what the client will have once the queue is drained,
 /// and after the last edit the client equals the screen.
 pub fn encode_oracle(data: &[u8]) {
-    use crate::encode::{Encoder, Move, PixelView};
+    use crate::encode::{Encoder, Move, Packing, PixelView};
     use crate::schedule::Scheduler;
 
     let mut u = Unstructured::new(data);
@@ -462,7 +462,13 @@ pub fn encode_oracle(data: &[u8]) {
     let mut screen: Vec<u32> = (0..w * h)
         .map(|i| if (i % w) / 6 % 2 == 0 { 0x00ff_ffff } else { 0 })
         .collect();
-    let mut encoder = Encoder::new(width, height);
+    // Plain payloads, as the server packs them for a zstd viewer, or LZ4.
+    let packing = if u.byte() % 2 == 0 {
+        Packing::Plain
+    } else {
+        Packing::Lz4
+    };
+    let mut encoder = Encoder::new(width, height).with_packing(packing);
     let mut queue = Scheduler::new(1024 * (1 + usize::from(u.byte())));
     let mut client = Framebuffer::new(width, height).unwrap();
     let bytes_of = |px: &[u32]| -> Vec<u8> { px.iter().flat_map(|p| p.to_le_bytes()).collect() };
@@ -570,8 +576,10 @@ pub fn encode_oracle(data: &[u8]) {
 }
 
 /// A server's zstd stream to a client, as `mobidesk-display` sends it: the
-/// commands of one write as one `Compressed` (VIDEO on its own), applied by
-/// the client in order.
+/// commands of one write as one `Compressed` (VIDEO on its own), their
+/// payloads recoded for the stream
+/// ([`zstd_payloads`](crate::protocol::zstd_payloads)), applied by the
+/// client in order.
 struct ZstdLink {
     deflater: Deflater,
     inflater: Inflater,
@@ -607,7 +615,8 @@ impl ZstdLink {
                 flush(&mut plain, client);
                 client.apply(c).unwrap();
             } else {
-                plain.extend(Message::Command(c.clone()).to_vec().unwrap());
+                let c = crate::protocol::zstd_payloads(c.clone());
+                plain.extend(Message::Command(c).to_vec().unwrap());
             }
         }
         flush(&mut plain, client);

@@ -182,6 +182,20 @@ pub const UNKNOWN: u32 = 0xff00_0000;
 #[derive(Debug, Clone)]
 pub struct Encoder {
     model: Image,
+    packing: Packing,
+}
+
+/// How [`Encoder::paint`] packs the payloads of RAW, BITMAP and PFILL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Packing {
+    /// LZ4 when that is smaller (PROTOCOL.md §1): what every client takes.
+    #[default]
+    Lz4,
+    /// Plain, for a connection whose zstd stream (PROTOCOL.md §2.1)
+    /// compresses them: LZ4 would only be undone there
+    /// ([`zstd_payloads`](crate::protocol::zstd_payloads)), at the cost of
+    /// compressing and decompressing every pixel once more.
+    Plain,
 }
 
 impl Encoder {
@@ -190,7 +204,13 @@ impl Encoder {
     pub fn new(width: u16, height: u16) -> Self {
         Encoder {
             model: Image::new(width, height),
+            packing: Packing::Lz4,
         }
+    }
+
+    /// The same encoder, packing payloads as `packing` says.
+    pub fn with_packing(self, packing: Packing) -> Self {
+        Encoder { packing, ..self }
     }
 
     /// What the client has.
@@ -254,7 +274,7 @@ impl Encoder {
             return Vec::new();
         }
         match Image::snapshot(screen, rect) {
-            Some(snap) => tiles::paint(&mut self.model, &snap, rect.x, rect.y),
+            Some(snap) => tiles::paint(&mut self.model, &snap, (rect.x, rect.y), self.packing),
             None => Vec::new(),
         }
     }
@@ -369,6 +389,66 @@ mod test {
             "image differs from the client"
         );
         bytes
+    }
+
+    #[test]
+    fn plain_packing_makes_the_same_commands_without_lz4() {
+        use crate::protocol::{zstd_payloads, Encoding};
+        let (w, h) = (256u16, 192u16);
+        // Text, a repeated pattern, solid areas and photo-like noise.
+        let data = screen(w, h, |x, y| match (x / 64, y / 64) {
+            (0, _) => text(0)(x, y),
+            (1, _) => (u32::from(x % 4 == y % 4)) * 0x00ff_00ff,
+            (2, 0) => 0x0012_3456,
+            _ => {
+                (u32::from(x).wrapping_mul(2_654_435_761) ^ u32::from(y).wrapping_mul(40_503))
+                    & 0x00ff_ffff
+            }
+        });
+        let full = Rect::new(0, 0, w, h);
+        let kinds = |commands: &[Command<'_>]| -> Vec<(String, Vec<Rect>)> {
+            commands
+                .iter()
+                .map(|c| {
+                    let rects = match c {
+                        Command::Raw(r) => vec![r.rect],
+                        Command::Bitmap(b) => vec![b.rect],
+                        Command::SFill(f) => f.rects.clone(),
+                        Command::PFill(p) => p.rects.clone(),
+                        Command::Copy(_) | Command::Video(_) => Vec::new(),
+                    };
+                    (format!("{:?}", c.message_type()), rects)
+                })
+                .collect()
+        };
+        let mut lz4 = Encoder::new(w, h);
+        let lz4_commands = lz4.paint(&view(&data, w, h), full);
+        let mut plain = Encoder::new(w, h).with_packing(Packing::Plain);
+        let mut client = client_of(&plain);
+        let commands = plain.paint(&view(&data, w, h), full);
+        // The same choices, in the same order.
+        assert_eq!(kinds(&commands), kinds(&lz4_commands));
+        let payloads: Vec<Encoding> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Raw(r) => Some(r.data.encoding),
+                Command::Bitmap(b) => Some(b.bits.encoding),
+                Command::PFill(p) => Some(p.tile.encoding),
+                _ => None,
+            })
+            .collect();
+        assert!(payloads.len() >= 3, "{payloads:?}");
+        assert!(
+            payloads.iter().all(|&e| e == Encoding::Plain),
+            "{payloads:?}"
+        );
+        assert!(lz4_commands.iter().any(|c| match c {
+            Command::Bitmap(b) => b.bits.encoding == Encoding::Lz4,
+            _ => false,
+        }));
+        // As they go into the zstd stream, the client gets the screen.
+        let recoded: Vec<Command<'_>> = commands.into_iter().map(zstd_payloads).collect();
+        apply(&mut client, &recoded, &view(&data, w, h), &plain);
     }
 
     #[test]

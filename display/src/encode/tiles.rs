@@ -23,13 +23,16 @@
 //! 5. everything else: RAW (LZ4 when smaller), neighbouring tiles merged up
 //!    to [`RAW_RUN`] tiles, so that one RAW is at most 64 KiB of pixels and
 //!    the scheduler can put small updates between the pieces of a big one.
+//!
+//! With [`Packing::Plain`] the payloads stay plain (for a connection whose
+//! zstd stream compresses them); the choices above still weigh LZ4 sizes.
 
 use std::collections::{BTreeMap, HashMap};
 
 use crate::protocol::{BitmapRepr, Command, PFillRepr, Payload, RawRepr, Rect, SFillRepr};
 
 use super::image::{hash_pixels, Image};
-use super::TILE;
+use super::{Packing, TILE};
 
 /// The most tiles in one RAW (64 KiB of pixels).
 pub const RAW_RUN: u16 = 4;
@@ -87,9 +90,13 @@ struct Group {
 pub(super) fn paint(
     model: &mut Image,
     snap: &Image,
-    at_x: u16,
-    at_y: u16,
+    (at_x, at_y): (u16, u16),
+    packing: Packing,
 ) -> Vec<Command<'static>> {
+    let pack = |bytes: Vec<u8>| match packing {
+        Packing::Lz4 => Payload::compress(&bytes),
+        Packing::Plain => Payload::plain(bytes),
+    };
     let mut tiles: Vec<Tile> = Vec::new();
     let mut groups: Vec<Group> = Vec::new();
     let mut by_key: HashMap<(u64, u16, u16), Vec<usize>> = HashMap::new();
@@ -127,17 +134,22 @@ pub(super) fn paint(
     let mut pfill_of_group: HashMap<usize, usize> = HashMap::new();
     for (i, g) in groups.iter_mut().enumerate() {
         let (pw, ph) = period(&g.pixels);
+        if g.count == 1 && (pw, ph) == (TILE, TILE) {
+            // A PFILL of one whole tile is a RAW with a longer header.
+            continue;
+        }
         let single = lz4_len(&g.pixels);
         let tile = sub_tile(&g.pixels, pw, ph);
-        let payload = Payload::compress(&to_bytes(&tile));
-        let pfill_bytes = 5 + PFillRepr::HEADER_LEN + Rect::LEN * g.count + payload.len();
+        let bytes = to_bytes(&tile);
+        let estimate = Payload::compress(&bytes).len();
+        let pfill_bytes = 5 + PFillRepr::HEADER_LEN + Rect::LEN * g.count + estimate;
         let raw_bytes = g.count * (5 + RawRepr::HEADER_LEN + single);
         if pfill_bytes < raw_bytes {
             g.pfill = true;
             let abs_x = at_x + g.first.x;
             let abs_y = at_y + g.first.y;
             pfill_of_group.insert(i, pfill_tiles.len());
-            pfill_tiles.push((pw, ph, payload, abs_x % pw, abs_y % ph));
+            pfill_tiles.push((pw, ph, pack(bytes), abs_x % pw, abs_y % ph));
         }
     }
     for t in &mut tiles {
@@ -195,12 +207,12 @@ pub(super) fn paint(
                 rect: abs,
                 fg,
                 bg: Some(bg),
-                bits: Payload::compress(&mask(snap, run, fg)),
+                bits: pack(mask(snap, run, fg)),
             })),
-            Class::Few(palette) => bitmaps.extend(layers(snap, run, abs, &palette)),
+            Class::Few(palette) => bitmaps.extend(layers(snap, run, abs, &palette, &pack)),
             Class::Mixed => raws.push(Command::Raw(RawRepr {
                 rect: abs,
-                data: Payload::compress(&to_bytes(&pixels_of(snap, run))),
+                data: pack(to_bytes(&pixels_of(snap, run))),
             })),
         }
     }
@@ -293,7 +305,13 @@ fn classify(snap: &Image, rect: Rect) -> Class {
 /// The layered BITMAPs of `rect` of the snapshot, painted at `abs`: an
 /// opaque one for the two most frequent colours, then a transparent one
 /// per other colour (PROTOCOL.md §5.4).
-fn layers(snap: &Image, rect: Rect, abs: Rect, palette: &Palette) -> Vec<Command<'static>> {
+fn layers(
+    snap: &Image,
+    rect: Rect,
+    abs: Rect,
+    palette: &Palette,
+    pack: &dyn Fn(Vec<u8>) -> Payload<'static>,
+) -> Vec<Command<'static>> {
     let mut counts: Vec<(usize, u32)> = palette.colours().iter().map(|&c| (0, c)).collect();
     for y in rect.y..rect.y + rect.h {
         for &p in snap.seg(rect.x, y, rect.w) {
@@ -313,14 +331,14 @@ fn layers(snap: &Image, rect: Rect, abs: Rect, palette: &Palette) -> Vec<Command
         rect: abs,
         fg,
         bg: Some(bg),
-        bits: Payload::compress(&mask(snap, rect, fg)),
+        bits: pack(mask(snap, rect, fg)),
     }));
     for c in order {
         out.push(Command::Bitmap(BitmapRepr {
             rect: abs,
             fg: c,
             bg: None,
-            bits: Payload::compress(&mask(snap, rect, c)),
+            bits: pack(mask(snap, rect, c)),
         }));
     }
     out
@@ -328,7 +346,8 @@ fn layers(snap: &Image, rect: Rect, abs: Rect, palette: &Palette) -> Vec<Command
 
 /// Whether layered BITMAPs of a tile are fewer bytes than its RAW.
 fn layers_pay(snap: &Image, rect: Rect, palette: &Palette) -> bool {
-    let layered: usize = layers(snap, rect, rect, palette)
+    let lz4 = |bytes: Vec<u8>| Payload::compress(&bytes);
+    let layered: usize = layers(snap, rect, rect, palette, &lz4)
         .into_iter()
         .map(|c| crate::protocol::Message::Command(c).buffer_len())
         .sum();

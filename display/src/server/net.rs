@@ -17,7 +17,7 @@ use super::{lock, ClientShared, Config, Hub, Inject, Security, ServerError};
 use crate::codec::h264::H264Encoder;
 use crate::encode::scale::{fit, src_point, Downscaler};
 use crate::encode::video::subtract;
-use crate::encode::{Encoder, PixelView, TILE};
+use crate::encode::{Encoder, Packing, PixelView, TILE};
 use crate::protocol::{
     zstd_payloads, Buttons, Capabilities, ClientHelloRepr, ClipboardRepr, CloseCode, CloseRepr,
     CursorPositionRepr, Deflater, Frame, FrameDecoder, FramebufferSizeRepr, Message, MessageType,
@@ -715,6 +715,8 @@ struct View {
     ended: Vec<u32>,
     /// Whether VIDEO frames go as H.264 (negotiated, PROTOCOL.md §6.3).
     h264: bool,
+    /// How the encoder packs payloads (plain when the zstd stream is on).
+    packing: Packing,
     /// The H.264 encoder of each stream (made at its first frame, so its
     /// first access unit is an IDR picture; dropped when the stream ends,
     /// on a full state and when an encode fails, so the next frame of the
@@ -732,18 +734,19 @@ struct H264Stream {
 }
 
 impl View {
-    fn new(hub: &Hub, viewport: (u16, u16), (video, h264): (bool, bool)) -> Self {
+    fn new(hub: &Hub, viewport: (u16, u16), (video, h264, packing): (bool, bool, Packing)) -> Self {
         let screen = hub.size();
         let size = fit(screen, viewport);
         View {
             viewport,
             screen,
-            encoder: Encoder::new(size.0, size.1),
+            encoder: Encoder::new(size.0, size.1).with_packing(packing),
             scaler: (size != screen).then(|| Downscaler::new(screen, size)),
             video,
             streams: Vec::new(),
             ended: Vec::new(),
             h264,
+            packing,
             encoders: Vec::new(),
         }
     }
@@ -851,7 +854,14 @@ async fn write_loop(
     (queue_bytes, h264): (usize, bool),
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
-    let video = (capabilities.contains(Capabilities::VIDEO), h264);
+    // With the zstd stream, payloads go plain into it (LZ4 would only be
+    // undone by `zstd_payloads`).
+    let packing = if out.deflater.is_some() {
+        Packing::Plain
+    } else {
+        Packing::Lz4
+    };
+    let video = (capabilities.contains(Capabilities::VIDEO), h264, packing);
     let mut view = View::new(hub, viewport, video);
     let mut queue = Scheduler::new(queue_bytes);
     send_full_state(hub, shared, &mut view, &mut queue, out, cursor).await?;
@@ -942,7 +952,7 @@ async fn handle_ctrl(
             out.flush().await?;
         }
         Ctrl::Viewport(w, h) => {
-            **view = View::new(hub, (w, h), (view.video, view.h264));
+            **view = View::new(hub, (w, h), (view.video, view.h264, view.packing));
             send_full_state(hub, shared, view, queue, out, cursor).await?;
         }
         Ctrl::Close(code, reason) => {
