@@ -50,6 +50,17 @@ pub struct VideoParams {
     pub calm_intervals: u32,
     /// Damage closer than this to the last counted update is the same update.
     pub coalesce: Duration,
+    /// An area of at least this many pixels is a stream sooner: after
+    /// `large_min_updates` updates at `min_rate` or more (lossless frames of
+    /// a large area are what fill a link).
+    pub large_area: usize,
+    /// See `large_area`.
+    pub large_min_updates: usize,
+    /// A stream whose last frame is older than this share of its longest
+    /// interval between updates in the last second, in percent, *stands
+    /// still*: the server sends that frame exactly, without waiting for
+    /// the stream to end.
+    pub still_percent: u32,
 }
 
 impl Default for VideoParams {
@@ -62,6 +73,9 @@ impl Default for VideoParams {
             min_calm: Duration::from_millis(100),
             calm_intervals: 2,
             coalesce: Duration::from_millis(20),
+            large_area: 256 * 256,
+            large_min_updates: 3,
+            still_percent: 110,
         }
     }
 }
@@ -85,6 +99,8 @@ struct Candidate {
     /// Counted updates, newest last, none more than a second older than
     /// the newest.
     times: VecDeque<Instant>,
+    /// Counted updates since the candidate was made.
+    updates: u64,
     stream: Option<u32>,
     /// The rows of the last damage of up to [`MAX_ROWS`] column ranges,
     /// most recent last.
@@ -251,18 +267,69 @@ fn touches(a: Rect, b: Rect) -> bool {
 /// How long stream `c` may go without an update before it ends: a few of
 /// its longest recent intervals, within `min_calm ..= calm`.
 fn calm_of(p: &VideoParams, c: &Candidate) -> Duration {
-    let longest = c
-        .times
-        .iter()
-        .zip(c.times.iter().skip(1))
-        .map(|(a, b)| b.saturating_duration_since(*a))
-        .max();
-    match longest {
+    match longest_interval(c) {
         Some(i) => i
             .saturating_mul(p.calm_intervals)
             .clamp(p.min_calm, p.calm.max(p.min_calm)),
         None => p.calm,
     }
+}
+
+/// The longest interval between `c`'s updates in the last second.
+fn longest_interval(c: &Candidate) -> Option<Duration> {
+    c.times
+        .iter()
+        .zip(c.times.iter().skip(1))
+        .map(|(a, b)| b.saturating_duration_since(*a))
+        .max()
+}
+
+/// How long stream `c`'s last frame must stand before it *stands still*:
+/// `still_percent` of its median interval in the last second, at most its
+/// calm. (The median: a player that draws one frame late draws the next
+/// one early, and a frame never comes later than the one late frame did.)
+fn still_of(p: &VideoParams, c: &Candidate) -> Duration {
+    let calm = calm_of(p, c);
+    let mut intervals: Vec<Duration> = c
+        .times
+        .iter()
+        .zip(c.times.iter().skip(1))
+        .map(|(a, b)| b.saturating_duration_since(*a))
+        .collect();
+    intervals.sort_unstable();
+    match intervals.get(intervals.len() / 2) {
+        Some(&i) => (i * p.still_percent / 100).min(calm),
+        None => calm,
+    }
+}
+
+/// Whether candidate `c` (not a stream) qualifies as one at `now`: at
+/// least `min_rate` updates in the last second, going on for at least
+/// `min_duration`; or, for an area of at least `large_area` pixels, at
+/// least `large_min_updates` updates at `min_rate` or more.
+fn qualifies(p: &VideoParams, c: &Candidate, now: Instant) -> bool {
+    let recent: Vec<Instant> = c
+        .times
+        .iter()
+        .copied()
+        .filter(|&t| now.saturating_duration_since(t) <= Duration::from_secs(1))
+        .collect();
+    if c.rect.area() < p.min_area {
+        return false;
+    }
+    let steady =
+        recent.len() >= p.min_rate && now.saturating_duration_since(c.first) >= p.min_duration;
+    let large = c.rect.area() >= p.large_area
+        && recent.len() >= p.large_min_updates.max(2)
+        && match (recent.first(), recent.last()) {
+            (Some(&a), Some(&b)) => {
+                let gaps = u32::try_from(recent.len() - 1).unwrap_or(u32::MAX);
+                let rate = u32::try_from(p.min_rate.max(1)).unwrap_or(u32::MAX);
+                b.saturating_duration_since(a) * rate <= Duration::from_secs(1) * gaps
+            }
+            _ => false,
+        };
+    steady || large
 }
 
 /// Whether at least half of `r` lies in the destinations of `moves`
@@ -279,6 +346,22 @@ fn overlap(a: Rect, b: Rect) -> usize {
     let w = a.right().min(b.right()) - usize::from(a.x.max(b.x));
     let h = a.bottom().min(b.bottom()) - usize::from(a.y.max(b.y));
     w * h
+}
+
+/// A video stream as [`VideoDetector::poll_streams`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    pub id: u32,
+    /// Its area of the screen (fixed while it lasts).
+    pub rect: Rect,
+    /// Updates counted in its area since it was a candidate: a new value
+    /// means a new frame.
+    pub updates: u64,
+    /// Whether its last frame *stands still*: no update for
+    /// [`VideoParams::still_percent`] of its longest recent interval and
+    /// none being drawn. The video paused or ended; a server sends that
+    /// frame exactly now rather than when the stream ends.
+    pub still: bool,
 }
 
 /// The areas of one screen that change like video.
@@ -451,6 +534,7 @@ impl VideoDetector {
                         first: now,
                         seen: now,
                         times: VecDeque::new(),
+                        updates: 0,
                         stream: None,
                         rows: Vec::new(),
                     });
@@ -482,6 +566,7 @@ impl VideoDetector {
             }
             if last.is_none_or(|t| now.saturating_duration_since(t) >= p.coalesce) {
                 c.times.push_back(now);
+                c.updates += 1;
             }
             while c
                 .times
@@ -493,29 +578,36 @@ impl VideoDetector {
         }
     }
 
-    /// When the first stream ends if it gets no update (`None`: no
-    /// stream): a server checks [`Self::poll_streams`] then.
-    pub fn next_end(&self) -> Option<Instant> {
+    /// When the first stream stands still or ends if it gets no update,
+    /// after `now` (`None`: no stream): a server checks
+    /// [`Self::poll_streams`] then.
+    pub fn next_change(&self, now: Instant) -> Option<Instant> {
         let p = &self.params;
         self.candidates
             .iter()
             .filter(|c| c.stream.is_some())
             .filter_map(|c| {
-                let end = *c.times.back()? + calm_of(p, c);
-                // A drawing still open over it may be a frame: look again
-                // when the drawing is done.
-                Some(match &self.drawing {
-                    Some(d) if d.touches(c.rect) => end.max(d.done(p)),
-                    _ => end,
+                // A drawing over it may be its next frame: look again when
+                // the drawing is done (it is counted then, and the frame
+                // stands still from then on).
+                if let Some(d) = self.drawing.as_ref().filter(|d| d.touches(c.rect)) {
+                    return Some(d.done(p));
+                }
+                let last = *c.times.back()?;
+                let still = last + still_of(p, c);
+                Some(if still > now {
+                    still
+                } else {
+                    last + calm_of(p, c)
                 })
             })
             .min()
     }
 
-    /// The streams at `now` (id, area), after ending calm streams,
-    /// forgetting candidates not seen for `calm`, and starting streams for
-    /// those that qualify.
-    pub fn poll_streams(&mut self, now: Instant) -> Vec<(u32, Rect)> {
+    /// The streams at `now`, after ending calm streams, forgetting
+    /// candidates not seen for `calm`, and starting streams for those that
+    /// qualify.
+    pub fn poll_streams(&mut self, now: Instant) -> Vec<Stream> {
         let p = self.params;
         if self.drawing.as_ref().is_some_and(|d| !d.open(&p, now)) {
             self.flush();
@@ -533,21 +625,22 @@ impl VideoDetector {
         });
         let mut out = Vec::new();
         for c in &mut self.candidates {
-            let recent = c
-                .times
-                .iter()
-                .filter(|&&t| now.saturating_duration_since(t) <= Duration::from_secs(1))
-                .count();
-            if c.stream.is_none()
-                && recent >= p.min_rate
-                && now.saturating_duration_since(c.first) >= p.min_duration
-                && c.rect.area() >= p.min_area
-            {
+            if c.stream.is_none() && qualifies(&p, c, now) {
                 c.stream = Some(self.next_stream);
                 self.next_stream = self.next_stream.wrapping_add(1).max(1);
             }
             if let Some(id) = c.stream {
-                out.push((id, c.rect));
+                let open = drawing.as_ref().is_some_and(|d| d.touches(c.rect));
+                let still = !open
+                    && c.times
+                        .back()
+                        .is_some_and(|&t| now.saturating_duration_since(t) >= still_of(&p, c));
+                out.push(Stream {
+                    id,
+                    rect: c.rect,
+                    updates: c.updates,
+                    still,
+                });
             }
         }
         out
@@ -636,31 +729,75 @@ mod test {
     fn one_second() -> VideoParams {
         VideoParams {
             min_duration: Duration::from_secs(1),
+            large_area: usize::MAX,
             ..VideoParams::default()
         }
     }
 
+    /// The streams at `now`, id and area.
+    fn polled(d: &mut VideoDetector, now: Instant) -> Vec<(u32, Rect)> {
+        d.poll_streams(now).iter().map(|s| (s.id, s.rect)).collect()
+    }
+
     #[test]
-    fn by_default_a_24_fps_video_is_a_stream_after_half_a_second() {
+    fn by_default_a_24_fps_video_is_a_stream_after_half_a_second_or_three_frames_when_large() {
+        // Frame `i` is drawn at `i` × 41.667 ms; the first poll that sees a
+        // stream, for an area of 640×480 (large) and of 240×180 (not).
+        let first_stream = |area: Rect, every_us: u64| {
+            let mut d = VideoDetector::new(VideoParams::default());
+            let t0 = Instant::now();
+            (0..24u32).find(|&i| {
+                let now = t0 + Duration::from_micros(every_us) * i;
+                d.handle_damage(None, &[area], &[], now);
+                !d.poll_streams(now).is_empty()
+            })
+        };
+        // Frame 12 is drawn at 500 ms (and is the 13th update).
+        assert_eq!(first_stream(Rect::new(0, 0, 240, 180), 41_667), Some(12));
+        // Three updates (frames 0..=2, the 3rd done by frame 3) of a large
+        // area.
+        assert_eq!(first_stream(Rect::new(0, 0, 640, 480), 41_667), Some(3));
+        // A large area at less than 10 updates/s is no stream in a second.
+        assert_eq!(first_stream(Rect::new(0, 0, 640, 480), 125_000), None);
+    }
+
+    #[test]
+    fn a_stream_stands_still_after_a_little_more_than_its_median_interval() {
         let mut d = VideoDetector::new(VideoParams::default());
         let t0 = Instant::now();
         let area = Rect::new(0, 0, 640, 480);
-        let mut started = None;
-        for i in 0..24u32 {
-            let now = t0 + Duration::from_micros(41_667) * i;
-            d.handle_damage(None, &[area], &[], now);
-            if started.is_none() && !d.poll_streams(now).is_empty() {
-                started = Some(i);
-            }
+        for i in 0..10u64 {
+            d.handle_damage(None, &[area], &[], t0 + ms(40 * i));
         }
-        // Frame 12 is drawn at 500 ms (and is the 13th update).
-        assert_eq!(started, Some(12));
+        let last = t0 + ms(40 * 9);
+        let at = |d: &mut VideoDetector, t: Duration| d.poll_streams(last + t);
+        let s = at(&mut d, ms(21));
+        assert_eq!((s.len(), s[0].updates, s[0].still), (1, 10, false));
+        assert!(!at(&mut d, us(43_999))[0].still);
+        assert!(at(&mut d, ms(44))[0].still);
+        // The next frame, in parts: not still while it is being drawn.
+        d.handle_damage(None, &[Rect::new(0, 0, 640, 240)], &[], last + ms(46));
+        assert!(!at(&mut d, ms(50))[0].still);
+        d.handle_damage(None, &[Rect::new(0, 240, 640, 240)], &[], last + ms(52));
+        let s = at(&mut d, ms(75));
+        assert_eq!((s[0].updates, s[0].still), (11, false));
+        // One late frame leaves the median at 40 ms: still 44 ms after it.
+        assert!(!at(&mut d, ms(46) + us(43_999))[0].still);
+        assert!(at(&mut d, ms(46) + ms(44))[0].still);
+        assert_eq!(d.next_change(last + ms(60)), Some(last + ms(90)));
+        // After that, the next change is its end (twice its longest
+        // interval, 92 ms, is below the floor of 100 ms).
+        assert_eq!(d.next_change(last + ms(91)), Some(last + ms(46 + 100)));
     }
 
     use crate::encode::test::{screen, text};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
     }
 
     fn view(data: &[u8], w: u16, h: u16) -> PixelView<'_> {
@@ -695,7 +832,7 @@ mod test {
                 let now = t0 + every * i;
                 let data = draw(i);
                 d.handle_damage(Some(&view(&data, w, h)), &[area], &[], now);
-                d.poll_streams(now + d.params.coalesce)
+                polled(d, now + d.params.coalesce)
             })
             .collect()
     }
@@ -711,26 +848,26 @@ mod test {
             d.handle_damage(None, &[area], &[], now);
             // Small damage (typing) never counts.
             d.handle_damage(None, &[Rect::new(0, 0, 8, 13)], &[], now);
-            let streams = d.poll_streams(now);
+            let streams = polled(&mut d, now);
             if i < 25 {
                 assert!(streams.is_empty(), "{i}");
             }
         }
         let now = t0 + ms(1200);
-        assert_eq!(d.poll_streams(now), [(1, area)]);
+        assert_eq!(polled(&mut d, now), [(1, area)]);
         // Damage inside keeps it; the area stays fixed.
         d.handle_damage(None, &[Rect::new(110, 110, 100, 100)], &[], now);
-        assert_eq!(d.poll_streams(now), [(1, area)]);
+        assert_eq!(polled(&mut d, now), [(1, area)]);
         // A full-screen repaint is not part of it.
         d.handle_damage(None, &[Rect::new(0, 0, 1024, 768)], &[], now);
-        assert_eq!(d.poll_streams(now), [(1, area)]);
-        assert!(d.poll_streams(now + ms(600)).is_empty());
+        assert_eq!(polled(&mut d, now), [(1, area)]);
+        assert!(polled(&mut d, now + ms(600)).is_empty());
         // Slow updates (a clock) never become video.
         let mut d = VideoDetector::new(one_second());
         for i in 0..10u64 {
             let now = t0 + ms(500 * i);
             d.handle_damage(None, &[area], &[], now);
-            assert!(d.poll_streams(now).is_empty());
+            assert!(polled(&mut d, now).is_empty());
         }
     }
 
@@ -765,7 +902,7 @@ mod test {
         for i in 0..80 {
             d.handle_damage(None, &[whole], &[], t0 + ms(25) * i);
         }
-        assert_eq!(d.poll_streams(t0 + ms(25 * 79)), [(1, whole)]);
+        assert_eq!(polled(&mut d, t0 + ms(25 * 79)), [(1, whole)]);
         // A video (every pixel changes) is one after a second.
         let mut d = VideoDetector::new(one_second());
         let streams = play(&mut d, (w, h), whole, t0, ms(40), 30, |i| {
@@ -778,7 +915,7 @@ mod test {
         for i in 30..60 {
             let now = t0 + ms(40) * i;
             d.handle_damage(Some(&view(&same, w, h)), &[whole], &[], now);
-            assert_eq!(d.poll_streams(now), [(1, whole)]);
+            assert_eq!(polled(&mut d, now), [(1, whole)]);
         }
         // Then scrolled: the stream ends as after a pause.
         let scrolled = play(&mut d, (w, h), whole, t0 + ms(2400), ms(25), 10, |i| {
@@ -804,7 +941,7 @@ mod test {
                 let now = t0 + ms(40) * i + ms(k as u64);
                 d.handle_damage(Some(&view(&data, w, h)), &[part], &[], now);
             }
-            streams.push(d.poll_streams(t0 + ms(40) * i + ms(30)));
+            streams.push(polled(&mut d, t0 + ms(40) * i + ms(30)));
         }
         assert!(streams[..25].iter().all(Vec::is_empty));
         assert_eq!(streams[29], [(1, Rect::new(0, 0, w, h))]);
@@ -816,7 +953,7 @@ mod test {
             let v = view(&data, w, h);
             d.handle_damage(Some(&v), &[Rect::new(0, 0, w, h - 13)], &[], now);
             d.handle_damage(Some(&v), &[Rect::new(0, h - 13, w, 13)], &[], now + ms(2));
-            assert!(d.poll_streams(now + ms(22)).is_empty(), "{i}");
+            assert!(polled(&mut d, now + ms(22)).is_empty(), "{i}");
         }
     }
 
@@ -832,7 +969,7 @@ mod test {
             // The damage: where it was and where it is.
             let damage = Rect::new(96 + 4 * i, 100, 204, 150);
             d.handle_damage(None, &[damage], &[mv], now);
-            assert!(d.poll_streams(now).is_empty(), "{i}");
+            assert!(polled(&mut d, now).is_empty(), "{i}");
         }
     }
 
@@ -851,18 +988,20 @@ mod test {
         feed(&mut d, t0, &every(40, 30));
         let last = t0 + ms(40 * 29);
         // Until the last drawing is done, it may go on.
-        assert_eq!(d.poll_streams(last + ms(19)), [(1, area)]);
-        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
-        assert_eq!(d.next_end(), Some(last + ms(100)));
-        assert_eq!(d.poll_streams(last + ms(99)), [(1, area)]);
-        assert!(d.poll_streams(last + ms(100)).is_empty());
-        assert_eq!(d.next_end(), None);
+        assert_eq!(polled(&mut d, last + ms(19)), [(1, area)]);
+        assert_eq!(polled(&mut d, last + ms(20)), [(1, area)]);
+        // It stands still after 110 % of 40 ms, and ends at 100 ms.
+        assert_eq!(d.next_change(last + ms(20)), Some(last + ms(44)));
+        assert_eq!(d.next_change(last + ms(45)), Some(last + ms(100)));
+        assert_eq!(polled(&mut d, last + ms(99)), [(1, area)]);
+        assert!(polled(&mut d, last + ms(100)).is_empty());
+        assert_eq!(d.next_change(last + ms(100)), None);
         // Resumed: a new stream only after the usual second.
         let resumed = last + ms(300);
         for i in 0..30u32 {
             let now = resumed + ms(40) * i;
             d.handle_damage(None, &[area], &[], now);
-            let streams = d.poll_streams(now);
+            let streams = polled(&mut d, now);
             if i < 25 {
                 assert!(streams.is_empty(), "{i}");
             } else {
@@ -873,18 +1012,18 @@ mod test {
         let mut d = VideoDetector::new(one_second());
         feed(&mut d, t0, &every(80, 16));
         let last = t0 + ms(80 * 15);
-        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
-        assert_eq!(d.poll_streams(last + ms(159)), [(1, area)]);
-        assert!(d.poll_streams(last + ms(160)).is_empty());
+        assert_eq!(polled(&mut d, last + ms(20)), [(1, area)]);
+        assert_eq!(polled(&mut d, last + ms(159)), [(1, area)]);
+        assert!(polled(&mut d, last + ms(160)).is_empty());
         // Jerky, one interval of 300 ms in the last second: at most 500 ms.
         let mut d = VideoDetector::new(one_second());
         let mut times = every(40, 20);
         times.extend(every(40, 12).iter().map(|t| 760 + 300 + t));
         feed(&mut d, t0, &times);
         let last = t0 + ms(*times.last().unwrap());
-        assert_eq!(d.poll_streams(last + ms(20)), [(1, area)]);
-        assert_eq!(d.poll_streams(last + ms(499)), [(1, area)]);
-        assert!(d.poll_streams(last + ms(500)).is_empty());
+        assert_eq!(polled(&mut d, last + ms(20)), [(1, area)]);
+        assert_eq!(polled(&mut d, last + ms(499)), [(1, area)]);
+        assert!(polled(&mut d, last + ms(500)).is_empty());
     }
 
     #[test]

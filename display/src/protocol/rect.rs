@@ -85,6 +85,14 @@ impl Rect {
         usize::from(self.w) * usize::from(self.h)
     }
 
+    /// Whether every pixel of `inner` is in `self`.
+    pub fn contains(&self, inner: &Rect) -> bool {
+        self.x <= inner.x
+            && self.y <= inner.y
+            && inner.right() <= self.right()
+            && inner.bottom() <= self.bottom()
+    }
+
     /// Whether the rectangle lies inside a `width` × `height` framebuffer.
     pub fn fits(&self, width: u16, height: u16) -> bool {
         self.right() <= usize::from(width) && self.bottom() <= usize::from(height)

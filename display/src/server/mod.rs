@@ -23,6 +23,7 @@
 //!   leaves, the next viewer to connect becomes the owner.
 
 pub mod fbdir;
+mod link;
 pub mod net;
 pub mod tls;
 pub mod x11;
@@ -116,6 +117,8 @@ pub struct Config {
     /// The zstd level of the stream a viewer that offers `ZSTD` gets its
     /// messages in (PROTOCOL.md §2.1); `None`: no zstd stream.
     pub zstd_level: Option<i32>,
+    /// When an area is video, when its frame stands still, when it ends.
+    pub video: VideoParams,
 }
 
 impl Config {
@@ -130,6 +133,7 @@ impl Config {
             send_buffer: Some(128 * 1024),
             max_region_rects: 64,
             zstd_level: Some(crate::protocol::DEFAULT_ZSTD_LEVEL),
+            video: VideoParams::default(),
         }
     }
 }
@@ -257,9 +261,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Hub {
     pub(crate) fn new(
         pixels: Pixels,
-        width: u16,
-        height: u16,
-        max_region_rects: usize,
+        (width, height): (u16, u16),
+        (max_region_rects, video): (usize, VideoParams),
         input: std::sync::mpsc::Sender<Inject>,
     ) -> Self {
         Hub {
@@ -274,7 +277,7 @@ impl Hub {
                 y: 0,
             }),
             clipboard: Mutex::new(None),
-            video: Mutex::new(VideoDetector::new(VideoParams::default())),
+            video: Mutex::new(VideoDetector::new(video)),
             next_id: AtomicU64::new(1),
             input,
         }
@@ -396,14 +399,15 @@ impl Hub {
         }
     }
 
-    /// The video streams now: id and screen area.
-    pub(crate) fn video_streams(&self) -> Vec<(u32, Rect)> {
+    /// The video streams now.
+    pub(crate) fn video_streams(&self) -> Vec<crate::encode::video::Stream> {
         lock(&self.video).poll_streams(std::time::Instant::now())
     }
 
-    /// When the first video stream ends unless it is updated.
-    pub(crate) fn video_end(&self) -> Option<std::time::Instant> {
-        lock(&self.video).next_end()
+    /// When the first video stream stands still or ends unless it is
+    /// updated.
+    pub(crate) fn video_next(&self) -> Option<std::time::Instant> {
+        lock(&self.video).next_change(std::time::Instant::now())
     }
 
     pub(crate) fn clipboard(&self) -> Option<Arc<str>> {
@@ -432,7 +436,7 @@ mod test {
             height: 8,
             data: vec![0; 8 * 8 * 4],
         }));
-        let hub = Hub::new(pixels, 8, 8, 4, tx);
+        let hub = Hub::new(pixels, (8, 8), (4, VideoParams::default()), tx);
         let (a, sa, owner_a) = hub.join();
         let (b, _sb, owner_b) = hub.join();
         assert!(owner_a && !owner_b);

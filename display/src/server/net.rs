@@ -24,6 +24,7 @@ use crate::protocol::{
     PingRepr, Rect, Sender, ServerHelloRepr, VideoEndRepr, CODEC_H264, SUPPORTED_VERSIONS,
 };
 use crate::schedule::Scheduler;
+use crate::server::link::LinkProbe;
 
 /// The read half of a viewer's transport (TLS or plain TCP).
 type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
@@ -81,9 +82,8 @@ impl DisplayServer {
         let (input_tx, input_rx) = std::sync::mpsc::channel::<Inject>();
         let hub = Arc::new(Hub::new(
             pixels,
-            x.size().0,
-            x.size().1,
-            config.max_region_rects,
+            x.size(),
+            (config.max_region_rects, config.video),
             input_tx,
         ));
         let listener = listen(&config).map_err(|source| ServerError::Io {
@@ -166,9 +166,10 @@ impl DisplayServer {
                     let hub = self.hub.clone();
                     let limits = (self.queue_bytes, self.zstd_level);
                     let tls = self.tls.clone();
+                    let link = LinkProbe::of(&stream);
                     tokio::spawn(async move {
                         if let Some((rd, wr)) = secure(stream, peer, tls).await {
-                            serve(hub, rd, wr, peer, limits).await;
+                            serve(hub, (rd, wr, link), peer, limits).await;
                         }
                     });
                 }
@@ -318,6 +319,9 @@ struct Out {
     deflater: Option<Deflater>,
     /// Whole messages for the next `Compressed`.
     staged: Vec<u8>,
+    /// RAW goes outside the zstd stream, as the encoder packed it (a still
+    /// video frame on a fast link, see `View::still_plain`).
+    raw_plain: bool,
 }
 
 impl Out {
@@ -325,6 +329,7 @@ impl Out {
     fn append(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
         let deflate = self.deflater.is_some()
             && !matches!(msg.message_type(), MessageType::Video | MessageType::Close)
+            && !(self.raw_plain && msg.message_type() == MessageType::Raw)
             && msg.buffer_len() <= MAX_DEFLATED_MESSAGE;
         if !deflate {
             self.seal()?;
@@ -346,7 +351,8 @@ impl Out {
     /// Adds a display command without writing; in the zstd stream its
     /// payloads go `plain` or `delta` ([`zstd_payloads`]).
     fn append_command(&mut self, command: crate::protocol::Command<'_>) -> std::io::Result<()> {
-        let command = if self.deflater.is_some() {
+        let stream = !(self.raw_plain && command.message_type() == MessageType::Raw);
+        let command = if self.deflater.is_some() && stream {
             zstd_payloads(command)
         } else {
             command
@@ -412,8 +418,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 async fn serve(
     hub: Arc<Hub>,
-    rd: ReadHalf,
-    wr: WriteHalf,
+    (rd, wr, link): (ReadHalf, WriteHalf, Option<LinkProbe>),
     peer: SocketAddr,
     (queue_bytes, zstd_level): (usize, Option<i32>),
 ) {
@@ -429,6 +434,7 @@ async fn serve(
         limit: WRITE_CHUNK,
         deflater: None,
         staged: Vec::new(),
+        raw_plain: false,
     };
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.next()).await {
         Err(_) => {
@@ -493,7 +499,7 @@ async fn serve(
             &mut out,
             ctrl_rx,
             (capabilities, viewport),
-            peer,
+            (peer, link.as_ref()),
             (queue_bytes, codecs.contains(&CODEC_H264)),
         )
         .await
@@ -707,9 +713,21 @@ struct View {
     scaler: Option<Downscaler>,
     /// Whether `VIDEO` is in force.
     video: bool,
-    /// The video streams this viewer is being sent: id, screen area, next
-    /// frame number.
-    streams: Vec<(u32, Rect, u32)>,
+    /// The video streams this viewer is being sent.
+    streams: Vec<ViewStream>,
+    /// Areas of streams whose last frame stands still, to be painted
+    /// exactly once no damage is pending (screen coordinates).
+    still: Vec<Rect>,
+    /// Whether the still frames being sent go outside the zstd stream,
+    /// decided when the first of them is painted (`None`: none is being
+    /// sent) and kept until the queue is empty. They do when the link is
+    /// faster than zstd compresses: a still frame is what the user looks at
+    /// the moment a video stops, so it goes as it is (its pixels plain,
+    /// about twice the bytes of the stream's).
+    still_plain: Option<bool>,
+    /// The rows [`paint_rect`] left for later last time, whose scrolls it
+    /// already looked for (screen coordinates).
+    scrolls_seen: Option<Rect>,
     /// Streams that ended, to be told (`VideoEnd`) once the queue is empty,
     /// so that the end follows the stream's last frame.
     ended: Vec<u32>,
@@ -722,6 +740,16 @@ struct View {
     /// on a full state and when an encode fails, so the next frame of the
     /// stream starts again with an IDR picture).
     encoders: Vec<(u32, H264Stream)>,
+}
+
+/// A video stream as one viewer is sent it.
+struct ViewStream {
+    id: u32,
+    area: Rect,
+    next_frame: u32,
+    /// The stream's update count when its frame was last painted exactly
+    /// because it stood still (a new count: a new frame since).
+    exact_at: Option<u64>,
 }
 
 /// A stream's H.264 encoder and what it did (logged when the stream ends).
@@ -744,6 +772,9 @@ impl View {
             scaler: (size != screen).then(|| Downscaler::new(screen, size)),
             video,
             streams: Vec::new(),
+            still: Vec::new(),
+            scrolls_seen: None,
+            still_plain: None,
             ended: Vec::new(),
             h264,
             packing,
@@ -751,19 +782,21 @@ impl View {
         }
     }
 
-    /// The screen's video streams now (none without `VIDEO`). Streams that
-    /// ended are queued for `VideoEnd`, and their area goes back into the
-    /// damage: the encoder marked it unknown, so it is repainted exactly.
+    /// The screen's video streams now, id and area (none without `VIDEO`).
+    /// Streams that ended are queued for `VideoEnd`, and their area goes
+    /// back into the damage: the encoder marked it unknown, so it is
+    /// repainted exactly. A stream whose last frame stands still has its
+    /// area queued in `still` once per frame, to be painted exactly.
     fn sync_streams(&mut self, hub: &Hub, shared: &ClientShared) -> Vec<(u32, Rect)> {
         if !self.video {
             return Vec::new();
         }
         let active = hub.video_streams();
         let mut gone = Vec::new();
-        self.streams.retain(|&(id, area, _)| {
-            let on = active.iter().any(|&(a, _)| a == id);
+        self.streams.retain(|s| {
+            let on = active.iter().any(|a| a.id == s.id);
             if !on {
-                gone.push((id, area));
+                gone.push((s.id, s.area));
             }
             on
         });
@@ -781,23 +814,47 @@ impl View {
                 );
             }
             self.ended.push(id);
+            // The damage repaints it; no separate still paint.
+            self.still.retain(|r| !area.contains(r));
             lock(&shared.dirty).region.add(area);
         }
-        for &(id, area) in &active {
-            if !self.streams.iter().any(|&(s, _, _)| s == id) {
-                debug!(id, ?area, "video stream starts");
-                self.streams.push((id, area, 0));
+        for a in &active {
+            let s = match self.streams.iter_mut().position(|s| s.id == a.id) {
+                Some(i) => &mut self.streams[i],
+                None => {
+                    debug!(id = a.id, area = ?a.rect, "video stream starts");
+                    self.streams.push(ViewStream {
+                        id: a.id,
+                        area: a.rect,
+                        next_frame: 0,
+                        exact_at: None,
+                    });
+                    let Some(s) = self.streams.last_mut() else {
+                        continue;
+                    };
+                    s
+                }
+            };
+            if !a.still {
+                // A new frame is coming or came: it replaces the still one
+                // (and what of it is left to paint).
+                self.still.retain(|r| !a.rect.contains(r));
+            } else if s.exact_at != Some(a.updates) {
+                s.exact_at = Some(a.updates);
+                if !self.still.contains(&a.rect) {
+                    self.still.push(a.rect);
+                }
             }
         }
-        active
+        active.iter().map(|a| (a.id, a.rect)).collect()
     }
 
     /// The next frame number of stream `id`.
     fn next_frame(&mut self, id: u32) -> u32 {
-        match self.streams.iter_mut().find(|(s, _, _)| *s == id) {
-            Some((_, _, frame)) => {
-                let f = *frame;
-                *frame = frame.wrapping_add(1);
+        match self.streams.iter_mut().find(|s| s.id == id) {
+            Some(s) => {
+                let f = s.next_frame;
+                s.next_frame = s.next_frame.wrapping_add(1);
                 f
             }
             None => 0,
@@ -850,7 +907,7 @@ async fn write_loop(
     out: &mut Out,
     mut ctrl: mpsc::Receiver<Ctrl>,
     (capabilities, viewport): (Capabilities, (u16, u16)),
-    peer: SocketAddr,
+    (peer, link): (SocketAddr, Option<&LinkProbe>),
     (queue_bytes, h264): (usize, bool),
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
@@ -897,7 +954,8 @@ async fn write_loop(
         if cursor && shared.cursor_dirty.swap(false, Ordering::AcqRel) {
             out.push(&Message::CursorShape(hub.cursor().shape)).await?;
         }
-        refill(hub, shared, &mut view, &mut queue);
+        refill(hub, shared, &mut view, &mut queue, link);
+        out.raw_plain = view.still_plain == Some(true);
         if !queue.is_empty() {
             // One chunk to the socket, then look for control messages and
             // new (possibly smaller) updates again: preemption between
@@ -911,16 +969,20 @@ async fn write_loop(
             out.flush().await?;
             continue;
         }
+        // The still frames are out: RAW goes in the zstd stream again.
+        view.still_plain = None;
+        out.raw_plain = false;
         for stream_id in std::mem::take(&mut view.ended) {
             out.push(&Message::VideoEnd(VideoEndRepr { stream_id }))
                 .await?;
         }
         out.flush().await?;
         let streaming = !view.streams.is_empty();
-        // Wake when the first stream would end, to repaint it promptly.
+        // Wake when the first stream would stand still or end, to paint it
+        // exactly promptly.
         let stream_end = tokio::time::Instant::now() + VIDEO_TICK;
         let stream_end = hub
-            .video_end()
+            .video_next()
             .map_or(stream_end, |t| stream_end.min(t.into()));
         tokio::select! {
             biased;
@@ -977,7 +1039,13 @@ async fn handle_ctrl(
 /// rectangle first: damage in a video stream's area is one VIDEO frame of
 /// that area (at most one per stream and call), the rest goes to
 /// [`paint_rect`].
-fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Scheduler) {
+fn refill(
+    hub: &Hub,
+    shared: &ClientShared,
+    view: &mut View,
+    queue: &mut Scheduler,
+    link: Option<&LinkProbe>,
+) {
     let moves = std::mem::take(&mut lock(&shared.dirty).moves);
     if !moves.is_empty() && view.scaler.is_none() {
         let copies = hub
@@ -994,7 +1062,7 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
         let rect = {
             let mut dirty = lock(&shared.dirty);
             let Some(rect) = dirty.region.take_smallest() else {
-                return;
+                break;
             };
             rect
         };
@@ -1024,7 +1092,25 @@ fn refill(hub: &Hub, shared: &ClientShared, view: &mut View, queue: &mut Schedul
             }
         }
         for part in parts {
-            paint_rect(hub, shared, view, queue, part);
+            if let Some(rest) = paint_rect(hub, view, queue, part, true) {
+                lock(&shared.dirty).region.add(rest);
+            }
+        }
+    }
+    // Still frames, exactly, once no damage waits (a frame still in the
+    // damage goes first, as VIDEO, and the exact paint after it).
+    while queue.has_room() && lock(&shared.dirty).region.is_empty() {
+        let Some(area) = view.still.pop() else {
+            break;
+        };
+        if view.still_plain.is_none() {
+            let info = link.and_then(LinkProbe::info);
+            let plain = view.packing == Packing::Plain && info.is_some_and(|i| i.fast());
+            debug!(?area, ?info, plain, "still video frame, exactly");
+            view.still_plain = Some(plain);
+        }
+        if let Some(rest) = paint_rect(hub, view, queue, area, false) {
+            view.still.push(rest);
         }
     }
 }
@@ -1084,23 +1170,29 @@ fn h264_frame(
     command
 }
 
-/// Encodes one damaged rectangle: COPY for scrolls in it, then one update
-/// per band of [`TILE`] rows; when the queue fills up, the rows not encoded
-/// go back into the region.
+/// Encodes one damaged rectangle: COPY for scrolls in it (unless it is the
+/// rest of the last call, already looked at, or a still video frame), then
+/// one update per band of [`TILE`] rows; when the queue fills up, returns
+/// the rows not encoded (screen coordinates).
 fn paint_rect(
     hub: &Hub,
-    shared: &ClientShared,
     view: &mut View,
     queue: &mut Scheduler,
     rect: Rect,
-) {
+    scrolls: bool,
+) -> Option<Rect> {
+    let scrolls = scrolls && view.scrolls_seen != Some(rect);
     let rest = hub.with_view(|screen| {
         view.with_pixels(screen, rect, |encoder, pixels, rect| {
             if !queue.has_room() {
                 return Some(rect);
             }
             let bottom = rect.y + rect.h;
-            let mut commands = encoder.copies(pixels, rect, &[]);
+            let mut commands = if scrolls {
+                encoder.copies(pixels, rect, &[])
+            } else {
+                Vec::new()
+            };
             let mut y = rect.y;
             while y < bottom {
                 if !queue.has_room() {
@@ -1116,11 +1208,12 @@ fn paint_rect(
             None
         })
     });
-    if let Some(Some(Some(rest))) = rest {
-        if let Some(rest) = view.to_screen_rect(rest) {
-            lock(&shared.dirty).region.add(rest);
-        }
-    }
+    let rest = match rest {
+        Some(Some(Some(rest))) => view.to_screen_rect(rest),
+        _ => None,
+    };
+    view.scrolls_seen = rest;
+    rest
 }
 
 /// PROTOCOL.md §3.4: size, cursor, every pixel, StateComplete. Straight to
@@ -1135,6 +1228,7 @@ async fn send_full_state(
 ) -> std::io::Result<()> {
     view.encoder.reset();
     view.encoders.clear();
+    view.still.clear();
     queue.clear();
     let (width, height) = view.size();
     out.push(&Message::FramebufferSize(FramebufferSizeRepr {

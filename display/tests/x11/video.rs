@@ -331,3 +331,67 @@ fn video_played_by_ffplay() {
     await_video_end(&mut viewer);
     assert_catches_up(&mut viewer, &painter);
 }
+
+/// A video that pauses: once its last frame has stood for a little more than
+/// one frame interval, the server sends that frame exactly, without waiting
+/// for the stream to end. Here a stream ends only after 30 s of calm, so the
+/// viewer must be pixel-exact while its stream still goes on (no VideoEnd).
+/// With ZSTD, over loopback (a fast link: the still frame goes outside the
+/// zstd stream).
+#[test]
+fn a_paused_video_is_exact_before_its_stream_ends() {
+    let xvfb = Xvfb::start();
+    let painter = Painter::new(&xvfb.display());
+    painter.pattern();
+    let addr = super::start_server_with(&xvfb, true, |config| {
+        config.video.calm = Duration::from_secs(30);
+        config.video.min_calm = Duration::from_secs(30);
+    });
+    let config = ViewerConfig {
+        capabilities: Capabilities(
+            Capabilities::CURSOR.0 | Capabilities::VIDEO.0 | Capabilities::ZSTD.0,
+        ),
+        codecs: vec![CODEC_H264],
+        ..ViewerConfig::default()
+    };
+    let mut viewer = Connection::connect(addr, &config, &Security::InsecurePlaintext).unwrap();
+    assert_catches_up(&mut viewer, &painter);
+    // 25 frames/s until the viewer has had VIDEO frames for a while.
+    let start = Instant::now();
+    let mut i = 0u32;
+    while viewer.viewer().stats().of("Video").messages < 5 {
+        assert!(i < 500, "no VIDEO after {i} frames");
+        let due = start + Duration::from_millis(40) * i;
+        while let Some(left) = due.checked_duration_since(Instant::now()) {
+            viewer.poll(left).unwrap();
+        }
+        draw_frame(&painter, &frame_pixels(i));
+        i += 1;
+    }
+    // Paused on frame i - 1: exact, and the stream goes on.
+    assert_catches_up(&mut viewer, &painter);
+    let stats = viewer.viewer().stats();
+    assert_eq!(stats.of("VideoEnd").messages, 0);
+    eprintln!(
+        "paused after {i} frames ({} VIDEO): exact with the stream on",
+        stats.of("Video").messages
+    );
+    // It goes on: the next frames are VIDEO again, and the pause after them
+    // is exact again.
+    let videos = stats.of("Video").messages;
+    let resumed = Instant::now();
+    for k in 0..10u32 {
+        let due = resumed + Duration::from_millis(40) * k;
+        while let Some(left) = due.checked_duration_since(Instant::now()) {
+            viewer.poll(left).unwrap();
+        }
+        draw_frame(&painter, &frame_pixels(i + k));
+    }
+    assert_catches_up(&mut viewer, &painter);
+    let stats = viewer.viewer().stats();
+    assert!(
+        stats.of("Video").messages > videos,
+        "no VIDEO after the pause"
+    );
+    assert_eq!(stats.of("VideoEnd").messages, 0);
+}
