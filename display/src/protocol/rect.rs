@@ -85,6 +85,14 @@ impl Rect {
         usize::from(self.w) * usize::from(self.h)
     }
 
+    /// Whether `self` and `other` share a pixel.
+    pub fn overlaps(&self, other: &Rect) -> bool {
+        usize::from(self.x) < other.right()
+            && usize::from(other.x) < self.right()
+            && usize::from(self.y) < other.bottom()
+            && usize::from(other.y) < self.bottom()
+    }
+
     /// Whether every pixel of `inner` is in `self`.
     pub fn contains(&self, inner: &Rect) -> bool {
         self.x <= inner.x

@@ -404,6 +404,12 @@ impl Hub {
         lock(&self.video).poll_streams(std::time::Instant::now())
     }
 
+    /// Until when a frame over `area` is still being drawn (`None`: it is
+    /// not), see [`VideoDetector::drawing_over`].
+    pub(crate) fn video_drawing(&self, area: Rect) -> Option<std::time::Instant> {
+        lock(&self.video).drawing_over(area, std::time::Instant::now())
+    }
+
     /// When the first video stream stands still or ends unless it is
     /// updated.
     pub(crate) fn video_next(&self) -> Option<std::time::Instant> {

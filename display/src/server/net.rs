@@ -725,6 +725,9 @@ struct View {
     /// the moment a video stops, so it goes as it is (its pixels plain,
     /// about twice the bytes of the stream's).
     still_plain: Option<bool>,
+    /// When a frame that was still being drawn will have settled (its
+    /// damage waits in the region until then).
+    frame_wake: Option<std::time::Instant>,
     /// The rows [`paint_rect`] left for later last time, whose scrolls it
     /// already looked for (screen coordinates).
     scrolls_seen: Option<Rect>,
@@ -775,6 +778,7 @@ impl View {
             still: Vec::new(),
             scrolls_seen: None,
             still_plain: None,
+            frame_wake: None,
             ended: Vec::new(),
             h264,
             packing,
@@ -983,7 +987,9 @@ async fn write_loop(
         let stream_end = tokio::time::Instant::now() + VIDEO_TICK;
         let stream_end = hub
             .video_next()
-            .map_or(stream_end, |t| stream_end.min(t.into()));
+            .into_iter()
+            .chain(view.frame_wake)
+            .fold(stream_end, |end, t| end.min(t.into()));
         tokio::select! {
             biased;
             msg = ctrl.recv() => {
@@ -1058,7 +1064,10 @@ fn refill(
     let streams = view.sync_streams(hub, shared);
     // Streams that got a frame in this call (one frame per stream and call).
     let mut framed: Vec<u32> = Vec::new();
-    while queue.has_room() {
+    // Damage over a frame still being drawn, for when it is done.
+    let mut deferred: Vec<Rect> = Vec::new();
+    view.frame_wake = None;
+    'damage: while queue.has_room() {
         let rect = {
             let mut dirty = lock(&shared.dirty);
             let Some(rect) = dirty.region.take_smallest() else {
@@ -1066,6 +1075,18 @@ fn refill(
             };
             rect
         };
+        // A frame still being drawn is not read yet (it would tear): the
+        // damage waits until the drawing settled.
+        for &(id, area) in &streams {
+            if framed.contains(&id) || !rect.overlaps(&area) {
+                continue;
+            }
+            if let Some(at) = hub.video_drawing(area) {
+                deferred.push(rect);
+                view.frame_wake = Some(view.frame_wake.map_or(at, |t| t.min(at)));
+                continue 'damage;
+            }
+        }
         // Damage in a video area is one VIDEO frame of the whole area; the
         // rest of the rectangle is encoded as usual.
         let mut parts = vec![rect];
@@ -1096,6 +1117,14 @@ fn refill(
                 lock(&shared.dirty).region.add(rest);
             }
         }
+    }
+    if !deferred.is_empty() {
+        let mut dirty = lock(&shared.dirty);
+        for rect in deferred {
+            dirty.region.add(rect);
+        }
+        // Not painted yet: no still frame goes before it.
+        return;
     }
     // Still frames, exactly, once no damage waits (a frame still in the
     // damage goes first, as VIDEO, and the exact paint after it).
