@@ -457,7 +457,13 @@ impl VideoDetector {
         }
     }
 
-    /// Forgets everything (the screen's size changed).
+    /// Whether it has anything of the damage so far (a candidate or a
+    /// drawing going on).
+    pub fn watching(&self) -> bool {
+        !self.candidates.is_empty() || self.drawing.is_some()
+    }
+
+    /// Forgets everything (the screen's size changed, or nobody watches).
     pub fn clear(&mut self) {
         self.candidates.clear();
         self.drawing = None;

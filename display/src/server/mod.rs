@@ -30,7 +30,7 @@ pub mod x11;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::encode::video::{VideoDetector, VideoParams};
@@ -225,8 +225,11 @@ pub(crate) struct Hub {
     cursor: Mutex<Cursor>,
     /// The session's clipboard text as last seen (X side or a viewer).
     clipboard: Mutex<Option<Arc<str>>>,
-    /// Which areas of the screen change like video.
+    /// Which areas of the screen change like video (fed only while a
+    /// viewer with `VIDEO` is connected: it hashes the rows of the damage).
     video: Mutex<VideoDetector>,
+    /// Viewers with `VIDEO` in force ([`VideoViewer`] guards).
+    video_viewers: AtomicUsize,
     next_id: AtomicU64,
     pub(crate) input: std::sync::mpsc::Sender<Inject>,
 }
@@ -237,6 +240,19 @@ pub(crate) struct Hub {
 pub(crate) struct Pending {
     pub(crate) region: Region,
     pub(crate) moves: Vec<Move>,
+}
+
+/// See [`Hub::video_viewer`].
+pub(crate) struct VideoViewer<'a> {
+    hub: &'a Hub,
+}
+
+impl Drop for VideoViewer<'_> {
+    fn drop(&mut self) {
+        if self.hub.video_viewers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            lock(&self.hub.video).clear();
+        }
+    }
 }
 
 /// The most move hints kept per viewer.
@@ -278,6 +294,7 @@ impl Hub {
             }),
             clipboard: Mutex::new(None),
             video: Mutex::new(VideoDetector::new(video)),
+            video_viewers: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             input,
         }
@@ -305,6 +322,14 @@ impl Hub {
             *owner = Some(id);
         }
         (id, shared, is_owner)
+    }
+
+    /// A viewer with `VIDEO` in force, until the guard drops: the video
+    /// detector is fed while there is one (and starts afresh after the
+    /// last one left).
+    pub(crate) fn video_viewer(&self) -> VideoViewer<'_> {
+        self.video_viewers.fetch_add(1, Ordering::AcqRel);
+        VideoViewer { hub: self }
     }
 
     /// Forgets a viewer (and frees the owner seat if it held it).
@@ -355,12 +380,14 @@ impl Hub {
     /// The video detector sees the damage first, on the screen as it is
     /// now (whether COPY explains it is the same for every viewer).
     pub(crate) fn damage(&self, rects: &[Rect], moves: &[Move]) {
-        let now = std::time::Instant::now();
-        let seen = self.with_view(|screen| {
-            lock(&self.video).handle_damage(Some(screen), rects, moves, now);
-        });
-        if seen.is_none() {
-            lock(&self.video).handle_damage(None, rects, moves, now);
+        if self.video_viewers.load(Ordering::Acquire) > 0 {
+            let now = std::time::Instant::now();
+            let seen = self.with_view(|screen| {
+                lock(&self.video).handle_damage(Some(screen), rects, moves, now);
+            });
+            if seen.is_none() {
+                lock(&self.video).handle_damage(None, rects, moves, now);
+            }
         }
         for (_, client) in lock(&self.clients).iter() {
             {
@@ -460,5 +487,33 @@ mod test {
         let (c, _sc, owner_c) = hub.join();
         assert!(owner_c && hub.is_owner(c));
         assert_eq!(hub.client_count(), 2);
+    }
+
+    #[test]
+    fn the_video_detector_is_fed_only_while_a_video_viewer_is_there() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let pixels = Pixels::Shadow(RwLock::new(Shadow {
+            width: 8,
+            height: 8,
+            data: vec![0; 8 * 8 * 4],
+        }));
+        let params = VideoParams {
+            min_area: 4,
+            ..VideoParams::default()
+        };
+        let hub = Hub::new(pixels, (8, 8), (4, params), tx);
+        let whole = [Rect::new(0, 0, 8, 8)];
+        hub.damage(&whole, &[]);
+        assert!(!lock(&hub.video).watching());
+        let first = hub.video_viewer();
+        let second = hub.video_viewer();
+        hub.damage(&whole, &[]);
+        assert!(lock(&hub.video).watching());
+        drop(first);
+        assert!(lock(&hub.video).watching());
+        drop(second);
+        assert!(!lock(&hub.video).watching(), "forgotten with the last");
+        hub.damage(&whole, &[]);
+        assert!(!lock(&hub.video).watching());
     }
 }

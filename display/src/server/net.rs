@@ -915,6 +915,9 @@ async fn write_loop(
     (queue_bytes, h264): (usize, bool),
 ) -> std::io::Result<()> {
     let cursor = capabilities.contains(Capabilities::CURSOR);
+    let _video_viewer = capabilities
+        .contains(Capabilities::VIDEO)
+        .then(|| hub.video_viewer());
     // With the zstd stream, payloads go plain into it (LZ4 would only be
     // undone by `zstd_payloads`).
     let packing = if out.deflater.is_some() {
