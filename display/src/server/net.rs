@@ -1070,7 +1070,7 @@ fn refill(
     // Damage over a frame still being drawn, for when it is done.
     let mut deferred: Vec<Rect> = Vec::new();
     view.frame_wake = None;
-    'damage: while queue.has_room() {
+    while queue.has_room() {
         let rect = {
             let mut dirty = lock(&shared.dirty);
             let Some(rect) = dirty.region.take_smallest() else {
@@ -1080,15 +1080,14 @@ fn refill(
         };
         // A frame still being drawn is not read yet (it would tear): the
         // damage waits until the drawing settled.
-        for &(id, area) in &streams {
-            if framed.contains(&id) || !rect.overlaps(&area) {
-                continue;
-            }
-            if let Some(at) = hub.video_drawing(area) {
-                deferred.push(rect);
-                view.frame_wake = Some(view.frame_wake.map_or(at, |t| t.min(at)));
-                continue 'damage;
-            }
+        let settling = streams
+            .iter()
+            .filter(|&&(id, area)| !framed.contains(&id) && rect.overlaps(&area))
+            .find_map(|&(_, area)| hub.video_drawing(area));
+        if let Some(at) = settling {
+            deferred.push(rect);
+            view.frame_wake = Some(view.frame_wake.map_or(at, |t| t.min(at)));
+            continue;
         }
         // Damage in a video area is one VIDEO frame of the whole area; the
         // rest of the rectangle is encoded as usual.
@@ -1129,8 +1128,19 @@ fn refill(
         // Not painted yet: no still frame goes before it.
         return;
     }
-    // Still frames, exactly, once no damage waits (a frame still in the
-    // damage goes first, as VIDEO, and the exact paint after it).
+    paint_still(hub, shared, view, queue, link);
+}
+
+/// Still frames, exactly, once no damage waits (a frame still in the damage
+/// goes first, as VIDEO, and the exact paint after it); outside the zstd
+/// stream when the link is fast (see `View::still_plain`).
+fn paint_still(
+    hub: &Hub,
+    shared: &ClientShared,
+    view: &mut View,
+    queue: &mut Scheduler,
+    link: Option<&LinkProbe>,
+) {
     while queue.has_room() && lock(&shared.dirty).region.is_empty() {
         let Some(area) = view.still.pop() else {
             break;
