@@ -596,8 +596,11 @@ impl VideoDetector {
     /// parts (`None`: no drawing over `area`, or it settled):
     /// [`VideoParams::frame_settle`] after its last damage, at most
     /// [`VideoParams::frame_settle_max`] after its first. (Reading a frame
-    /// as soon as its parts covered the area still gave torn frames under
-    /// load: 12 ms of calm did not.)
+    /// as soon as damage covered the area — the drawing's parts, or the
+    /// viewer's damage since it last read the area — still gave torn
+    /// frames under load: a drawing may hold the start of the next frame,
+    /// and a writer that waited on its socket reads while the next frame
+    /// is being drawn. 12 ms of calm did not.)
     pub fn drawing_over(&self, area: Rect, now: Instant) -> Option<Instant> {
         let p = &self.params;
         let d = self.drawing.as_ref().filter(|d| d.touches(area))?;
