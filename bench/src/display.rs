@@ -767,8 +767,16 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         // The server first (it is an X client), then the X server.
-        self._server = None;
+        let server = self._server.take().map(|s| s.pid());
         self._x = None;
+        // What the server shared with the X server and, killed, could not
+        // remove (x11vnc's MIT-SHM segments).
+        if let Some(pid) = server.and_then(|p| i32::try_from(p).ok()) {
+            let removed = crate::shm::remove_created_by(pid);
+            if removed > 0 {
+                tracing::debug!(pid, removed, "shared memory segments removed");
+            }
+        }
         if let Some(d) = &self.fbdir {
             let _ = std::fs::remove_dir_all(d);
         }

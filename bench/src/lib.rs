@@ -35,6 +35,7 @@ pub mod path;
 mod process;
 pub mod report;
 pub mod sessiond;
+pub mod shm;
 pub mod throughput;
 
 pub use path::{interrupt, interrupted, live_labs, Path, PathSetup, Role, Testbed};

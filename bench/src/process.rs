@@ -118,6 +118,13 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // Killing a process that already exited is harmless; waiting reaps it.

@@ -320,8 +320,19 @@ fn the_display_benchmark_runs_in_smoke_mode_with_sane_results() {
         display_server: display_server_binary(),
         ..DisplayOptions::all(true)
     };
+    let orphans_before = mobidesk_bench::shm::orphans();
     let started = Instant::now();
     let report = display::run(&o).unwrap();
+    // No shared memory segment left behind (x11vnc's MIT-SHM ones, 34 a
+    // run, are gone with it).
+    let left: Vec<i32> = mobidesk_bench::shm::orphans()
+        .difference(&orphans_before)
+        .copied()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "shared memory segments left behind: {left:?}"
+    );
     let table = report.table();
     println!("{table}\n(display smoke run took {:?})", started.elapsed());
     assert!(report.smoke);
