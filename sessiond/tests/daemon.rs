@@ -476,7 +476,9 @@ fn resources_change_shows_in_inspect_and_the_cgroup() {
         "memory.limit_in_bytes"
     };
     assert_eq!(file(mem), (96u64 << 20).to_string());
-    assert_eq!(d.state().sessions[0].limits.pids_max, Some(33), "persisted");
+    let state = d.state();
+    let rec = state.sessions.iter().find(|r| r.id == s.id).unwrap();
+    assert_eq!(rec.limits.pids_max, Some(33), "persisted");
     // A bad limit changes nothing.
     assert_eq!(
         d.err(json!({"op": "resources", "id": s.id, "limits": {"pids_max": 1}})),

@@ -227,11 +227,11 @@ fn network_sessions_get_addresses_lose_them_on_destroy_and_keep_them_across_a_re
         (i.address, i.link.as_deref()),
         (a.address, Some(link_a.as_str()))
     );
+    // The record of `a` (records are not in creation order: by id, and
+    // "dn-P-10" sorts before "dn-P-9").
     let rec = d.state();
-    assert_eq!(
-        rec.sessions[0].network.as_ref().unwrap().address,
-        ip("10.1.0.100")
-    );
+    let rec_a = rec.sessions.iter().find(|r| r.id == a.id).unwrap();
+    assert_eq!(rec_a.network.as_ref().unwrap().address, ip("10.1.0.100"));
     assert_eq!(leases(&d).len(), 2);
 
     // A desktop on a daemon that chose neither TLS nor plain text: a clear
