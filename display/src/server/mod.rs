@@ -461,15 +461,20 @@ pub async fn start(config: Config) -> Result<DisplayServer, ServerError> {
 mod test {
     use super::*;
 
-    #[test]
-    fn hub_owner_seat_and_damage() {
+    /// A hub over an 8×8 black shadow screen.
+    fn hub(video: VideoParams) -> Hub {
         let (tx, _rx) = std::sync::mpsc::channel();
         let pixels = Pixels::Shadow(RwLock::new(Shadow {
             width: 8,
             height: 8,
             data: vec![0; 8 * 8 * 4],
         }));
-        let hub = Hub::new(pixels, (8, 8), (4, VideoParams::default()), tx);
+        Hub::new(pixels, (8, 8), (4, video), tx)
+    }
+
+    #[test]
+    fn hub_owner_seat_and_damage() {
+        let hub = hub(VideoParams::default());
         let (a, sa, owner_a) = hub.join();
         let (b, _sb, owner_b) = hub.join();
         assert!(owner_a && !owner_b);
@@ -491,17 +496,10 @@ mod test {
 
     #[test]
     fn the_video_detector_is_fed_only_while_a_video_viewer_is_there() {
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let pixels = Pixels::Shadow(RwLock::new(Shadow {
-            width: 8,
-            height: 8,
-            data: vec![0; 8 * 8 * 4],
-        }));
-        let params = VideoParams {
+        let hub = hub(VideoParams {
             min_area: 4,
             ..VideoParams::default()
-        };
-        let hub = Hub::new(pixels, (8, 8), (4, params), tx);
+        });
         let whole = [Rect::new(0, 0, 8, 8)];
         hub.damage(&whole, &[]);
         assert!(!lock(&hub.video).watching());
