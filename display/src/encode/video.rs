@@ -220,7 +220,7 @@ impl Drawing {
 
     /// Whether some of it is in `area`.
     fn touches(&self, area: Rect) -> bool {
-        self.rects.iter().any(|&r| intersects(r, area))
+        self.rects.iter().any(|r| r.overlaps(&area))
     }
 
     /// When it is over unless more damage comes.
@@ -275,7 +275,7 @@ fn touches(a: Rect, b: Rect) -> bool {
 /// How long stream `c` may go without an update before it ends: a few of
 /// its longest recent intervals, within `min_calm ..= calm`.
 fn calm_of(p: &VideoParams, c: &Candidate) -> Duration {
-    match longest_interval(c) {
+    match intervals(c).max() {
         Some(i) => i
             .saturating_mul(p.calm_intervals)
             .clamp(p.min_calm, p.calm.max(p.min_calm)),
@@ -283,13 +283,12 @@ fn calm_of(p: &VideoParams, c: &Candidate) -> Duration {
     }
 }
 
-/// The longest interval between `c`'s updates in the last second.
-fn longest_interval(c: &Candidate) -> Option<Duration> {
+/// The intervals between `c`'s updates in the last second.
+fn intervals(c: &Candidate) -> impl Iterator<Item = Duration> + '_ {
     c.times
         .iter()
         .zip(c.times.iter().skip(1))
         .map(|(a, b)| b.saturating_duration_since(*a))
-        .max()
 }
 
 /// How long stream `c`'s last frame must stand before it *stands still*:
@@ -298,14 +297,9 @@ fn longest_interval(c: &Candidate) -> Option<Duration> {
 /// one early, and a frame never comes later than the one late frame did.)
 fn still_of(p: &VideoParams, c: &Candidate) -> Duration {
     let calm = calm_of(p, c);
-    let mut intervals: Vec<Duration> = c
-        .times
-        .iter()
-        .zip(c.times.iter().skip(1))
-        .map(|(a, b)| b.saturating_duration_since(*a))
-        .collect();
-    intervals.sort_unstable();
-    match intervals.get(intervals.len() / 2) {
+    let mut sorted: Vec<Duration> = intervals(c).collect();
+    sorted.sort_unstable();
+    match sorted.get(sorted.len() / 2) {
         Some(&i) => (i * p.still_percent / 100).min(calm),
         None => calm,
     }
@@ -348,7 +342,7 @@ fn moved(r: Rect, moves: &[Move]) -> bool {
 }
 
 fn overlap(a: Rect, b: Rect) -> usize {
-    if !intersects(a, b) {
+    if !a.overlaps(&b) {
         return 0;
     }
     let w = a.right().min(b.right()) - usize::from(a.x.max(b.x));
@@ -382,13 +376,6 @@ pub struct VideoDetector {
     next_stream: u32,
 }
 
-fn intersects(a: Rect, b: Rect) -> bool {
-    usize::from(a.x) < b.right()
-        && usize::from(b.x) < a.right()
-        && usize::from(a.y) < b.bottom()
-        && usize::from(b.y) < a.bottom()
-}
-
 fn bounding(a: Rect, b: Rect) -> Rect {
     let (x, y) = (a.x.min(b.x), a.y.min(b.y));
     let right = a.right().max(b.right());
@@ -406,7 +393,7 @@ fn bounding(a: Rect, b: Rect) -> Rect {
 /// larger or smaller), or `c` is a stream and `r` lies inside it.
 fn similar(c: &Candidate, r: Rect) -> bool {
     let rect = c.rect;
-    if !intersects(rect, r) {
+    if !rect.overlaps(&r) {
         return false;
     }
     let both = overlap(rect, r);
@@ -415,7 +402,7 @@ fn similar(c: &Candidate, r: Rect) -> bool {
 
 /// `r` without `cut`: at most four rectangles (above, below, left, right).
 pub fn subtract(r: Rect, cut: Rect) -> Vec<Rect> {
-    if !intersects(r, cut) {
+    if !r.overlaps(&cut) {
         return vec![r];
     }
     let mut out = Vec::new();

@@ -439,7 +439,7 @@ impl Hub {
 
     /// When the first video stream stands still or ends unless it is
     /// updated.
-    pub(crate) fn video_next(&self) -> Option<std::time::Instant> {
+    pub(crate) fn video_next_change(&self) -> Option<std::time::Instant> {
         lock(&self.video).next_change(std::time::Instant::now())
     }
 

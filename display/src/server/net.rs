@@ -989,7 +989,7 @@ async fn write_loop(
         // exactly promptly.
         let stream_end = tokio::time::Instant::now() + VIDEO_TICK;
         let stream_end = hub
-            .video_next()
+            .video_next_change()
             .into_iter()
             .chain(view.frame_wake)
             .fold(stream_end, |end, t| end.min(t.into()));

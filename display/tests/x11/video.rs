@@ -336,8 +336,8 @@ fn video_played_by_ffplay() {
 /// one frame interval, the server sends that frame exactly, without waiting
 /// for the stream to end. Here a stream ends only after 30 s of calm, so the
 /// viewer must be pixel-exact while its stream still goes on (no VideoEnd).
-/// With ZSTD, over loopback (a fast link: the still frame goes outside the
-/// zstd stream).
+/// With ZSTD, over loopback (measured at gigabytes per second here, so the
+/// still frame goes outside the zstd stream; the test holds either way).
 #[test]
 fn a_paused_video_is_exact_before_its_stream_ends() {
     let xvfb = Xvfb::start();
