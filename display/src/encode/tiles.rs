@@ -141,15 +141,20 @@ pub(super) fn paint(
         let single = lz4_len(&g.pixels);
         let tile = sub_tile(&g.pixels, pw, ph);
         let bytes = to_bytes(&tile);
-        let estimate = Payload::compress(&bytes).len();
-        let pfill_bytes = 5 + PFillRepr::HEADER_LEN + Rect::LEN * g.count + estimate;
+        // Weighed by its LZ4 size in either packing (as the RAWs are).
+        let lz4 = Payload::compress(&bytes);
+        let pfill_bytes = 5 + PFillRepr::HEADER_LEN + Rect::LEN * g.count + lz4.len();
         let raw_bytes = g.count * (5 + RawRepr::HEADER_LEN + single);
         if pfill_bytes < raw_bytes {
             g.pfill = true;
             let abs_x = at_x + g.first.x;
             let abs_y = at_y + g.first.y;
             pfill_of_group.insert(i, pfill_tiles.len());
-            pfill_tiles.push((pw, ph, pack(bytes), abs_x % pw, abs_y % ph));
+            let payload = match packing {
+                Packing::Lz4 => lz4,
+                Packing::Plain => Payload::plain(bytes),
+            };
+            pfill_tiles.push((pw, ph, payload, abs_x % pw, abs_y % ph));
         }
     }
     for t in &mut tiles {
