@@ -326,10 +326,20 @@ struct Out {
 
 impl Out {
     /// Adds a message to the buffer without writing.
+    /// Whether messages of `kind` go in the zstd stream (when there is one):
+    /// not VIDEO (noise-like planes), not `Close` (readable after the stream
+    /// broke), not RAW while `raw_plain`.
+    fn streams(&self, kind: MessageType) -> bool {
+        match kind {
+            MessageType::Video | MessageType::Close => false,
+            MessageType::Raw => !self.raw_plain,
+            _ => true,
+        }
+    }
+
     fn append(&mut self, msg: &Message<'_>) -> std::io::Result<()> {
         let deflate = self.deflater.is_some()
-            && !matches!(msg.message_type(), MessageType::Video | MessageType::Close)
-            && !(self.raw_plain && msg.message_type() == MessageType::Raw)
+            && self.streams(msg.message_type())
             && msg.buffer_len() <= MAX_DEFLATED_MESSAGE;
         if !deflate {
             self.seal()?;
@@ -351,8 +361,7 @@ impl Out {
     /// Adds a display command without writing; in the zstd stream its
     /// payloads go `plain` or `delta` ([`zstd_payloads`]).
     fn append_command(&mut self, command: crate::protocol::Command<'_>) -> std::io::Result<()> {
-        let stream = !(self.raw_plain && command.message_type() == MessageType::Raw);
-        let command = if self.deflater.is_some() && stream {
+        let command = if self.deflater.is_some() && self.streams(command.message_type()) {
             zstd_payloads(command)
         } else {
             command
